@@ -1,0 +1,150 @@
+"""The ``hmedit`` entry point: builds the typer app, turns every user mistake into one line and exit code 2.
+
+Commands live one per module in ``hmedit/cli/``; each module defines ``register(app)``, and every such module
+is picked up here, so a new command is a new file. Command modules import heavy things (torch, diffusers)
+inside their functions, never at the top, so that ``hmedit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+import hmedit
+from hmedit.errors import HmeditError
+
+# Commands in the order `hmedit --help` lists them; modules not named here come after, alphabetically.
+_ORDER = ("render", "batch", "validate", "masks", "check", "bench", "schema")
+_NOT_COMMANDS = frozenset({"app", "options"})
+
+_state = {"debug": False}
+
+app = typer.Typer(
+    name="hmedit",
+    help="Hierarchical, text-guided image editing and generation with diffusion models, from YAML scenes.\n\n"
+    "[bold]Examples[/]\n\n"
+    "  [green]hmedit validate scenes/[/]      check every scene below a folder\n\n"
+    "  [green]hmedit schema -o scene.schema.json[/]   the format, for editor completion",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hmedit {hmedit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show the full traceback and library warnings when something fails."),
+    ] = False,
+) -> None:
+    """Hierarchical, text-guided image editing and generation with diffusion models, from YAML scenes."""
+    _state["debug"] = debug
+
+
+def _command_modules() -> list[str]:
+    import hmedit.cli
+
+    names = [m.name for m in pkgutil.iter_modules(hmedit.cli.__path__) if not m.name.startswith("_")]
+    names = [n for n in names if n not in _NOT_COMMANDS]
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _register_commands() -> None:
+    for name in _command_modules():
+        module = importlib.import_module(f"hmedit.cli.{name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_commands()
+
+
+def _quiet_libraries() -> None:
+    """Third-party chatter (deprecation notices, advisory logs) is noise for a user; --debug shows it."""
+    for var, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("TF_CPP_MIN_LOG_LEVEL", "3"),
+    ):
+        os.environ.setdefault(var, value)
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        for module in ("torch", "diffusers", "transformers", "huggingface_hub", "accelerate", "PIL"):
+            warnings.filterwarnings("ignore", category=category, module=rf"{module}(\..*)?")
+
+
+def _print_error(err: HmeditError) -> None:
+    from hmedit.cli.options import problem_line, stderr
+
+    console = stderr()
+    console.print(problem_line(err))
+    for other in getattr(err, "others", ()):
+        console.print(problem_line(other))
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; exits with 0 (fine), 2 (a user mistake or failed checks), 1 (a bug), 130 (interrupted)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args  # the callback sets it too; this covers errors before it runs
+    if not _state["debug"]:
+        _quiet_libraries()
+    command = typer.main.get_command(app)
+    try:
+        # Standalone mode: typer prints usage errors and help itself and exits; our errors come through.
+        command.main(args=args, prog_name="hmedit", standalone_mode=True)
+    except SystemExit as exit_:
+        if exit_.code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+            print("error: interrupted", file=sys.stderr)
+        raise
+    except HmeditError as err:
+        if _state["debug"]:
+            _print_traceback()
+        _print_error(err)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line; the traceback is one flag away
+        if _state["debug"]:
+            _print_traceback()
+            sys.exit(1)
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"error: internal error: {type(exc).__name__}: {message} "
+            "(run again with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

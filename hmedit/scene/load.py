@@ -1,0 +1,510 @@
+"""Reading scene files: YAML with line/column kept, validation into a typed ``Scene``, messages that point.
+
+Every problem becomes an ``HmeditError`` with ``file:line:col: field.path: problem (hint)``. Positions come
+from ``yaml.compose`` (the node graph keeps marks); pydantic's error ``loc`` tuples are walked through the raw
+data to a field path, which is looked up in the position map (falling back to the nearest enclosing field).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from hmedit.errors import Diagnostics, HmeditError
+from hmedit.scene.spec import (
+    MASK_KINDS,
+    MASK_TAGS,
+    AttentionWeights,
+    Node,
+    Scene,
+    SourceInfo,
+    format_field_path,
+    is_safe_name,
+    safe_name_hint,
+)
+
+SCENE_SUFFIXES = (".yaml", ".yml")
+FieldPath = tuple[str | int, ...]
+Positions = dict[FieldPath, tuple[int, int]]
+
+# -------------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_scene(path: str | os.PathLike, *, deep: bool = False) -> Scene:
+    """Read and validate a scene file; raise the first problem as ``HmeditError`` (the rest in ``.others``).
+
+    ``deep=True`` also runs the mask checks (rasterises every mask: empty masks, wrong-sized mask images).
+    Warnings do not raise; they are kept in ``scene.warnings``.
+    """
+    scene, diags = _load(Path(path), deep=deep)
+    diags.raise_if_errors()
+    assert scene is not None
+    return scene
+
+
+def validate(path: str | os.PathLike) -> tuple[Scene | None, Diagnostics]:
+    """Read and check a scene file, mask checks included; never raises for a user mistake.
+
+    Returns the scene (None when it has errors) and every error and warning found.
+    """
+    return _load(Path(path), deep=True)
+
+
+def find_scenes(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Scene files among ``paths``: files as given, folders searched recursively for *.yaml / *.yml.
+
+    Hidden folders (.git, .venv, ...) are skipped. The result is sorted and has no repeats.
+    Raises ``HmeditError`` for a path that does not exist.
+    """
+    found: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+                found.update(Path(folder) / f for f in files if f.lower().endswith(SCENE_SUFFIXES))
+        elif path.is_file():
+            found.add(path)
+        else:
+            raise HmeditError(
+                "no such file or folder",
+                file=path,
+                hint="give scene files (*.yaml) or folders that contain them",
+            )
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load(file: Path, *, deep: bool) -> tuple[Scene | None, Diagnostics]:
+    diags = Diagnostics()
+    scene = _load_spec(file, diags)
+    if scene is not None and deep and not diags.errors:
+        _check_masks(scene, diags)
+    if scene is not None:
+        scene._warnings = list(diags.warnings)
+    return (scene if not diags.errors else None), diags
+
+
+def _load_spec(file: Path, diags: Diagnostics) -> Scene | None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        diags.error("file not found", file=file, hint="check the path")
+        return None
+    except IsADirectoryError:
+        diags.error("is a folder, not a scene file", file=file)
+        return None
+    except UnicodeDecodeError as exc:
+        diags.error(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", file=file)
+        return None
+    except OSError as exc:
+        diags.error(f"cannot read the file: {exc.strerror or exc}", file=file)
+        return None
+
+    parsed = parse_yaml(text, file, diags)
+    if parsed is None:
+        return None
+    data, positions = parsed
+
+    if data is None:
+        diags.error(
+            "the scene file is empty",
+            file=file,
+            line=1,
+            column=1,
+            hint="a scene needs at least root: {prompt: ...}",
+        )
+        return None
+    if not isinstance(data, dict):
+        diags.error(
+            f"a scene is a mapping of keys (version, root, ...), not a {_yaml_type(data)}",
+            file=file,
+            line=1,
+            column=1,
+            hint="start with root: {prompt: ...}",
+        )
+        return None
+
+    context = {"base_dir": file.parent.absolute()}
+    try:
+        scene = Scene.model_validate(data, context=context)
+    except ValidationError as exc:
+        seen: set[str] = set()
+        for err in exc.errors(include_url=False):
+            problem = translate_error(err, data, positions, file)
+            if problem.format() not in seen:
+                seen.add(problem.format())
+                diags.errors.append(problem)
+        diags.errors.sort(key=lambda e: (e.location.line or 0, e.location.column or 0))
+        return None
+
+    if scene.name is None:
+        stem = file.stem
+        if not is_safe_name(stem):
+            diags.error(
+                f"the file name {stem!r} is not a safe folder name and the scene sets no name",
+                file=file,
+                line=1,
+                column=1,
+                field="name",
+                hint=f"add name: ... ({safe_name_hint(stem)})",
+            )
+            return None
+        scene = scene.model_copy(update={"name": stem})
+    scene._source = SourceInfo(file, positions)
+    _warn(scene, data, diags)
+    return scene
+
+
+def _check_masks(scene: Scene, diags: Diagnostics) -> None:
+    """Mask checks from hmedit.masks (rasterises the masks), when that module is there."""
+    try:
+        from hmedit.masks.checks import check_masks
+    except ModuleNotFoundError as exc:
+        if exc.name in ("hmedit.masks", "hmedit.masks.checks"):
+            return
+        raise
+    try:
+        found = check_masks(scene)
+    except HmeditError as exc:
+        diags.errors.append(exc)
+        return
+    diags.errors.extend(found.errors)
+    diags.warnings.extend(found.warnings)
+
+
+def _warn(scene: Scene, data: dict, diags: Diagnostics) -> None:
+    """Things that are valid but almost certainly not what the author meant."""
+    where = scene.where
+    if "depth_gamma" in data and scene.composition not in ("depth_weighted", "hybrid"):
+        diags.warn(
+            f"depth_gamma has no effect with composition {scene.composition}",
+            **where("depth_gamma"),
+            hint="set composition: depth_weighted, or remove depth_gamma",
+        )
+    if scene.composition != "hybrid":
+        for flat in scene.flat():
+            if flat.node.composition is not None:
+                diags.warn(
+                    "a node's composition is used only when the scene's composition is hybrid",
+                    **where(f"{flat.path}.composition"),
+                    hint="set composition: hybrid at the top of the file",
+                )
+    if scene.seeds is not None:
+        repeats = sorted({s for s in scene.seeds if scene.seeds.count(s) > 1})
+        if repeats:
+            diags.warn(
+                f"seeds repeat {', '.join(map(str, repeats))}: the same image is rendered twice",
+                **where("seeds"),
+                hint="list each seed once",
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Positions] | None:
+    """One YAML document: (data, positions of every field path), or None after reporting a syntax error."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "not valid YAML"
+        diags.error(
+            f"invalid YAML: {problem}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+            hint=_yaml_hint(text, exc),
+        )
+        return None
+    except yaml.YAMLError as exc:
+        diags.error(f"invalid YAML: {exc}", file=file)
+        return None
+    finally:
+        loader.dispose()
+
+    positions: Positions = {}
+    if node is not None:
+        positions[()] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        _collect_positions(node, (), positions, file, diags)
+    return data, positions
+
+
+def _collect_positions(
+    node: yaml.Node, path: FieldPath, out: Positions, file: Path, diags: Diagnostics
+) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key = key_node.value
+            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            if key in seen:
+                diags.error(
+                    f"duplicate key {key!r} (first at line {seen[key]})",
+                    file=file,
+                    line=line,
+                    column=col,
+                    field=format_field_path((*path, key)),
+                    hint="YAML keeps only the last one: remove one of them",
+                )
+            else:
+                seen[key] = line
+            out[(*path, key)] = (line, col)
+            _collect_positions(value_node, (*path, key), out, file, diags)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            _collect_positions(item, (*path, i), out, file, diags)
+
+
+def _yaml_hint(text: str, exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark
+    if mark is not None:
+        lines = text.splitlines()
+        if mark.line < len(lines) and "\t" in lines[mark.line]:
+            return "YAML does not allow tabs: indent with spaces"
+    problem = exc.problem or ""
+    if "mapping values are not allowed" in problem:
+        return "a value with ': ' in it needs quotes, or a key is indented wrongly"
+    if "found character '%' " in problem or "found character '@'" in problem or "'`'" in problem:
+        return "put the value in quotes"
+    if (
+        "expected <block end>" in problem
+        or "expected ',' or ']'" in problem
+        or "expected ',' or '}'" in problem
+    ):
+        return "check the indentation and the brackets near here"
+    return "check the indentation and quotes near here"
+
+
+def _yaml_type(value: Any) -> str:
+    return {list: "list", str: "text", int: "number", float: "number", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# pydantic errors → HmeditError
+
+
+def field_path_of(loc: tuple, data: Any) -> FieldPath:
+    """Walk a pydantic error ``loc`` through the raw data: keep keys and indices, drop union tags."""
+    path: list[str | int] = []
+    current = data
+    for i, part in enumerate(loc):
+        if part in MASK_TAGS:
+            continue
+        in_dict = isinstance(current, dict) and part in current
+        in_list = isinstance(current, (list, tuple)) and isinstance(part, int) and 0 <= part < len(current)
+        if in_dict or in_list:
+            current = current[part]
+        elif isinstance(part, str) and i == len(loc) - 1:
+            current = None  # a missing key: name it, it has no position of its own
+        else:
+            continue  # a validator's or union member's name
+        path.append(part)
+    return tuple(path)
+
+
+def position_of(path: FieldPath, positions: Positions) -> tuple[int, int] | None:
+    while path not in positions and path:
+        path = path[:-1]
+    return positions.get(path)
+
+
+def translate_error(err: dict, data: Any, positions: Positions, file: Path) -> HmeditError:
+    """One pydantic error as an ``HmeditError`` at the right line and column, in words a user can act on."""
+    path = field_path_of(tuple(err["loc"]), data)
+    problem, hint = _describe(err, path, data, positions)
+    pos = position_of(path, positions)
+    return HmeditError(
+        problem,
+        file=file,
+        line=pos[0] if pos else None,
+        column=pos[1] if pos else None,
+        field=format_field_path(path) or None,
+        hint=hint,
+    )
+
+
+_SHAPES = {
+    "rect": "[x, y, width, height]",
+    "ellipse": "[x, y, width, height]",
+    "polygon": "[[x, y], [x, y], [x, y], ...]",
+    "active": "[start, end]",
+    "at": "[x, y]",
+    "size": "[width, height]",
+    "seeds": "[1, 2, 3]",
+    "children": "a list of nodes, each starting with - id: ...",
+    "levels": "all, coarse, mid, fine or a list of them",
+}
+_RANGE_HINTS = {
+    "noise": "0 keeps the input image, 1 is pure noise",
+    "strength": "0 turns the node's prompt off, 1 is normal",
+    "feather": "the edge blur in pixels",
+    "guidance": "typical values are 5 to 9",
+    "steps": "typical values are 20 to 50",
+    "scale": "the layer's width as a fraction of the image width",
+    "pos": "1.0 is neutral",
+    "neg": "1.0 is neutral",
+    "depth_gamma": "a weight falloff per tree level, e.g. 0.8",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+_BOUND_KEYS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
+
+
+def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tuple[str, str | None]:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    names = [p for p in path if isinstance(p, str)]
+    name = names[-1] if names else "scene"
+    shape = _SHAPES.get(name)
+
+    if kind == "extra_forbidden":
+        return f"unknown key {name!r}", _unknown_key_hint(name, path[:-1], data)
+    if kind == "missing":
+        if path == ("root",):
+            return "missing required key 'root'", "a scene needs root: {prompt: ...}"
+        return f"missing required key {name!r}", None
+    if kind == "mask_kind":
+        return _mask_kind_problem(value)
+    if kind == "duplicate_id":
+        first = tuple(ctx.get("first", ()))
+        pos = position_of((*first, "id"), positions) if first else None
+        where = format_field_path(first) + (f", line {pos[0]}" if pos else "")
+        return f"duplicate id {_show(value_at(path, data))} (also used by {where})", ctx.get("hint")
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        if name == "version":
+            return f"unsupported version {_show(value)}", "this hmedit reads version: 1"
+        close = difflib.get_close_matches(str(value), choices, n=1) if choices else []
+        listed = ", ".join(choices) if choices else str(ctx.get("expected"))
+        hint = f"did you mean {close[0]!r}?" if close else None
+        return f"{_show(value)} is not one of {listed}", hint
+    if kind in _BOUNDS:
+        bound = ctx.get(_BOUND_KEYS[kind])
+        return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", _RANGE_HINTS.get(name)
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number (got {_show(value)})", "remove the quotes" if isinstance(
+            value, str
+        ) else None
+    if kind == "finite_number":
+        return f"expected a finite number (got {_show(value)})", None
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number (got {_show(value)})", "remove the quotes" if isinstance(
+            value, str
+        ) else None
+    if kind in ("string_type", "string_too_short"):
+        if kind == "string_too_short":
+            return "must not be empty", None
+        return f"expected text (got {_show(value)})", "put it in quotes"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false (got {_show(value)})", None
+    if kind in ("tuple_type", "list_type", "iterable_type"):
+        return f"expected a list (got {_show(value)})", f"write {name}: {shape}" if shape else None
+    if kind in ("too_short", "too_long"):
+        actual = ctx.get("actual_length")
+        if name == "seeds":
+            return "seeds must list at least one seed", "e.g. seeds: [1, 2, 3]"
+        return (
+            f"{name} has the wrong number of values (got {actual})",
+            f"write {name}: {shape}" if shape else None,
+        )
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        hint = "write the keys indented below it, or {key: value, ...}"
+        if name == "mask":
+            hint = "e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}"
+        elif name == "children" or (path and isinstance(path[-1], int)):
+            hint = "each child is a mapping starting with - id: <name>"
+        return f"expected a mapping of keys (got {_show(value)})", hint
+    # Our own errors carry their final message; anything else keeps pydantic's words.
+    return err["msg"], ctx.get("hint")
+
+
+def _unknown_key_hint(key: str, parent: FieldPath, data: Any) -> str:
+    if key == "invert" and parent and parent[-1] == "mask":
+        return "invert goes only with an image mask"
+    allowed = _allowed_keys(parent, data)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if parent == () and key in Node.model_fields:
+        return f"{key} belongs to a node: put it under root:"
+    if parent != () and key in Scene.model_fields and key not in Node.model_fields:
+        return f"{key} is a scene setting: put it at the top level of the file"
+    return "allowed here: " + ", ".join(allowed)
+
+
+def _allowed_keys(parent: FieldPath, data: Any) -> list[str]:
+    if parent == ():
+        return list(Scene.model_fields)
+    last = parent[-1]
+    if last == "mask":
+        mask = value_at(parent, data)
+        kinds = [k for k in MASK_KINDS if isinstance(mask, dict) and k in mask]
+        if len(kinds) == 1:
+            return [kinds[0], "invert"] if kinds == ["image"] else kinds
+        return [*MASK_KINDS, "invert"]
+    if last == "attention":
+        return list(AttentionWeights.model_fields)
+    return [k for k in Node.model_fields if parent != ("root",) or k not in ("mask", "layer", "at", "scale")]
+
+
+def _mask_kind_problem(value: Any) -> tuple[str, str | None]:
+    if not isinstance(value, dict):
+        return (
+            f"expected a mask like {{rect: [x, y, w, h]}} (got {_show(value)})",
+            "use rect, ellipse, polygon or image",
+        )
+    kinds = [k for k in MASK_KINDS if k in value]
+    if len(kinds) > 1:
+        return (
+            f"a mask has exactly one shape (got {' and '.join(kinds)})",
+            "give the other shape to a child node, or use polygon",
+        )
+    for key in value:
+        close = difflib.get_close_matches(str(key), MASK_KINDS, n=1, cutoff=0.6)
+        if close:
+            return f"unknown mask kind {key!r}", f"did you mean {close[0]!r}?"
+    return "a mask needs one of: rect, ellipse, polygon, image", "e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}"
+
+
+def value_at(path: FieldPath, data: Any) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, str):
+        text = repr(value)
+    elif value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,720 @@
+"""The scene format as typed, frozen pydantic models: validated once, at load; nothing downstream reads dicts.
+
+A scene is a tree of nodes. The root covers the whole frame; every other node has a region, given either by a
+``mask`` (one of rect / ellipse / polygon / grayscale image) or by an RGBA ``layer`` whose alpha is the mask.
+Coordinates are fractions of the image size, so one scene renders at any resolution.
+
+Checks that span several fields (``seed`` with ``seeds``, ``mask`` with ``layer``, duplicate ids) run in
+"wrap" validators that look at the raw input *and* let pydantic check every field, so that a user sees all
+problems of a file at once instead of one per run.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    Strict,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
+
+from hmedit.errors import HmeditError
+
+FORMAT_VERSION = 1
+
+Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
+Composition = Literal["multiplicative", "normalized", "top_down", "depth_weighted", "hybrid"]
+Level = Literal["coarse", "mid", "fine"]
+LEVELS: tuple[Level, ...] = ("coarse", "mid", "fine")
+MASK_KINDS = ("rect", "ellipse", "polygon", "image")
+
+# Numbers are strict so that a quoted "0.5" or a bare `true` is reported instead of silently converted;
+# an int is still accepted where a float is expected.
+Number = Annotated[float, Strict()]
+Int = Annotated[int, Strict()]
+
+SAFE_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def is_safe_name(name: str) -> bool:
+    """A name usable as a file or folder name everywhere: [A-Za-z0-9_.-], not empty, not '.' or '..'."""
+    return bool(name) and set(name) <= SAFE_NAME_CHARS and name not in (".", "..")
+
+
+def safe_name_hint(name: str) -> str:
+    fixed = "".join(c if c in SAFE_NAME_CHARS else "_" for c in name).strip(".") or "scene"
+    return f"use only letters, digits, '_', '.', '-', e.g. {fixed!r}"
+
+
+def _error(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
+    """A validation error whose message is final; ``hint`` and ``field`` (a sub-key) ride along in ctx."""
+    return PydanticCustomError(kind, message, ctx or None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Asset paths
+
+
+class AssetRef(os.PathLike):
+    """A file named in a scene: ``raw`` as written (for messages), ``path`` absolute (for reading).
+
+    It is path-like (``open(ref)``, ``Path(ref)``, ``PIL.Image.open(ref)`` all use the absolute path).
+    Relative paths are resolved against the scene file's folder (the ``base_dir`` in the validation context)
+    and, when a ``base_dir`` is given, the file must exist.
+    """
+
+    __slots__ = ("raw", "path")
+
+    def __init__(self, raw: str, path: Path) -> None:
+        self.raw = raw
+        self.path = path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"AssetRef({self.raw!r}, {str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AssetRef) and (self.raw, self.path) == (other.raw, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.path))
+
+    @classmethod
+    def resolve(cls, raw: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> AssetRef:
+        raw = os.fspath(raw)
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir or Path.cwd()) / path
+        return cls(raw, Path(os.path.abspath(path)))
+
+    @classmethod
+    def _validate(cls, value: Any, info: ValidationInfo) -> AssetRef:
+        if isinstance(value, AssetRef):
+            return value
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise _error("asset_type", f"expected a file path (got {value!r})")
+        base_dir = (info.context or {}).get("base_dir")
+        ref = cls.resolve(value, base_dir)
+        if base_dir is not None and not ref.path.is_file():
+            what = "is a folder, not a file" if ref.path.is_dir() else "file not found"
+            raise _error(
+                "asset_missing",
+                f"{what}: {value} (looked for {ref.path})",
+                hint="paths are relative to the scene file's folder",
+            )
+        return ref
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_plain_validator_function(
+            cls._validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda ref: ref.raw),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler):
+        return {"type": "string", "minLength": 1}
+
+
+# ------------------------------------------------------------------------------------------------
+# Small value types
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Box = tuple[Number, Number, Number, Number]
+Point = tuple[Number, Number]
+
+
+def _check_box(box: Box) -> Box:
+    _, _, w, h = box
+    if w <= 0:
+        raise _error("box_size", f"width must be > 0 (got {w:g})", hint="a box is [x, y, width, height]")
+    if h <= 0:
+        raise _error("box_size", f"height must be > 0 (got {h:g})", hint="a box is [x, y, width, height]")
+    return box
+
+
+class AttentionWeights(_Spec):
+    """How strongly a node's prompt is pushed into (pos) and its region kept out of other prompts (neg)."""
+
+    pos: Number = Field(1.0, ge=0, description="Boost of the node's own tokens inside its region (>= 0).")
+    neg: Number = Field(1.0, ge=0, description="Suppression of the node's tokens outside its region (>= 0).")
+
+
+class RectMask(_Spec):
+    """An axis-aligned rectangle."""
+
+    rect: Box = Field(description="[x, y, width, height] as fractions of the image size.")
+
+    _check = field_validator("rect")(_check_box)
+
+
+class EllipseMask(_Spec):
+    """An ellipse, given by its bounding box."""
+
+    ellipse: Box = Field(description="Bounding box [x, y, width, height] as fractions of the image size.")
+
+    _check = field_validator("ellipse")(_check_box)
+
+
+class PolygonMask(_Spec):
+    """A filled polygon."""
+
+    polygon: tuple[Point, ...] = Field(
+        description="At least 3 points [[x, y], ...], as fractions of the image size."
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _three_points(cls, points: tuple[Point, ...]) -> tuple[Point, ...]:
+        if len(points) < 3:
+            raise _error(
+                "polygon_points",
+                f"a polygon needs at least 3 points (got {len(points)})",
+                hint="use rect: or ellipse: for simple shapes",
+            )
+        return points
+
+
+class ImageMask(_Spec):
+    """A grayscale image file, resized to the frame (white = inside)."""
+
+    image: AssetRef = Field(description="Grayscale mask image, relative to the scene file.")
+    invert: bool = Field(False, description="Use black as inside instead of white.")
+
+
+# The union's tags are class names, not keys, so that a tag in an error's loc cannot be mistaken for a key.
+_MASK_CLASSES: dict[str, type[_Spec]] = {
+    "rect": RectMask,
+    "ellipse": EllipseMask,
+    "polygon": PolygonMask,
+    "image": ImageMask,
+}
+MASK_TAGS = frozenset(cls.__name__ for cls in _MASK_CLASSES.values())
+
+
+def _mask_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kinds = [k for k in MASK_KINDS if k in value]
+        return _MASK_CLASSES[kinds[0]].__name__ if len(kinds) == 1 else None
+    return type(value).__name__ if type(value) in _MASK_CLASSES.values() else None
+
+
+MaskSpec = Annotated[
+    Annotated[RectMask, Tag("RectMask")]
+    | Annotated[EllipseMask, Tag("EllipseMask")]
+    | Annotated[PolygonMask, Tag("PolygonMask")]
+    | Annotated[ImageMask, Tag("ImageMask")],
+    Discriminator(
+        _mask_kind,
+        custom_error_type="mask_kind",
+        custom_error_message="a mask needs exactly one of: rect, ellipse, polygon, image",
+    ),
+]
+"""One of the mask variants; the key present (rect / ellipse / polygon / image) picks it."""
+
+
+def _levels(value: Any) -> Any:
+    if value == "all":
+        return LEVELS
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise _error(
+                "levels_empty", "levels must name at least one level", hint="use all, or coarse/mid/fine"
+            )
+        # Canonical order, no repeats: a set of levels, kept hashable and printable.
+        bad = [v for v in value if v not in LEVELS]
+        if bad:
+            import difflib
+
+            close = difflib.get_close_matches(str(bad[0]), [*LEVELS, "all"], n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "use all, or coarse / mid / fine, or a list of them"
+            )
+            raise _error("levels_value", f"unknown level {bad[0]!r}", hint=hint)
+        return tuple(level for level in LEVELS if level in value)
+    raise _error("levels_type", f"expected all, a level or a list of levels (got {value!r})")
+
+
+Levels = Annotated[
+    tuple[Level, ...],
+    BeforeValidator(_levels, json_schema_input_type=Literal["all"] | Level | list[Level]),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Nodes
+
+
+def _merge_errors(title: str, extra: list[InitErrorDetails], data: Any, handler: Any) -> Any:
+    """Run pydantic's own validation and report its errors together with ``extra`` (cross-field) ones."""
+    try:
+        value = handler(data)
+    except ValidationError as exc:
+        if not extra:
+            raise
+        raise ValidationError.from_exception_data(title, [*extra, *_as_init_details(exc)]) from None
+    if extra:
+        raise ValidationError.from_exception_data(title, extra)
+    return value
+
+
+_BUILTIN_ERRORS = frozenset(typing.get_args(core_schema.ErrorType))
+
+
+def _as_init_details(exc: ValidationError) -> list[InitErrorDetails]:
+    out: list[InitErrorDetails] = []
+    for err in exc.errors(include_url=False):
+        kind: Any = err["type"]
+        ctx = err.get("ctx")
+        if kind not in _BUILTIN_ERRORS:
+            kind = _error(kind, err["msg"], **(ctx or {}))
+        details = InitErrorDetails(type=kind, loc=err["loc"], input=err["input"])
+        if ctx is not None and isinstance(kind, str):
+            details["ctx"] = ctx
+        out.append(details)
+    return out
+
+
+def _detail(loc: tuple, data: Any, kind: str, message: str, **ctx: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=_error(kind, message, **ctx), loc=loc, input=data)
+
+
+class Node(_Spec):
+    """One region of the scene with its own prompt; children refine it."""
+
+    id: str = Field(
+        "root",
+        description="Unique name, also used for output files: letters, digits, '_', '.', '-'. "
+        "Required on every node but the root.",
+    )
+    prompt: str = Field("", description="What this region should show.")
+    negative: str = Field("", description="What this region should not show (negative prompt).")
+    mask: MaskSpec | None = Field(
+        None,
+        description="The node's region: exactly one of rect, ellipse, polygon (fractions of the image) "
+        "or image (a grayscale file). Not on the root, which covers the whole frame.",
+    )
+    layer: AssetRef | None = Field(
+        None,
+        description="An RGBA image instead of a mask: alpha is the region, RGB is pasted into the canvas.",
+    )
+    at: Point = Field(
+        (0.0, 0.0), description="Top-left position [x, y] of the layer, as fractions of the image size."
+    )
+    scale: Number | None = Field(
+        None,
+        gt=0,
+        description="Layer width as a fraction of the image width. Default: the layer's pixel size "
+        "relative to the scene's size.",
+    )
+    strength: Number = Field(
+        1.0, ge=0, description="How strongly the node's prompt acts in its region (>= 0)."
+    )
+    noise: Number | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="How much of the region is re-noised before sampling, 0..1 (0 keeps the input, 1 is "
+        "pure noise). Default: the parent's; the root's default is 1.",
+    )
+    feather: Number = Field(
+        0.0, ge=0, description="Soft edge of the region: Gaussian sigma in pixels (>= 0)."
+    )
+    active: tuple[Number, Number] = Field(
+        (0.0, 1.0),
+        description="[start, end]: the fraction of the sampling steps in which the node acts, "
+        "0 <= start < end <= 1.",
+    )
+    levels: Levels = Field(
+        LEVELS,
+        description="UNet resolutions the node acts on: all, or coarse / mid / fine, or a list of them.",
+    )
+    attention: AttentionWeights | None = Field(
+        None, description="Per-node override of the scene's attention weights {pos, neg}."
+    )
+    composition: Composition | None = Field(
+        None, description="Per-node composition scheme, used when the scene's composition is hybrid."
+    )
+    children: tuple[Node, ...] = Field((), description="Nodes that refine this one, each inside its parent.")
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not is_safe_name(value):
+            raise _error("id_chars", f"id {value!r} is not a safe file name", hint=safe_name_hint(value))
+        return value
+
+    @field_validator("active")
+    @classmethod
+    def _active_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        start, end = value
+        if not 0 <= start < end <= 1:
+            raise _error(
+                "active_order",
+                f"active must be [start, end] with 0 <= start < end <= 1 (got [{start:g}, {end:g}])",
+                hint="fractions of the sampling steps, e.g. [0.0, 0.8]",
+            )
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_fields(cls, data: Any, handler: Any) -> Any:
+        extra: list[InitErrorDetails] = []
+        if isinstance(data, dict):
+            if "mask" in data and "layer" in data:
+                extra.append(
+                    _detail(
+                        ("layer",),
+                        data,
+                        "mask_and_layer",
+                        "a node has either mask or layer, not both",
+                        hint="move one of them to a child node",
+                    )
+                )
+            for key in ("at", "scale"):
+                if key in data and "layer" not in data:
+                    extra.append(
+                        _detail(
+                            (key,), data, "layer_only", f"{key} applies only to a layer", hint="remove it"
+                        )
+                    )
+            children = data.get("children")
+            if isinstance(children, (list, tuple)):
+                for i, child in enumerate(children):
+                    if isinstance(child, dict) and "mask" not in child and "layer" not in child:
+                        extra.append(
+                            _detail(
+                                ("children", i),
+                                child,
+                                "region_missing",
+                                "a child node needs a mask or a layer",
+                                hint="add e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
+                            )
+                        )
+                    if isinstance(child, dict) and "id" not in child:
+                        extra.append(
+                            _detail(
+                                ("children", i, "id"),
+                                child,
+                                "id_missing",
+                                "a child node needs an id",
+                                hint="add id: <name>, using letters, digits, '_', '.', '-'",
+                            )
+                        )
+        return _merge_errors(cls.__name__, extra, data, handler)
+
+    def walk(self) -> Iterator[Node]:
+        """This node and all its descendants, depth-first pre-order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+# ------------------------------------------------------------------------------------------------
+# The scene
+
+
+class FlatNode(NamedTuple):
+    """A node in the flattened tree (depth-first pre-order: a parent always comes before its children)."""
+
+    index: int
+    node: Node
+    parent: int  # index of the parent, -1 for the root
+    depth: int  # 0 for the root
+    path: str  # field path in the scene file, e.g. "root.children[1]"
+    noise: float  # the node's noise level with inheritance applied
+
+
+class SourceInfo(NamedTuple):
+    """Where a scene came from, for messages: the file (as the user named it) and field positions."""
+
+    file: Path
+    positions: dict[tuple[str | int, ...], tuple[int, int]]
+
+
+def format_field_path(path: tuple[str | int, ...] | list) -> str:
+    """('root', 'children', 1, 'mask') -> 'root.children[1].mask'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_field_path(text: str) -> tuple[str | int, ...]:
+    """'root.children[1].mask' -> ('root', 'children', 1, 'mask')."""
+    out: list[str | int] = []
+    for piece in text.replace("[", ".[").split("."):
+        if not piece:
+            continue
+        out.append(int(piece[1:-1]) if piece.startswith("[") and piece.endswith("]") else piece)
+    return tuple(out)
+
+
+class Scene(_Spec):
+    """A whole scene file: global settings plus the tree of nodes under ``root``."""
+
+    version: Literal[1] = Field(
+        FORMAT_VERSION, description="Version of the scene format; this hmedit reads 1."
+    )
+    name: str | None = Field(
+        None,
+        description="Output folder name (letters, digits, '_', '.', '-'). Default: the scene file's name.",
+    )
+    model: str = Field(
+        "toy",
+        description="The diffusion model: 'toy' (bundled), a local diffusers folder, a Hugging Face hub id, "
+        "or a .safetensors file.",
+    )
+    size: tuple[Int, Int] | None = Field(
+        None,
+        description="[width, height] in pixels: multiples of 8, at least 64. "
+        "Default: the model's native size (or the init image's size).",
+    )
+    seed: Int | None = Field(None, description="Random seed (default 0). Use either seed or seeds.")
+    seeds: tuple[Int, ...] | None = Field(
+        None, min_length=1, description="Several seeds: one output per seed. Use either seed or seeds."
+    )
+    steps: Int = Field(30, ge=1, le=1000, description="Number of sampling steps, 1..1000.")
+    guidance: Number = Field(7.5, ge=0, description="Classifier-free guidance scale (>= 0).")
+    scheduler: Scheduler = Field(
+        "ddim", description="Sampler: ddim, euler, euler_a, dpmpp_2m, pndm or unipc."
+    )
+    init_image: AssetRef | None = Field(
+        None,
+        description="Image to edit, relative to the scene file. Without it, the scene is generated "
+        "from noise.",
+    )
+    composition: Composition = Field(
+        "top_down",
+        description="How overlapping regions combine: multiplicative, normalized, top_down, depth_weighted "
+        "or hybrid (each node's own composition).",
+    )
+    depth_gamma: Number = Field(
+        0.8, gt=0, le=1, description="For depth_weighted: weight falloff per tree level, in (0, 1]."
+    )
+    attention: AttentionWeights = Field(
+        default_factory=AttentionWeights, description="Attention weights {pos, neg} for every node."
+    )
+    root: Node = Field(description="The root node: covers the whole frame (no mask, no layer).")
+
+    _source: SourceInfo | None = PrivateAttr(None)
+    _warnings: list[HmeditError] = PrivateAttr(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_safe_name(value):
+            raise _error(
+                "name_chars", f"name {value!r} is not a safe folder name", hint=safe_name_hint(value)
+            )
+        return value
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_shape(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise _error(
+                "size_shape", f"size must be [width, height] (got {value!r})", hint="e.g. [512, 512]"
+            )
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_valid(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is None:
+            return value
+        nearest = [max(64, int(v / 8 + 0.5) * 8) for v in value]
+        hint = f"nearest valid size: [{nearest[0]}, {nearest[1]}]"
+        for what, v in zip(("width", "height"), value, strict=True):
+            if v < 64:
+                raise _error("size_small", f"{what} must be at least 64 px (got {v})", hint=hint)
+            if v % 8:
+                raise _error("size_multiple", f"{what} must be a multiple of 8 (got {v})", hint=hint)
+        return value
+
+    @field_validator("root")
+    @classmethod
+    def _root_noise(cls, root: Node) -> Node:
+        return root if root.noise is not None else root.model_copy(update={"noise": 1.0})
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_fields(cls, data: Any, handler: Any) -> Any:
+        extra: list[InitErrorDetails] = []
+        if isinstance(data, dict):
+            if "seed" in data and "seeds" in data:
+                extra.append(
+                    _detail(
+                        ("seeds",),
+                        data,
+                        "seed_and_seeds",
+                        "use either seed or seeds, not both",
+                        hint="seeds: [1, 2, 3] renders one image per seed",
+                    )
+                )
+            root = data.get("root")
+            if isinstance(root, dict):
+                for key in ("mask", "layer", "at", "scale"):
+                    if key in root:
+                        extra.append(
+                            _detail(
+                                ("root", key),
+                                data,
+                                "root_region",
+                                f"the root has no {key}: it covers the whole frame",
+                                hint="put the region on a child node under root.children",
+                            )
+                        )
+                extra.extend(_duplicate_ids(root, data))
+        return _merge_errors(cls.__name__, extra, data, handler)
+
+    # ---------------------------------------------------------------------------------------------
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds to render: ``seeds``, or ``[seed]``, or ``[0]``."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [self.seed if self.seed is not None else 0]
+
+    def flat(self) -> list[FlatNode]:
+        """The tree flattened depth-first in pre-order: parents always come before their children."""
+        out: list[FlatNode] = []
+
+        def visit(node: Node, parent: int, depth: int, path: str, inherited: float) -> None:
+            noise = node.noise if node.noise is not None else inherited
+            index = len(out)
+            out.append(FlatNode(index, node, parent, depth, path, noise))
+            for i, child in enumerate(node.children):
+                visit(child, index, depth + 1, f"{path}.children[{i}]", noise)
+
+        visit(self.root, -1, 0, "root", 1.0)
+        return out
+
+    def node(self, node_id: str) -> Node:
+        """The node with this id (KeyError if there is none)."""
+        for node in self.root.walk():
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    @property
+    def source(self) -> Path | None:
+        """The scene file this was loaded from (as the user named it), or None for a scene built in code."""
+        return self._source.file if self._source else None
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the scene are resolved against."""
+        return self._source.file.parent.absolute() if self._source else Path.cwd()
+
+    @property
+    def warnings(self) -> list[HmeditError]:
+        """Warnings found while loading (they do not stop a render)."""
+        return list(self._warnings)
+
+    def position(self, field_path: str | tuple[str | int, ...]) -> tuple[int, int] | None:
+        """(line, column), 1-based, of a field in the scene file, e.g. ``"root.children[1].mask"``.
+
+        Falls back to the nearest enclosing field that has a position (a default value has none);
+        None for a scene that was not loaded from a file.
+        """
+        if self._source is None:
+            return None
+        path = parse_field_path(field_path) if isinstance(field_path, str) else tuple(field_path)
+        positions = self._source.positions
+        while path not in positions and path:
+            path = path[:-1]
+        return positions.get(path)
+
+    def where(self, field_path: str | tuple[str | int, ...]) -> dict[str, Any]:
+        """Keyword arguments for ``HmeditError`` / ``Diagnostics.error`` pointing at a field of this scene.
+
+        Example: ``diags.warn("mask is empty", **scene.where(f"{flat.path}.mask"), hint="...")``.
+        """
+        text = field_path if isinstance(field_path, str) else format_field_path(field_path)
+        pos = self.position(field_path)
+        return {
+            "file": self.source,
+            "line": pos[0] if pos else None,
+            "column": pos[1] if pos else None,
+            "field": text,
+        }
+
+
+def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:
+    """Ids must be unique across the tree: report each repeat with the path of its first use."""
+    seen: dict[str, tuple] = {}
+    out: list[InitErrorDetails] = []
+
+    def visit(node: Any, path: tuple, default_id: str | None) -> None:
+        if not isinstance(node, dict):
+            return
+        node_id = node.get("id", default_id)
+        if isinstance(node_id, str):
+            if node_id in seen:
+                first = seen[node_id]
+                out.append(
+                    _detail(
+                        (*path, "id"),
+                        data,
+                        "duplicate_id",
+                        f"duplicate id {node_id!r} (also used by {format_field_path(first)})",
+                        hint="ids must be unique across the tree",
+                        first=first,
+                    )
+                )
+            else:
+                seen[node_id] = path
+        children = node.get("children")
+        if isinstance(children, (list, tuple)):
+            for i, child in enumerate(children):
+                visit(child, (*path, "children", i), None)
+
+    visit(root, ("root",), "root")
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of scene files (what ``hmedit schema`` prints); every field has a description."""
+    schema = Scene.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "hmedit scene",
+        "description": "Global settings and a tree of nodes, each with a region and a prompt.",
+    }
