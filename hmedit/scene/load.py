@@ -380,6 +380,9 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
 
     if kind == "extra_forbidden":
         return f"unknown key {name!r}", _unknown_key_hint(name, path[:-1], data)
+    if kind == "missing" and err["loc"] and isinstance(err["loc"][-1], int):  # a fixed-length list too short
+        count = len(value) if isinstance(value, (list, tuple)) else "fewer"
+        return f"too few values (got {count})", f"write {name}: {shape}" if shape else None
     if kind == "missing":
         if path == ("root",):
             return "missing required key 'root'", "a scene needs root: {prompt: ...}"
@@ -424,10 +427,8 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
         actual = ctx.get("actual_length")
         if name == "seeds":
             return "seeds must list at least one seed", "e.g. seeds: [1, 2, 3]"
-        return (
-            f"{name} has the wrong number of values (got {actual})",
-            f"write {name}: {shape}" if shape else None,
-        )
+        amount = "too many" if kind == "too_long" else "too few"
+        return f"{amount} values (got {actual})", f"write {name}: {shape}" if shape else None
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         hint = "write the keys indented below it, or {key: value, ...}"
         if name == "mask":
