@@ -225,7 +225,7 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "not valid YAML"
         diags.error(
-            f"invalid YAML: {problem}",
+            f"invalid YAML: {' '.join(problem.split())}",
             file=file,
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,
@@ -378,6 +378,8 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
     name = names[-1] if names else "scene"
     shape = _SHAPES.get(name)
 
+    if kind == "invalid_key":
+        return f"keys must be text (got {_show(value)})", "put the key in quotes, or check the indentation"
     if kind == "extra_forbidden":
         return f"unknown key {name!r}", _unknown_key_hint(name, path[:-1], data)
     if kind == "missing" and err["loc"] and isinstance(err["loc"][-1], int):  # a fixed-length list too short
@@ -405,16 +407,13 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
     if kind in _BOUNDS:
         bound = ctx.get(_BOUND_KEYS[kind])
         return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", _RANGE_HINTS.get(name)
+    unquote = "write a plain number, without quotes" if isinstance(value, str) else None
     if kind in ("float_type", "float_parsing"):
-        return f"expected a number (got {_show(value)})", "remove the quotes" if isinstance(
-            value, str
-        ) else None
+        return f"expected a number (got {_show(value)})", unquote
     if kind == "finite_number":
         return f"expected a finite number (got {_show(value)})", None
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"expected a whole number (got {_show(value)})", "remove the quotes" if isinstance(
-            value, str
-        ) else None
+        return f"expected a whole number (got {_show(value)})", unquote
     if kind in ("string_type", "string_too_short"):
         if kind == "string_too_short":
             return "must not be empty", None

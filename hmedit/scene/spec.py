@@ -395,7 +395,7 @@ class Node(_Spec):
     def _cross_fields(cls, data: Any, handler: Any) -> Any:
         extra: list[InitErrorDetails] = []
         if isinstance(data, dict):
-            if "mask" in data and "layer" in data:
+            if data.get("mask") is not None and data.get("layer") is not None:
                 extra.append(
                     _detail(
                         ("layer",),
@@ -406,7 +406,7 @@ class Node(_Spec):
                     )
                 )
             for key in ("at", "scale"):
-                if key in data and "layer" not in data:
+                if data.get(key) is not None and data.get("layer") is None:
                     extra.append(
                         _detail(
                             (key,), data, "layer_only", f"{key} applies only to a layer", hint="remove it"
@@ -415,7 +415,7 @@ class Node(_Spec):
             children = data.get("children")
             if isinstance(children, (list, tuple)):
                 for i, child in enumerate(children):
-                    if isinstance(child, dict) and "mask" not in child and "layer" not in child:
+                    if isinstance(child, dict) and child.get("mask") is None and child.get("layer") is None:
                         extra.append(
                             _detail(
                                 ("children", i),
@@ -589,7 +589,7 @@ class Scene(_Spec):
             root = data.get("root")
             if isinstance(root, dict):
                 for key in ("mask", "layer", "at", "scale"):
-                    if key in root:
+                    if root.get(key) is not None:
                         extra.append(
                             _detail(
                                 ("root", key),

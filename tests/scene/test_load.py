@@ -341,11 +341,12 @@ def test_node_with_both_mask_and_layer(write_scene, write_png):
 
 
 def test_child_without_region_or_id(write_scene):
-    path = write_scene("root:\n  children:\n    - prompt: x\n")
+    path = write_scene("root:\n  children:\n    - prompt: x\n    - {id: b, mask: null}\n")
     errors = {e.location.field: e for e in errors_of(path)}
     assert errors["root.children[0]"].problem == "a child node needs a mask or a layer"
     assert errors["root.children[0].id"].problem == "a child node needs an id"
     assert errors["root.children[0].id"].location.line == 3  # the node's position: the key is missing
+    assert errors["root.children[1]"].problem == "a child node needs a mask or a layer"
 
 
 def test_mask_with_two_shapes_and_misspelled_kind(write_scene):
@@ -388,7 +389,9 @@ def test_seed_and_seeds_together(write_scene):
 def test_quoted_number_is_an_error(write_scene):
     path = write_scene("guidance: '7.5'\nroot: {prompt: x}\n")
     err = error_at(path, "guidance")
-    assert err.problem == "expected a number (got '7.5')" and err.hint == "remove the quotes"
+    assert (
+        err.problem == "expected a number (got '7.5')" and err.hint == "write a plain number, without quotes"
+    )
 
 
 def test_unsafe_names(write_scene):
