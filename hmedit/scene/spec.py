@@ -309,6 +309,15 @@ def _as_init_details(exc: ValidationError) -> list[InitErrorDetails]:
     return out
 
 
+def _given(obj: Any, key: str) -> Any:
+    """A key's value as the user gave it, for raw dicts and for models built in code; None when absent."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    if isinstance(obj, BaseModel):
+        return getattr(obj, key) if key in obj.model_fields_set else None
+    return None
+
+
 def _detail(loc: tuple, data: Any, kind: str, message: str, **ctx: Any) -> InitErrorDetails:
     return InitErrorDetails(type=_error(kind, message, **ctx), loc=loc, input=data)
 
@@ -415,7 +424,9 @@ class Node(_Spec):
             children = data.get("children")
             if isinstance(children, (list, tuple)):
                 for i, child in enumerate(children):
-                    if isinstance(child, dict) and child.get("mask") is None and child.get("layer") is None:
+                    if not isinstance(child, (dict, Node)):
+                        continue
+                    if _given(child, "mask") is None and _given(child, "layer") is None:
                         extra.append(
                             _detail(
                                 ("children", i),
@@ -425,7 +436,7 @@ class Node(_Spec):
                                 hint="add e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
                             )
                         )
-                    if isinstance(child, dict) and "id" not in child:
+                    if _given(child, "id") is None:
                         extra.append(
                             _detail(
                                 ("children", i, "id"),
@@ -587,9 +598,9 @@ class Scene(_Spec):
                     )
                 )
             root = data.get("root")
-            if isinstance(root, dict):
+            if isinstance(root, (dict, Node)):
                 for key in ("mask", "layer", "at", "scale"):
-                    if root.get(key) is not None:
+                    if _given(root, key) is not None:
                         extra.append(
                             _detail(
                                 ("root", key),
@@ -682,9 +693,9 @@ def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:
     out: list[InitErrorDetails] = []
 
     def visit(node: Any, path: tuple, default_id: str | None) -> None:
-        if not isinstance(node, dict):
+        if not isinstance(node, (dict, Node)):
             return
-        node_id = node.get("id", default_id)
+        node_id = _given(node, "id") or default_id
         if isinstance(node_id, str):
             if node_id in seen:
                 first = seen[node_id]
@@ -700,7 +711,7 @@ def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:
                 )
             else:
                 seen[node_id] = path
-        children = node.get("children")
+        children = _given(node, "children")
         if isinstance(children, (list, tuple)):
             for i, child in enumerate(children):
                 visit(child, (*path, "children", i), None)

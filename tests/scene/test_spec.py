@@ -142,6 +142,22 @@ def test_invariants_hold_for_scenes_built_in_code():
         RectMask(rect=(0, 0, 0, 1))
 
 
+def test_invariants_hold_for_trees_of_node_objects():
+    box = RectMask(rect=(0, 0, 1, 1))
+    with pytest.raises(ValidationError, match="duplicate id 'a'"):
+        Scene(
+            root=Node(
+                children=(Node(id="a", mask=box), Node(id="b", mask=box, children=(Node(id="a", mask=box),)))
+            )
+        )
+    with pytest.raises(ValidationError) as info:
+        Node(children=(Node(prompt="x"),))
+    assert {err["type"] for err in info.value.errors()} == {"region_missing", "id_missing"}
+    with pytest.raises(ValidationError, match="the root has no mask"):
+        Scene(root=Node(mask=box))
+    assert len(Scene(root=Node(children=(Node(id="a", mask=box),))).flat()) == 2
+
+
 def test_cross_field_errors_come_with_field_errors():
     """A wrong value elsewhere does not hide the cross-field problems (all problems at once)."""
     with pytest.raises(ValidationError) as info:
