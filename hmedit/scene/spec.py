@@ -11,6 +11,7 @@ problems of a file at once instead of one per run.
 
 from __future__ import annotations
 
+import difflib
 import os
 import typing
 from collections.abc import Iterator
@@ -256,8 +257,6 @@ def _levels(value: Any) -> Any:
         # Canonical order, no repeats: a set of levels, kept hashable and printable.
         bad = [v for v in value if v not in LEVELS]
         if bad:
-            import difflib
-
             close = difflib.get_close_matches(str(bad[0]), [*LEVELS, "all"], n=1)
             hint = (
                 f"did you mean {close[0]!r}?"
