@@ -305,7 +305,12 @@ def contact_sheet(
     base = None if base_image is None else _as_rgb(base_image, lay.tile)
 
     # header: title, colour bar, column titles
-    draw.text((lay.margin, lay.margin), _fit(title or "influence", font, lay.label_w), fill=ink, font=font)
+    draw.text(
+        (lay.margin, lay.margin),
+        _fit(title or "influence", font, lay.width - 2 * lay.margin),
+        fill=ink,
+        font=font,
+    )
     bar_w = min(120, lay.label_w - 40)
     bar = np.repeat(colormap(np.linspace(0.0, 1.0, bar_w))[None], 8, axis=0)
     bar_y = lay.margin + 22

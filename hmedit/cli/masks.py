@@ -1,0 +1,247 @@
+"""``hmedit masks``: rasterise and compose a scene's masks and write its influence maps, without a model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hmedit.cli.options import ScenePaths
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hmedit.scene import Scene
+
+DEFAULT_SIZE = (512, 512)
+"""Render size for a scene that gives neither ``size`` nor ``init_image`` (as the mask checks assume)."""
+MAX_SIDE = 8192
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'256x192' -> (256, 192); None stays None. Raises typer.BadParameter for anything else."""
+    if text is None:
+        return None
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise typer.BadParameter(f"expected WIDTHxHEIGHT, e.g. 256x192 (got {text!r})")
+    w, h = int(match.group(1)), int(match.group(2))
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise typer.BadParameter(f"width and height must be 1..{MAX_SIDE} px (got {w}x{h})")
+    return w, h
+
+
+OutDir = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Output folder; each scene writes to OUT/<scene name>/.", show_default=True
+    ),
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        metavar="WxH",
+        help="Mask size in pixels, e.g. 256x192. "
+        "Default: the scene's size (or its init image's), else 512x512.",
+        show_default=False,
+    ),
+]
+
+
+@dataclass
+class _Result:
+    file: Path
+    nodes: int | None = None
+    size: tuple[int, int] | None = None
+    output: Path | None = None
+    warnings: int = 0
+    error: str | None = None  # one line, None when the scene was written
+
+
+def masks_command(
+    ctx: typer.Context,
+    paths: ScenePaths,
+    out: OutDir = Path("out"),
+    size: SizeOpt = None,
+) -> None:
+    """Write each scene's intrinsic and effective masks (influence maps), without running a model.
+
+    Per scene, into [bold]OUT/<name>/[/]:
+
+      [bold]influence.safetensors[/]   float32 maps named intrinsic/<id> and effective/<id>
+
+      [bold]influence/<id>.png[/]      a heatmap of each node's effective map
+
+      [bold]influence.png[/]           a contact sheet of the whole tree
+
+    Effective maps follow the scene's composition, depth_gamma, strengths and per-node compositions.
+
+    A failing scene is reported in one line and the others are still written; exit code 2 if any failed.
+
+    [bold]Examples[/]
+
+      [green]hmedit masks scenes/nested_rings.yaml[/]              writes out/nested_rings/
+
+      [green]hmedit masks scenes/ --out /tmp/maps[/]               every scene below the folder
+
+      [green]hmedit masks scenes/hybrid_edit.yaml --size 128x128[/]   at the toy model's native size
+    """
+    # Imported here so that `hmedit --help` stays fast.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from hmedit.cli.options import problem_line, stdout
+    from hmedit.errors import HmeditError
+    from hmedit.scene import find_scenes
+
+    forced = parse_size(size)
+    debug = bool(ctx.find_root().params.get("debug"))
+    files = find_scenes(paths)
+    if not files:
+        raise HmeditError(
+            "no scene files found", file=", ".join(map(str, paths)), hint="scene files end in .yaml or .yml"
+        )
+
+    console = stdout()
+    results: list[_Result] = []
+    claimed: dict[Path, Path] = {}  # output folder -> the scene file that wrote it in this run
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("masks", total=len(files))
+        for file in files:
+            progress.update(task, description=f"masks {file.name}")
+            result = _Result(file)
+            try:
+                _one_scene(file, out, forced, claimed, result, progress.console)
+            except HmeditError as err:
+                line = problem_line(err)
+                others = len(getattr(err, "others", ()))
+                if others:
+                    line.append(f" (+{others} more: run hmedit validate {file})")
+                progress.console.print(line)
+                result.error = err.problem
+            except Exception as exc:  # a bug in one scene must not stop the batch
+                if debug:
+                    progress.console.print_exception()
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                progress.console.print(
+                    f"error: {file}: internal error: {type(exc).__name__}: {message} "
+                    "(run again with --debug for the traceback, and please report it)",
+                    markup=False,
+                )
+                result.error = f"internal error: {type(exc).__name__}"
+            results.append(result)
+            progress.advance(task)
+
+    _summary(console, results)
+    if any(r.error for r in results):
+        raise typer.Exit(2)
+
+
+def _one_scene(
+    file: Path,
+    out: Path,
+    forced: tuple[int, int] | None,
+    claimed: dict[Path, Path],
+    result: _Result,
+    console: Console,
+) -> None:
+    from hmedit.cli.options import problem_line
+    from hmedit.errors import HmeditError
+    from hmedit.masks import compose, rasterize_scene, reference_size
+    from hmedit.outputs import influence_tensors, write_influence
+    from hmedit.scene import validate
+
+    scene, diags = validate(file)
+    for warning in diags.warnings:
+        console.print(problem_line(warning, "warning"))
+    result.warnings = len(diags.warnings)
+    diags.raise_if_errors()
+    assert scene is not None and scene.name is not None
+
+    target = out / scene.name
+    key = Path(target.absolute())
+    if key in claimed:
+        raise HmeditError(
+            f"output folder {target} is already written by {claimed[key]} in this run",
+            **scene.where("name"),
+            hint="give one of the scenes another name: ...",
+        )
+    claimed[key] = file
+
+    flats = scene.flat()
+    ref = reference_size(scene, default=DEFAULT_SIZE)
+    assert ref is not None
+    width, height = forced or ref
+    result.nodes, result.size, result.output = len(flats), (width, height), target
+
+    ids, intrinsic = rasterize_scene(scene, width, height, ref_size=ref)
+    effective = compose(
+        intrinsic,
+        [f.parent for f in flats],
+        [f.node.strength for f in flats],
+        scene.composition,
+        gamma=scene.depth_gamma,
+        node_schemes=[f.node.composition for f in flats],
+    )
+    metadata = {
+        "scene": str(file),
+        "name": scene.name,
+        "composition": scene.composition,
+        "depth_gamma": f"{scene.depth_gamma:g}",
+        "size": f"{width}x{height}",
+    }
+    write_influence(
+        target,
+        ids,
+        influence_tensors(ids, intrinsic=intrinsic, effective=effective),
+        nodes=flats,
+        base_image=_base_image(scene),
+        metadata=metadata,
+        title=f"{scene.name}: {scene.composition}, {width}x{height}",
+    )
+
+
+def _base_image(scene: Scene):
+    """The scene's init image (float [H, W, 3]) to draw the contact sheet's heatmaps over, or None."""
+    if scene.init_image is None:
+        return None
+    from hmedit.scene.assets import load_rgb
+
+    return load_rgb(scene.init_image, field="init_image")
+
+
+def _summary(console: Console, results: list[_Result]) -> None:
+    from rich.table import Table
+
+    table = Table(title=None, show_edge=False, pad_edge=False)
+    for name in ("scene", "nodes", "size", "output", "status"):
+        table.add_column(name, justify="right" if name == "nodes" else "left", overflow="fold")
+    for r in results:
+        if r.error:
+            status = "[bold red]failed[/]"
+        elif r.warnings:
+            status = f"[yellow]ok, {r.warnings} warning{'s' * (r.warnings != 1)}[/]"
+        else:
+            status = "[green]ok[/]"
+        table.add_row(
+            str(r.file),
+            "" if r.nodes is None else str(r.nodes),
+            "" if r.size is None else f"{r.size[0]}x{r.size[1]}",
+            "" if r.error or r.output is None else str(r.output),
+            status,
+        )
+    console.print(table)
+    failed = sum(1 for r in results if r.error)
+    if len(results) > 1 or failed:
+        total = len(results)
+        console.print(f"{total} scene{'s' * (total != 1)}: {total - failed} written, {failed} failed")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("masks")(masks_command)
