@@ -5,9 +5,11 @@ size. Every function returns a float32 tensor [height, width] in 0..1 whose pixe
 the pixel's area covered by the shape (anti-aliased):
 
 - rectangles are exact (separable analytic coverage);
-- ellipses and polygons are exact along x (each scanline's covered interval is integrated analytically) and
-  sampled along y at ``SUBROWS`` scanlines per pixel row (midpoint rule), so a pixel's value is off by at most
-  1/SUBROWS and the total area by much less (errors of neighbouring rows cancel along slanted edges);
+- ellipses and polygons are cut into ``SUBROWS`` strips per pixel row; each strip's covered x-interval is
+  integrated exactly over the pixels. Along y, a polygon strip uses the outline at the strip's middle
+  (exact unless a vertex or horizontal edge falls inside the strip, so a pixel is off by at most
+  1/SUBROWS), an ellipse strip the interval with the strip's exact mean chord (so an ellipse's area is
+  exact, up to clipping at the left and right frame edges, and pixels are off by far less than 1/SUBROWS);
 - mask images and layer images are area-resampled (box filter over the exact footprint of each pixel, for
   upsampling and downsampling alike).
 
@@ -91,11 +93,21 @@ def ellipse(x: float, y: float, w: float, h: float, width: int, height: int) -> 
     acc = _Scanlines(r1 - r0, c0, c1)
     sign = torch.tensor([-1.0, 1.0], dtype=_F64).expand(r1 - r0, 2)
     for k in range(SUBROWS):
-        t = (rows + (k + 0.5) / SUBROWS - cy) / ry
-        half = rx * (1.0 - t * t).clamp(min=0.0).sqrt()  # chord half-length; 0 (empty chord) outside
+        # Each sub-row strip [ya, yb) is represented by one centred interval whose half-width is the
+        # strip's exact mean chord half-length, rx * ry * (G(tb) - G(ta)) / (yb - ya) with
+        # G(t) = (t sqrt(1 - t^2) + asin t) / 2 the integral of sqrt(1 - t^2): every strip, and so the
+        # whole ellipse, has its exact area however few strips cover it; empty strips get width 0.
+        ta = ((rows + k / SUBROWS - cy) / ry).clamp(-1.0, 1.0)
+        tb = ((rows + (k + 1) / SUBROWS - cy) / ry).clamp(-1.0, 1.0)
+        half = rx * ry * (_semicircle_integral(tb) - _semicircle_integral(ta)) * SUBROWS
         acc.add(torch.stack([cx - half, cx + half], dim=1), sign)
     out[r0:r1, c0:c1] = acc.coverage()
     return out.to(torch.float32)
+
+
+def _semicircle_integral(t: Tensor) -> Tensor:
+    """G(t) = ∫_0^t sqrt(1 - u^2) du for t in [-1, 1]."""
+    return 0.5 * (t * (1.0 - t * t).clamp(min=0.0).sqrt() + torch.asin(t))
 
 
 def polygon(
