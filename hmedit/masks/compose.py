@@ -3,9 +3,9 @@
 Inputs everywhere: intrinsic masks ``masks`` [K, ...] (node axis first, any spatial shape after it, index 0
 the root), ``parents`` (parents[k] is k's parent index, -1 for a root; parents precede their children, as
 ``Scene.flat()`` orders them) and strengths s [K]. Output: effective masks [K, ...], differentiable in the
-masks and the strengths. Equation numbers below refer to the order of the displayed equations in §3 and §4;
-the extracted paper text lost its "+" signs and parentheses, and where that leaves a formula ambiguous the
-reading chosen is stated next to it.
+masks and the strengths. The paper's equations are unnumbered, so citations give the section and the
+symbol defined (e.g. "§3 a^j"); the paper's extracted text lost its "+" signs and parentheses, and where that
+leaves a formula ambiguous the reading chosen is stated next to it.
 
 Schemes (Table 3):
     multiplicative   M~^k = s^k m^k a^k, a^k = prod_{l in ch_k} (1 - w^l m^l)     child overrides parent
