@@ -11,6 +11,8 @@ Schemes (Table 3):
     multiplicative   M~^k = s^k m^k a^k, a^k = prod_{l in ch_k} (1 - w^l m^l)     child overrides parent
     normalized       M~^k = s^k m^k / (sum_j s^j m^j + eps)                       bounded total per pixel
     top_down         residual allocation root -> leaves, M~^k = s^k r^k           conserves influence
+                     (children's share q = m / max(sum m, 1) by default, "capped"; the paper's
+                     q = m / (sum m + eps) as share="ratio")
     depth_weighted   s^k = gamma^{h_k} (x user strength), then normalized          precedence by depth
     hybrid           each node takes its row from the scheme it names             per-node combination
 """
@@ -211,7 +213,7 @@ def top_down(
     strengths: StrengthsLike = None,
     *,
     eps: float = 1e-6,
-    share: Literal["ratio", "capped"] = "ratio",
+    share: Literal["capped", "ratio"] = "capped",
 ) -> Tensor:
     """Top-down residual allocation: influence flows from the root to the leaves and is conserved (§3).
 
@@ -227,11 +229,13 @@ def top_down(
     root's mask, and with strengths in [0, 1] it is at most that.
 
     ``share`` picks the normalised mask over children q^l (the paper gives one "for example"):
+      "capped" q^l = m^l / max(sum_{j in ch_k} m^j, 1), the default: siblings are normalised only where
+               their masks sum to more than 1, and elsewhere a parent keeps r^k (1 - sum m), so a child's
+               feathered edge gets a share in proportion to its mask value (soft edges stay soft).
+               Influence is conserved as with "ratio".
       "ratio"  q^l = m^l / (sum_{j in ch_k} m^j + eps), the paper's example. A parent keeps
                r^k eps / (sum m + eps), i.e. nearly nothing wherever any child is above ~eps, so a child's
                feathered edge takes the parent's full influence (soft edges act hard).
-      "capped" q^l = m^l / max(sum_{j in ch_k} m^j, 1): siblings are normalised only where they overlap by
-               more than 1 and a parent keeps r^k (1 - sum m) elsewhere, so soft edges stay soft.
     """
     _check_masks(masks)
     parents = _check_tree(parents, masks.shape[0])
@@ -302,7 +306,7 @@ def hybrid(
     default: str = "normalized",
     gamma: float = 0.8,
     eps: float = 1e-6,
-    share: Literal["ratio", "capped"] = "ratio",
+    share: Literal["capped", "ratio"] = "capped",
 ) -> Tensor:
     """Hybrid composition, "combination per node" (Table 3): node k's effective mask is row k of the scheme
     ``node_schemes[k]`` names (None: ``default``), each scheme applied to the whole hierarchy.
@@ -337,11 +341,12 @@ def compose(
     node_schemes: Sequence[str | None] | None = None,
     eps: float = 1e-6,
     hybrid_default: str = "normalized",
-    share: Literal["ratio", "capped"] = "ratio",
+    share: Literal["capped", "ratio"] = "capped",
 ) -> Tensor:
     """Effective masks [K, ...] from intrinsic masks [K, ...] by ``scheme`` (one of :data:`SCHEMES`;
     "top-down" spellings accepted). ``node_schemes`` is used by "hybrid" only, ``gamma`` by "depth_weighted"
-    (also inside hybrid), ``share`` by "top_down"."""
+    (also inside hybrid), ``share`` by "top_down" (also inside hybrid; "capped" by default, "ratio" for the
+    paper's q = m / (sum m + eps), see :func:`top_down`)."""
     name = _scheme_name(scheme)
     if name == "multiplicative":
         return multiplicative(masks, parents, strengths)

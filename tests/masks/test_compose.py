@@ -93,6 +93,48 @@ def test_top_down_paper_example_vs_capped_on_a_soft_edge():
     torch.testing.assert_close(capped, torch.tensor([[1.0, 0.7, 0.0], [0.0, 0.3, 1.0]]).double())
 
 
+@FAST
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8), st.floats(0.1, 2.0))
+def test_top_down_capped_keeps_a_soft_edge_soft(values, strength):
+    # one child under a full root: "capped" hands the child exactly its mask value and leaves the rest with
+    # the root, so a feathered edge ramps; "ratio" hands it (nearly) everything wherever its mask is > 0
+    m = torch.tensor(values, dtype=torch.float64)
+    masks = torch.stack([torch.ones_like(m), m])
+    s = torch.tensor([strength, strength], dtype=torch.float64)
+    capped = top_down(masks, [-1, 0], s, share="capped")
+    torch.testing.assert_close(capped[1], strength * m, atol=1e-12, rtol=0)
+    torch.testing.assert_close(capped[0], strength * (1 - m), atol=1e-12, rtol=0)
+    ratio = top_down(masks, [-1, 0], s, share="ratio")
+    on = m > 1e-3
+    assert (ratio[1][on] >= strength * (1 - 1e-3)).all()
+
+
+def test_top_down_capped_normalises_siblings_only_where_they_sum_past_one():
+    root = torch.ones(3)
+    a = torch.tensor([0.2, 0.5, 1.0])
+    b = torch.tensor([0.3, 0.5, 1.0])
+    out = top_down(torch.stack([root, a, b]).double(), [-1, 0, 0], share="capped")
+    expected = torch.tensor([[0.5, 0.0, 0.0], [0.2, 0.5, 0.5], [0.3, 0.5, 0.5]]).double()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("scheme", ["top_down", "hybrid"])
+def test_top_down_share_defaults_to_capped_and_ratio_stays_selectable(scheme):
+    masks = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.3, 1.0], [0.0, 0.2, 0.0]], dtype=torch.float64)
+    parents = [-1, 0, 1]
+    kw = {"node_schemes": ["top_down"] * 3} if scheme == "hybrid" else {}
+    capped = top_down(masks, parents, share="capped")
+    ratio = top_down(masks, parents, share="ratio")
+    assert not torch.allclose(capped, ratio)
+    torch.testing.assert_close(top_down(masks, parents), capped)
+    torch.testing.assert_close(compose(masks, parents, None, scheme, **kw), capped)
+    torch.testing.assert_close(compose(masks, parents, None, scheme, share="ratio", **kw), ratio)
+    if scheme == "hybrid":
+        torch.testing.assert_close(hybrid(masks, parents, None, ["top_down"] * 3, share="ratio"), ratio)
+    with pytest.raises(ValueError, match="share"):
+        top_down(masks, parents, share="even")
+
+
 def test_top_down_siblings_share_the_parent_and_children_stay_inside():
     root = torch.ones(1, 4)
     a = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
@@ -264,9 +306,9 @@ def test_composition_commutes_with_downsampling_away_from_edges(boxes, scheme):
     The operators act pixel by pixel, so they commute with area averaging exactly over every coarse pixel
     whose fine window is uniform, i.e. where every coarse intrinsic mask is exactly 0 or 1 (an average of
     values in [0, 1] is 0 or 1 only if all of them are): there we demand 1e-5 (float32 rounding). On the
-    edge pixels a nonlinear operator can differ by up to 1 per node (e.g. top_down hands a child the whole
-    residual as soon as its coverage is > 0), so there we bound only the mean: the total error is at most
-    the number of edge pixels times the per-node maximum of 1.
+    edge pixels a nonlinear operator can differ by up to 1 per node (e.g. normalized's division, or the
+    products of nested masks in multiplicative and top_down), so there we bound only the mean: the total
+    error is at most the number of edge pixels times the per-node maximum of 1.
     """
     fine, coarse = 128, 32
     shapes = [torch.ones(fine, fine)] + [raster.rect(*b, fine, fine) for b in boxes[:1]]
