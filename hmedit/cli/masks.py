@@ -9,15 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hmedit.cli.options import ScenePaths
+from hmedit.cli.options import OutDir, ScenePaths
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from hmedit.scene import Scene
 
-DEFAULT_SIZE = (512, 512)
-"""Render size for a scene that gives neither ``size`` nor ``init_image`` (as the mask checks assume)."""
 MAX_SIDE = 8192
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
@@ -36,12 +34,6 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return w, h
 
 
-OutDir = Annotated[
-    Path,
-    typer.Option(
-        "--out", "-o", help="Output folder; each scene writes to OUT/<scene name>/.", show_default=True
-    ),
-]
 SizeOpt = Annotated[
     str | None,
     typer.Option(
@@ -154,6 +146,7 @@ def _one_scene(
     from hmedit.cli.options import problem_line
     from hmedit.errors import HmeditError
     from hmedit.masks import compose, rasterize_scene, reference_size
+    from hmedit.masks.checks import FALLBACK_REF_SIZE
     from hmedit.outputs import influence_tensors, write_influence
     from hmedit.scene import validate
 
@@ -175,7 +168,7 @@ def _one_scene(
     claimed[key] = file
 
     flats = scene.flat()
-    ref = reference_size(scene, default=DEFAULT_SIZE)
+    ref = reference_size(scene, default=FALLBACK_REF_SIZE)
     assert ref is not None
     width, height = forced or ref
     result.nodes, result.size, result.output = len(flats), (width, height), target
@@ -244,4 +237,6 @@ def _summary(console: Console, results: list[_Result]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("masks")(masks_command)
+    from hmedit.cli.options import Command
+
+    app.command("masks", cls=Command)(masks_command)

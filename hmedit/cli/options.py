@@ -8,18 +8,44 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand
 
 from hmedit.errors import HmeditError
+
+
+class Command(TyperCommand):
+    """A command whose usage line shows an argument's metavar as written: ``hmedit masks [OPTIONS] SCENE...``.
+
+    typer wraps a required argument in braces and appends "..." to a variadic one (``{SCENE...}...``);
+    arguments without a metavar keep that. Register with ``app.command("name", cls=Command)``.
+    """
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument" and param.metavar:
+                pieces.append(param.metavar)
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
 
 ScenePaths = Annotated[
     list[Path],
     typer.Argument(
         help="Scene files ([bold]*.yaml[/]) or folders, searched recursively for them.",
+        metavar="SCENE...",
         show_default=False,
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems, not the OK lines.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Treat warnings as errors (exit code 2).")]
+OutDir = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Output folder; each scene writes to OUT/<scene name>/.", show_default=True
+    ),
+]
 Output = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write to this file instead of standard output.", show_default=False),

@@ -65,4 +65,6 @@ def validate_command(paths: ScenePaths, quiet: Quiet = False, strict: Strict = F
 
 
 def register(app: typer.Typer) -> None:
-    app.command("validate")(validate_command)
+    from hmedit.cli.options import Command
+
+    app.command("validate", cls=Command)(validate_command)

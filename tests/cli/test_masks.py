@@ -12,6 +12,7 @@ from safetensors import safe_open
 from hmedit.cli.app import main
 from hmedit.cli.masks import parse_size
 from hmedit.masks import compose, rasterize_scene
+from hmedit.masks.checks import FALLBACK_REF_SIZE
 from hmedit.scene import load_scene
 
 NESTED = """
@@ -115,7 +116,8 @@ def test_scene_without_size_defaults_to_512(write_scene, tmp_path):
     scene = write_scene("root: {prompt: a yellow background}\n", "plain.yaml")
     assert run("masks", str(scene), "--out", str(tmp_path / "o")) == 0
     tensors, _ = read(tmp_path / "o" / "plain" / "influence.safetensors")
-    assert tensors["effective/root"].shape == (512, 512)
+    assert FALLBACK_REF_SIZE == (512, 512)  # the size the mask checks assume, shared
+    assert tensors["effective/root"].shape == FALLBACK_REF_SIZE[::-1]
 
 
 def test_broken_scene_is_reported_and_the_batch_goes_on(write_scene, tmp_path, capsys):
@@ -164,3 +166,18 @@ def test_help_has_examples(capsys):
     assert run("masks", "--help") == 0
     out = capsys.readouterr().out
     assert "Examples" in out and "--size" in out and "--out" in out
+
+
+@pytest.mark.parametrize("command", ["masks", "validate"])
+def test_usage_line_names_scenes(command, capsys):
+    assert run(command, "--help") == 0
+    assert f"hmedit {command} [OPTIONS] SCENE..." in capsys.readouterr().out
+    assert run(command) == 2  # missing argument
+    err = capsys.readouterr().err
+    assert f"hmedit {command} [OPTIONS] SCENE..." in err
+
+
+def test_out_option_is_shared():
+    from hmedit.cli import masks, options
+
+    assert masks.OutDir is options.OutDir
