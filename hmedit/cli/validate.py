@@ -17,7 +17,7 @@ def validate_command(paths: ScenePaths, quiet: Quiet = False, strict: Strict = F
 
     [bold]Examples[/]
 
-      [green]hmedit validate scenes/bento.yaml[/]
+      [green]hmedit validate scenes/nested_rings.yaml[/]
 
       [green]hmedit validate scenes/[/]            every *.yaml / *.yml below the folder
 

@@ -42,6 +42,8 @@ FORMAT_VERSION = 1
 
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
 Composition = Literal["multiplicative", "normalized", "top_down", "depth_weighted", "hybrid"]
+NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_weighted"]
+"""A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
 Level = Literal["coarse", "mid", "fine"]
 LEVELS: tuple[Level, ...] = ("coarse", "mid", "fine")
 MASK_KINDS = ("rect", "ellipse", "polygon", "image")
@@ -374,8 +376,10 @@ class Node(_Spec):
     attention: AttentionWeights | None = Field(
         None, description="Per-node override of the scene's attention weights {pos, neg}."
     )
-    composition: Composition | None = Field(
-        None, description="Per-node composition scheme, used when the scene's composition is hybrid."
+    composition: NodeComposition | None = Field(
+        None,
+        description="Per-node composition scheme (multiplicative, normalized, top_down or depth_weighted), "
+        "used when the scene's composition is hybrid. Default there: normalized.",
     )
     children: tuple[Node, ...] = Field((), description="Nodes that refine this one, each inside its parent.")
 

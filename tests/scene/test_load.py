@@ -190,6 +190,16 @@ def test_unknown_value_with_did_you_mean(write_scene):
     assert err.hint == "did you mean 'euler'?"
 
 
+def test_node_composition_cannot_be_hybrid(write_scene):
+    path = write_scene(
+        "composition: hybrid\nroot:\n  prompt: x\n  children:\n"
+        "    - {id: a, mask: {rect: [0, 0, 1, 1]}, composition: hybrid}\n"
+    )
+    err = error_at(path, "root.children[0].composition")
+    assert "'hybrid' is not one of multiplicative, normalized, top_down, depth_weighted" in err.problem
+    assert_at(err, path, 5, 43)
+
+
 def test_rect_width_not_positive(write_scene):
     path = write_scene(
         """
