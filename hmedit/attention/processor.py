@@ -1,0 +1,155 @@
+"""The one attention processor: diffusers' SDPA processor plus a regional bias on cross-attention.
+
+Collage Diffusion §4.2: softmax((QKᵀ + w_pos·A_pos − w_neg·A_neg) / √d) V with w = v · y(σ),
+y(σ) = log(1 + log(1 + σ)) · max(QKᵀ). For an image token x at a UNet level and a token of node k:
+
+    bias = s_k · y(σ) · (v_pos · m̃ᵏ(x) − v_neg · (1 − m̃ᵏ(x)))
+
+where m̃ᵏ is the node's effective mask at that level. Tokens owned by no node (the root's, start/end/
+padding) get no bias; tokens of a node that is inactive at this step or level are left out of the softmax (−inf), as if its
+prompt were absent. The bias is [B, 1, N, T] and broadcast over heads (no per-head copies). Self-attention is
+left alone: restricting it makes regions render as separate pictures (InvokeAI's finding, peers.md).
+
+Per-call data (masks of this step, σ, recording buffers) flows in through ``cross_attention_kwargs={"region":
+RegionCall}``; without it, or with no regional tokens, the processor is exactly the stock one.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import Tensor
+
+# σ of SD's first training step (t = 999). Zero-terminal-SNR schedules reach σ = ∞ there; capping keeps y(σ)
+# on the scale the bias was designed for.
+SIGMA_CAP = 14.6
+
+
+def sigma_weight(sigma: float) -> float:
+    """log(1 + log(1 + σ)) (Collage Diffusion §4.2), with σ capped at SD's largest finite value."""
+    s = min(float(sigma), SIGMA_CAP)
+    return math.log1p(math.log1p(max(s, 0.0)))
+
+
+@dataclass
+class RegionCall:
+    """Everything the processor needs for one UNet call (one step, one batch of windows).
+
+    The UNet batch is [uncond × W, cond × W] for W windows (W = 1 untiled).
+    masks: query length N → [W, K, N] effective masks of this step's level (node 0 = root, unused).
+    active: query length N → [K] bool, nodes acting at this step and level.
+    owners: [2, T] owner node per token (-1: global), for the uncond and cond branches.
+    valid: [2, T] False for padding that evens out the branches' lengths.
+    pos, neg: [K] s_k · v_pos,k and s_k · v_neg,k.
+    record: query length N → [W, K, N] accumulated attention mass per node (cond branch), or None.
+    record_owner: [T] node whose mass a cond token counts towards (-1: none), e.g. the root's words → 0.
+    """
+
+    masks: dict[int, Tensor]
+    active: dict[int, Tensor]
+    owners: Tensor
+    valid: Tensor
+    pos: Tensor
+    neg: Tensor
+    y_sigma: float
+    record: dict[int, Tensor] | None = None
+    record_owner: Tensor | None = None
+    record_count: dict[int, int] = field(default_factory=dict)
+
+    def bias(self, n: int, windows: int, scores_max: Tensor, dtype: torch.dtype) -> Tensor:
+        """Additive attention bias [2W, 1, N, T] in score units (before the 1/√d scaling)."""
+        masks, active = self.masks[n], self.active[n]  # [W, K, N], [K]
+        out = []
+        for b in range(2):
+            own = self.owners[b]
+            node = own >= 0
+            idx = own.clamp(min=0)
+            m = masks[:, idx, :].transpose(1, 2)  # [W, N, T]
+            y = (self.y_sigma * scores_max[b * windows : (b + 1) * windows]).view(-1, 1, 1)
+            term = self.pos[idx] * m - self.neg[idx] * (1 - m)
+            bias = torch.where(node, y * term, torch.zeros((), dtype=term.dtype))
+            drop = (node & ~active[idx]) | ~self.valid[b]
+            bias = bias.masked_fill(drop, float("-inf"))
+            out.append(bias)
+        return torch.cat(out).unsqueeze(1).to(dtype)
+
+
+class RegionAttnProcessor(AttnProcessor2_0):
+    """Stock SDPA attention, plus the regional bias on cross-attention when a ``region`` is given."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        region: RegionCall | None = None,
+        **kwargs,
+    ):
+        plain = (
+            region is None
+            or encoder_hidden_states is None
+            or attention_mask is not None
+            or hidden_states.ndim != 3
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+            or attn.norm_cross
+            or attn.residual_connection
+        )
+        if plain:
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs
+            )
+        batch, n, _ = hidden_states.shape
+        heads = attn.heads
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(encoder_hidden_states)
+        v = attn.to_v(encoder_hidden_states)
+        d = k.shape[-1] // heads
+        q, k, v = (x.view(batch, -1, heads, d).transpose(1, 2) for x in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scale = attn.scale
+        scores = q @ k.transpose(-1, -2)  # [B, h, N, T], unscaled QKᵀ as in the paper
+        valid = region.valid.repeat_interleave(batch // 2, dim=0)[:, None, None, :]
+        smax = scores.masked_fill(~valid, float("-inf")).amax(dim=(1, 2, 3))
+        bias = region.bias(n, batch // 2, smax, scores.dtype)
+        if region.record is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias * scale)
+        else:
+            probs = torch.softmax(scores * scale + bias * scale, dim=-1)
+            out = probs @ v
+            self._record(region, probs[batch // 2 :], n)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * d).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
+    @staticmethod
+    def _record(region: RegionCall, probs: Tensor, n: int) -> None:
+        """Add this layer's cond-branch attention mass per node (mean over heads) to the recording."""
+        owner = region.record_owner
+        keep = owner >= 0
+        mass = probs.mean(1)[..., keep]  # [W, N, T']
+        k = region.record[n].shape[1]
+        per_node = mass.new_zeros(mass.shape[0], n, k).index_add_(2, owner[keep], mass)
+        region.record[n] += per_node.transpose(1, 2).float()
+        region.record_count[n] = region.record_count.get(n, 0) + 1
+
+
+@contextmanager
+def regional_attention(unet):
+    """Install the processor on every attention layer of ``unet``; restore the originals on exit."""
+    original = unet.attn_processors
+    unet.set_attn_processor(RegionAttnProcessor())
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,185 @@
+"""Render one scene with one seed: plan -> conditioning -> sampler -> decode -> paste-back -> influence maps.
+
+With a root-only scene this is, step for step, diffusers' StableDiffusionPipeline (no init image) or
+StableDiffusionImg2ImgPipeline (init image, strength = the root's noise): same random draws in the same order,
+same scheduler calls, same decoding. Every extra feature is measured against that baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmedit.attention.processor import regional_attention
+from hmedit.conditioning.encode import encode_scene
+from hmedit.errors import HmeditError
+from hmedit.models.load import Model, make_scheduler
+from hmedit.sampling.loop import Denoiser, sample, step_kwargs
+from hmedit.sampling.plan import Plan, build_plan, unet_factors
+from hmedit.scene.spec import Scene
+
+
+@dataclass
+class Settings:
+    """Every setting of a render after defaults and overrides (recorded in the provenance)."""
+
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+    record_attention: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        scene: Scene,
+        model: Model,
+        seed: int,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        scheduler: str | None = None,
+        size: tuple[int, int] | None = None,
+        record: bool = True,
+    ) -> Settings:
+        w, h = size or scene.size or (model.native_size, model.native_size)
+        f = model.vae_scale_factor
+        if w % f or h % f:
+            raise HmeditError(
+                f"size {w}x{h} is not a multiple of {f}", field="size", hint=f"use {w // f * f}x{h // f * f}"
+            )
+        return cls(
+            seed,
+            int(w),
+            int(h),
+            int(steps or scene.steps),
+            float(scene.guidance if guidance is None else guidance),
+            scheduler or scene.scheduler,
+            record,
+        )
+
+
+@dataclass
+class RenderResult:
+    image: np.ndarray  # uint8 [H, W, 3]
+    settings: Settings
+    maps: dict[str, Tensor]  # "intrinsic/<id>", "effective/<id>", "attention/<id>": float32 [H, W]
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: Plan | None = None
+
+
+def _randn(shape, generator, device, dtype) -> Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
+def render(scene: Scene, model: Model, settings: Settings, progress=None) -> RenderResult:
+    """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 4)
+        clock = now
+
+    s = settings
+    dev, dt = model.device, model.dtype
+    plan = build_plan(scene, unet_factors(model.unet), s.width, s.height, model.vae_scale_factor)
+    lap("plan")
+    cond = encode_scene(
+        model.tokenizer,
+        model.text_encoder,
+        [f.node.prompt for f in plan.flat],
+        [f.node.negative for f in plan.flat],
+    )
+    lap("encode")
+    sched = make_scheduler(s.scheduler, model.scheduler_config)
+    sched.set_timesteps(s.steps, device=dev)
+    gen = torch.Generator("cpu").manual_seed(s.seed)
+    h, w = plan.latent
+    sf = model.vae.config.scaling_factor
+    source = noise = None
+    t_start = 0
+    timesteps = sched.timesteps
+    if plan.canvas is None:
+        latents = _randn((1, 4, h, w), gen, dev, dt) * sched.init_noise_sigma
+    else:
+        # StableDiffusionImg2ImgPipeline: encode (sampling the posterior first), truncate the schedule to the
+        # largest noise level, noise the source to the first remaining timestep.
+        canvas = plan.canvas.to(dev, model.vae.dtype)
+        source = model.vae.encode(canvas).latent_dist.sample(gen).to(dt) * sf
+        init_t = min(int(s.steps * plan.max_noise), s.steps)
+        t_start = max(s.steps - init_t, 0)
+        timesteps = sched.timesteps[t_start * sched.order :]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        noise = _randn(source.shape, gen, dev, dt)
+        latents = sched.add_noise(source, noise, timesteps[:1]) if len(timesteps) else source
+    lap("prepare")
+    den = Denoiser(
+        model.unet,
+        sched,
+        plan,
+        cond,
+        s.guidance,
+        record=s.record_attention,
+        timesteps=timesteps,
+        source=source,
+        noise=noise,
+        t_start=t_start,
+        n_steps=s.steps,
+    )
+    with torch.no_grad(), regional_attention(model.unet):
+        latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
+    lap("sample")
+    with torch.no_grad():
+        img = model.vae.decode(latents.to(model.vae.dtype) / sf, return_dict=False)[0]
+    if not torch.isfinite(img).all():
+        raise HmeditError("the VAE decoded NaN/inf pixels", hint="try --dtype fp32 (the VAE overflowed)")
+    img = (img.float() / 2 + 0.5).clamp(0, 1)
+    if plan.canvas is not None:
+        # untouched regions are the source pixels, pasted back with the feathered mask, not re-decoded
+        keep = plan.keep_alpha.to(img.device)[None, None]
+        img = keep * img + (1 - keep) * (plan.canvas.to(img.device).float() / 2 + 0.5)
+    image = (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    lap("decode")
+    maps = influence_maps(plan, den.attention_maps())
+    lap("influence")
+    return RenderResult(image, s, maps, timings, plan)
+
+
+def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str, Tensor]:
+    """Intrinsic and effective masks, and measured attention upsampled to the image and averaged over levels
+    (DAAM: per-layer maps upsampled and aggregated)."""
+    out: dict[str, Tensor] = {}
+    for k, node_id in enumerate(plan.ids):
+        out[f"intrinsic/{node_id}"] = plan.intrinsic[k].float()
+        out[f"effective/{node_id}"] = plan.effective[k].float()
+    if attention:
+        h, w = plan.latent
+        ups = []
+        for n, m in attention.items():
+            f = round((h * w / n) ** 0.5)
+            lh, lw = -(-h // f), -(-w // f)
+            ups.append(
+                F.interpolate(
+                    m.reshape(1, -1, lh, lw).float().cpu(),
+                    (plan.height, plan.width),
+                    mode="bilinear",
+                    align_corners=False,
+                )[0]
+            )
+        att = torch.stack(ups).mean(0)
+        for k, node_id in enumerate(plan.ids):
+            out[f"attention/{node_id}"] = att[k]
+    return out

@@ -1,0 +1,151 @@
+"""Everything that does not change during sampling, computed once per render: masks (intrinsic, effective,
+per UNet level), node weights and step ranges, the source canvas and the per-node noise-level map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmedit.masks.compose import compose
+from hmedit.masks.levels import downsample, level_names, level_sizes
+from hmedit.masks.raster import feather, place_layer, rasterize_scene, reference_size
+from hmedit.scene.assets import load_rgb
+from hmedit.scene.spec import FlatNode, Scene
+
+NOISE_BLUR_LATENT_PX = 1.0  # σ of the Gaussian that softens the noise-level map at region boundaries
+
+
+@dataclass
+class Plan:
+    scene: Scene
+    width: int
+    height: int
+    latent: tuple[int, int]  # (h, w)
+    flat: list[FlatNode]
+    ids: list[str]
+    intrinsic: Tensor  # [K, H, W]
+    effective: Tensor  # [K, H, W]
+    factors: list[int]  # UNet levels as downsampling factors of the latent
+    level_masks: dict[int, Tensor]  # query length N -> [K, N]
+    level_gate: dict[int, Tensor]  # query length N -> [K] bool: node acts at this level
+    active: Tensor  # [K, 2] step-fraction ranges
+    pos: Tensor  # [K] s_k · v_pos
+    neg: Tensor  # [K] s_k · v_neg
+    noise: Tensor  # [K] per-node noise levels
+    canvas: Tensor | None  # [1, 3, H, W] in [-1, 1]: init image with layers pasted in, or None (generate)
+    noise_map: Tensor | None  # [1, 1, h, w] latent noise-level map (fractions), edit mode only
+    keep_alpha: Tensor | None  # [H, W] 1 where the output is generated, 0 where source pixels are pasted back
+
+    @property
+    def regional(self) -> bool:
+        return len(self.ids) > 1
+
+    def step_gate(self, fraction: float) -> Tensor:
+        return (self.active[:, 0] <= fraction) & ((fraction < self.active[:, 1]) | (self.active[:, 1] >= 1))
+
+    @property
+    def max_noise(self) -> float:
+        return float(self.noise_map.max()) if self.noise_map is not None else 1.0
+
+
+def unet_factors(unet) -> list[int]:
+    """The latent downsampling factor of each UNet level (SD 1.x/2.x: 1, 2, 4, 8)."""
+    return [2**i for i in range(len(unet.config.block_out_channels))]
+
+
+def build_canvas(scene: Scene, flat: list[FlatNode], width: int, height: int) -> Tensor | None:
+    """The source picture to edit: init_image (resized) with layer images pasted back to front; None to
+    generate from noise. Without init_image, layers are pasted on mid-gray."""
+    layers = [f.node for f in flat if f.node.layer is not None]
+    if scene.init_image is None and not layers:
+        return None
+    if scene.init_image is not None:
+        img = load_rgb(scene.init_image, field="init_image")
+        t = torch.from_numpy(np.ascontiguousarray(img)).float().permute(2, 0, 1)[None]
+        if t.max() > 1.5:
+            t = t / 255.0
+        if t.shape[-2:] != (height, width):
+            t = F.interpolate(t, (height, width), mode="bicubic", antialias=True, align_corners=False).clamp(
+                0, 1
+            )
+    else:
+        t = torch.full((1, 3, height, width), 0.5)
+    ref = reference_size(scene, default=(width, height))
+    for node in layers:  # pre-order: parents before children, i.e. back to front
+        rgba = place_layer(node, width, height, ref).permute(2, 0, 1)[None]
+        a = rgba[:, 3:]
+        t = a * rgba[:, :3] + (1 - a) * t
+    return t * 2 - 1
+
+
+def build_plan(
+    scene: Scene, unet_factors_: list[int], width: int, height: int, vae_scale: int, init: bool | None = None
+) -> Plan:
+    flat = scene.flat()
+    ids, intrinsic = rasterize_scene(scene, width, height)
+    parents = [f.parent for f in flat]
+    strengths = torch.tensor([float(f.node.strength) for f in flat])
+    schemes = [f.node.composition for f in flat]
+    effective = compose(
+        intrinsic, parents, strengths, scene.composition, gamma=float(scene.depth_gamma), node_schemes=schemes
+    )
+    latent = (height // vae_scale, width // vae_scale)
+    names = level_names(unet_factors_)
+    sizes = level_sizes(latent, unet_factors_)
+    level_masks, level_gate = {}, {}
+    for f, (h, w) in sizes.items():
+        n = h * w
+        # max-pool so that small regions survive at coarse levels (InvokeAI, peers.md)
+        level_masks[n] = downsample(effective, (h, w), "max").reshape(len(ids), n)
+        level_gate[n] = torch.tensor([names[f] in f_.node.levels or f in f_.node.levels for f_ in flat])
+    active = torch.tensor([[float(a) for a in f.node.active] for f in flat])
+    att = [f.node.attention or scene.attention for f in flat]
+    pos = strengths * torch.tensor([float(a.pos) for a in att])
+    neg = strengths * torch.tensor([float(a.neg) for a in att])
+    noise = torch.tensor([float(f.noise) for f in flat])
+    canvas = build_canvas(scene, flat, width, height)
+    noise_map = keep_alpha = None
+    if canvas is not None:
+        noise_map, keep_alpha = noise_levels(effective, noise, latent)
+    return Plan(
+        scene,
+        width,
+        height,
+        latent,
+        flat,
+        ids,
+        intrinsic,
+        effective,
+        list(unet_factors_),
+        level_masks,
+        level_gate,
+        active,
+        pos,
+        neg,
+        noise,
+        canvas,
+        noise_map,
+        keep_alpha,
+    )
+
+
+def noise_levels(effective: Tensor, noise: Tensor, latent: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Collage Diffusion §4.4: the noise-level map Σ_k m̃ᵏ(x)·t_k (normalised where the masks do not sum to
+    one), at latent resolution and Gaussian-blurred at boundaries; and the pixel weight of the generated image
+    (1 where any acting node has noise > 0, 0 where the source pixels are pasted back)."""
+    total = effective.sum(0)
+    weights = effective / total.clamp(min=1e-6)
+    weights = torch.where(
+        total[None] > 1e-6,
+        weights,
+        F.one_hot(torch.zeros((), dtype=torch.long), len(noise)).float()[:, None, None],
+    )
+    level_px = (weights * noise[:, None, None]).sum(0)
+    level = downsample(level_px, latent, "area")
+    level = feather(level, NOISE_BLUR_LATENT_PX) if NOISE_BLUR_LATENT_PX > 0 else level
+    keep = (weights * (noise > 0).float()[:, None, None]).sum(0).clamp(0, 1)
+    return level[None, None], keep

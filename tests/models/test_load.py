@@ -1,0 +1,98 @@
+"""Loading any SD-family checkpoint, exercised with tiny random SD1-like and SD2-like components."""
+
+import json
+
+import pytest
+import torch
+
+from hmedit.errors import HmeditError
+from hmedit.models import load as L
+from hmedit.models.random import save_tiny
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def tiny(request, tmp_path_factory):
+    return request.param, save_tiny(tmp_path_factory.mktemp(request.param) / "model", request.param)
+
+
+def test_loads_and_runs_forward(tiny, monkeypatch, tmp_path):
+    family, path = tiny
+    monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path))
+    m = L.load(str(path))
+    assert m.family == family and m.ref.source == "folder"
+    assert m.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
+    assert m.device.type == "cpu" and m.dtype == torch.float32
+    ids = m.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    emb = m.text_encoder(ids).last_hidden_state
+    out = m.unet(torch.randn(1, 4, 8, 8), 10, emb).sample
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+    img = m.vae.decode(torch.randn(1, 4, 8, 8)).sample
+    assert img.shape == (1, 3, 16, 16)
+    assert m.native_size == 16 and m.vae_scale_factor == 2
+    assert len(m.hash) == 16 and m.hash == L.model_hash(m.ref)
+
+
+def test_hash_changes_with_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
+    a = L.resolve(str(save_tiny(tmp_path / "a", seed=0)))
+    b = L.resolve(str(save_tiny(tmp_path / "b", seed=1)))
+    assert L.model_hash(a) != L.model_hash(b)
+
+
+def test_sdxl_is_refused(tmp_path):
+    d = tmp_path / "xl"
+    d.mkdir()
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(HmeditError, match="SDXL"):
+        L.load(str(d))
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("no/such-model", "not in the local Hugging Face cache"),
+        ("./missing.safetensors", "not found"),
+        ("justaword", "unknown model"),
+    ],
+)
+def test_missing_models_are_one_line_errors(name, match, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(HmeditError, match=match) as e:
+        L.resolve(name)
+    assert "\n" not in str(e.value) and e.value.hint
+
+
+def test_folder_without_index_is_explained(tmp_path):
+    with pytest.raises(HmeditError, match="model_index.json"):
+        L.resolve(str(tmp_path))
+
+
+def test_device_and_dtype_flags():
+    dev, dt = L.pick_device("cpu", "bf16")
+    assert dev.type == "cpu" and dt == torch.bfloat16
+    with pytest.raises(HmeditError):
+        L.pick_device("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(HmeditError, match="no CUDA"):
+            L.pick_device("cuda")
+
+
+@pytest.mark.parametrize("name", L.SCHEDULERS)
+def test_schedulers_by_name_keep_the_model_config(name):
+    cfg = {
+        "prediction_type": "v_prediction",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+    }
+    s = L.make_scheduler(name, cfg)
+    assert s.config.prediction_type == "v_prediction"
+    s.set_timesteps(10)
+    assert len(s.timesteps) >= 10
+
+
+def test_unknown_scheduler():
+    with pytest.raises(HmeditError, match="unknown scheduler"):
+        L.make_scheduler("heunx", {})
