@@ -6,9 +6,10 @@ y(σ) = log(1 + log(1 + σ)) · max(QKᵀ). For an image token x at a UNet level
     bias = s_k · y(σ) · (v_pos · m̃ᵏ(x) − v_neg · (1 − m̃ᵏ(x)))
 
 where m̃ᵏ is the node's effective mask at that level. Tokens owned by no node (the root's, start/end/
-padding) get no bias; tokens of a node that is inactive at this step or level are left out of the softmax (−inf), as if its
-prompt were absent. The bias is [B, 1, N, T] and broadcast over heads (no per-head copies). Self-attention is
-left alone: restricting it makes regions render as separate pictures (InvokeAI's finding, peers.md).
+padding) get no bias; tokens of a node that is inactive at this step or level are left out of the softmax
+(−inf), as if its prompt were absent. The bias is [B, 1, N, T] and broadcast over heads (no per-head
+copies). Self-attention is left alone: restricting it makes regions render as separate pictures (InvokeAI's
+finding, peers.md).
 
 Per-call data (masks of this step, σ, recording buffers) flows in through ``cross_attention_kwargs={"region":
 RegionCall}``; without it, or with no regional tokens, the processor is exactly the stock one.
