@@ -1,0 +1,172 @@
+"""``hmedit render``: render scenes with a diffusion model; the work is done by hmedit.batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from hmedit.cli.options import OutDir, ScenePaths
+
+SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
+DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model for every scene, instead of each scene's own: 'toy', a diffusers folder, a hub id in "
+        "the local cache, or a .safetensors file.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
+]
+DtypeOpt = Annotated[
+    DtypeName, typer.Option("--dtype", help="Weights' precision; auto: fp16 on CUDA, fp32 on CPU.")
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        metavar="WxH",
+        help="Output size for every scene, e.g. 512x384. Default: the scene's size, else the model's.",
+        show_default=False,
+    ),
+]
+
+
+def options_from(
+    *,
+    out: Path,
+    model: str | None,
+    size: str | None,
+    device: str,
+    dtype: str,
+    seed: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    scheduler: str | None = None,
+    attention: bool = True,
+    force: bool = False,
+    fail_fast: bool = False,
+):
+    """The batch options from the command line (shared with ``hmedit check``)."""
+    from hmedit.batch import Options
+    from hmedit.cli.masks import parse_size
+
+    return Options(
+        out=out,
+        model=model,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        size=parse_size(size),
+        device=device,
+        dtype=dtype,
+        attention=attention,
+        force=force,
+        fail_fast=fail_fast,
+    )
+
+
+def scene_files(paths: list[Path]) -> list[Path]:
+    from hmedit.errors import HmeditError
+    from hmedit.scene import find_scenes
+
+    files = find_scenes(paths)
+    if not files:
+        raise HmeditError(
+            "no scene files found", file=", ".join(map(str, paths)), hint="scene files end in .yaml or .yml"
+        )
+    return files
+
+
+def render_command(
+    ctx: typer.Context,
+    paths: ScenePaths,
+    out: OutDir = Path("out"),
+    model: ModelOpt = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Render this one seed instead of the scene's seeds.")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, max=1000, help="Sampling steps (default: the scene's).")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", min=0.0, help="Guidance scale (default: the scene's).")
+    ] = None,
+    size: SizeOpt = None,
+    scheduler: Annotated[
+        SchedulerName | None, typer.Option("--scheduler", help="Sampler (default: the scene's).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    force: Annotated[
+        bool, typer.Option("--force", help="Render even the scenes that are up to date.")
+    ] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
+    no_attention: Annotated[
+        bool, typer.Option("--no-attention", help="Do not record attention maps (a little faster).")
+    ] = False,
+) -> None:
+    """Render scenes: one image per seed, plus influence maps and provenance.
+
+    Per scene, into [bold]OUT/<name>/[/]:
+
+      [bold]image.png[/] (or [bold]image-<seed>.png[/] per seed)   the scene and settings in its PNG text
+
+      [bold]influence.safetensors[/], [bold]influence/<id>.png[/], [bold]influence.png[/]   intrinsic,
+      effective and attention maps of the first seed
+
+      [bold]render.json[/]   provenance: model and hash, versions, settings, scene, asset hashes, timings
+
+    A scene whose inputs (scene file, assets, model, settings, device) have not changed since its last
+    render is skipped; [bold]--force[/] renders it anyway. A failing scene is reported in one line and the
+    others go on; exit code 2 if any failed (1 if only internal errors did), 130 on Ctrl-C (a rerun resumes).
+
+    [bold]Examples[/]
+
+      [green]hmedit render scenes/[/]                                  every scene below the folder
+
+      [green]hmedit render scenes/nested_rings.yaml --seed 3 --steps 20[/]
+
+      [green]hmedit render scenes/ --model ./my-sd15 --size 512x512 -o out/sd15[/]
+    """
+    from hmedit.batch import Batch, ConsoleReporter, exit_code, print_summary
+    from hmedit.cli.options import stdout
+
+    options = options_from(
+        out=out,
+        model=model,
+        size=size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        attention=not no_attention,
+        force=force,
+        fail_fast=fail_fast,
+    )
+    files = scene_files(paths)
+    console = stdout()
+    debug = bool(ctx.find_root().params.get("debug"))
+    with ConsoleReporter(console, "render") as reporter:
+        batch = Batch(options, reporter, debug=debug)
+        results = batch.run(files)
+    print_summary(console, results)
+    code = exit_code(results, batch.interrupted)
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    from hmedit.cli.options import Command
+
+    app.command("render", cls=Command)(render_command)

@@ -1,0 +1,200 @@
+"""hmedit.batch without rendering: jobs, keys, the up-to-date check, stale outputs, temp files, exit codes.
+
+The model is a stand-in folder (model_index.json and one weight file): enough to resolve and hash it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hmedit import batch
+from hmedit.batch import FAILED, OK, Options, Result, exit_code, image_name, prepare, up_to_date
+from hmedit.errors import HmeditError
+from hmedit.outputs import temp_path_for
+
+SCENE = """
+size: [64, 64]
+steps: 2
+seed: 3
+root:
+  prompt: a yellow background
+  children:
+    - id: disc
+      prompt: a red circle
+      mask: {image: disc.png}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    path = tmp_path / "model"
+    (path / "unet").mkdir(parents=True)
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights v1")
+    return path
+
+
+@pytest.fixture
+def scene(write_scene, write_png) -> Path:
+    write_png("disc.png", size=(64, 64))
+    return write_scene(SCENE, "disc.yaml")
+
+
+def job_for(path, model_dir, tmp_path, **kw):
+    options = Options(out=tmp_path / "out", model=str(model_dir), **kw)
+    return prepare(path, options, device="cpu", dtype="float32")
+
+
+def test_job_has_target_seeds_assets_and_key(scene, model_dir, tmp_path):
+    job = job_for(scene, model_dir, tmp_path)
+    assert job.target == tmp_path / "out" / "disc"
+    assert job.seeds == [3] and job.model_ref.path == model_dir.resolve()
+    assert list(job.assets) == ["root.children[0].mask.image"]
+    assert job.key_settings == [
+        {
+            "seed": 3,
+            "size": [64, 64],
+            "steps": 2,
+            "guidance": 7.5,
+            "scheduler": "ddim",
+            "record_attention": True,
+        }
+    ]
+    assert len(job.key) == 64 and job.key == job_for(scene, model_dir, tmp_path).key
+    assert job_for(scene, model_dir, tmp_path, seed=9).seeds == [9]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"steps": 3},
+        {"seed": 4},
+        {"size": (128, 64)},
+        {"guidance": 3.0},
+        {"scheduler": "euler"},
+        {"attention": False},
+    ],
+)
+def test_key_follows_every_override(scene, model_dir, tmp_path, options):
+    assert job_for(scene, model_dir, tmp_path, **options).key != job_for(scene, model_dir, tmp_path).key
+
+
+def test_key_follows_the_bytes_of_scene_assets_and_weights(scene, model_dir, tmp_path):
+    key = job_for(scene, model_dir, tmp_path).key
+    disc = scene.parent / "disc.png"
+    os.utime(disc, (1, 1))  # a new mtime alone changes nothing: the key is over the bytes
+    assert job_for(scene, model_dir, tmp_path).key == key
+
+    from PIL import Image
+
+    Image.new("L", (64, 64), 200).save(disc)
+    changed_asset = job_for(scene, model_dir, tmp_path).key
+    assert changed_asset != key
+
+    (model_dir / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights v2")
+    changed_model = job_for(scene, model_dir, tmp_path).key
+    assert changed_model not in (key, changed_asset)
+
+    scene.write_text(scene.read_text().replace("a red circle", "a blue circle"))
+    assert job_for(scene, model_dir, tmp_path).key not in (key, changed_asset, changed_model)
+    options = Options(out=tmp_path / "out", model=str(model_dir))
+    assert (
+        prepare(scene, options, device="cpu", dtype="float16").key
+        != prepare(scene, options, device="cpu", dtype="float32").key
+    )
+
+
+def finish(job, outputs=("image.png", "influence.png"), key=None):
+    job.target.mkdir(parents=True, exist_ok=True)
+    for name in outputs:
+        (job.target / name).parent.mkdir(parents=True, exist_ok=True)
+        (job.target / name).write_bytes(b"x")
+    record = {"key": key or job.key, "outputs": list(outputs)}
+    (job.target / batch.RENDER_JSON).write_text(json.dumps(record))
+    return record
+
+
+def test_up_to_date_needs_the_same_key_and_every_output(scene, model_dir, tmp_path):
+    job = job_for(scene, model_dir, tmp_path)
+    assert up_to_date(job) is None  # nothing rendered yet
+    record = finish(job, ("image.png", "influence/disc.png"))
+    assert up_to_date(job) == record
+    (job.target / "influence" / "disc.png").unlink()
+    assert up_to_date(job) is None
+    finish(job, key="0" * 64)
+    assert up_to_date(job) is None
+    (job.target / batch.RENDER_JSON).write_text("{not json")
+    assert up_to_date(job) is None
+    finish(job, outputs=())
+    assert up_to_date(job) is None  # a record without outputs is not a finished render
+    (tmp_path / "out" / "elsewhere.png").write_bytes(b"x")
+    finish(job, outputs=("image.png", "../elsewhere.png"))
+    assert up_to_date(job) is None  # a record cannot point outside its folder
+
+
+def test_stale_outputs_of_the_old_record_are_removed(tmp_path):
+    target = tmp_path / "scene"
+    target.mkdir()
+    for name in ("image-1.png", "image-2.png", "image.png", "notes.txt"):
+        (target / name).write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    old = {"outputs": ["image-1.png", "image-2.png", "../outside.png", "render.json"]}
+    batch._remove_stale(target, old, ["image.png"])
+    assert sorted(p.name for p in target.iterdir()) == ["image.png", "notes.txt"]
+    assert (tmp_path / "outside.png").exists()
+
+
+def test_remove_temp_files_takes_only_this_process_temps(tmp_path):
+    mine = temp_path_for(tmp_path / "influence" / "a.png")
+    mine.parent.mkdir()
+    mine.write_bytes(b"x")
+    other = tmp_path / ".image.png.999999999.tmp"
+    other.write_bytes(b"x")
+    batch.remove_temp_files(tmp_path)
+    assert not mine.exists() and other.exists()
+
+
+def test_two_scenes_with_one_name_are_refused(write_scene, model_dir, tmp_path):
+    a = write_scene("name: same\nroot: {prompt: a}\n", "a.yaml")
+    b = write_scene("name: same\nroot: {prompt: b}\n", "b.yaml")
+    options = Options(out=tmp_path / "out", model=str(model_dir))
+    claimed: dict = {}
+    prepare(a, options, device="cpu", dtype="float32", claimed=claimed)
+    with pytest.raises(HmeditError, match="already written by") as info:
+        prepare(b, options, device="cpu", dtype="float32", claimed=claimed)
+    assert info.value.location.line == 1 and info.value.location.field == "name"
+
+
+def test_missing_scene_model_points_at_the_scene(write_scene, tmp_path, monkeypatch):
+    given = write_scene("model: ./nowhere\nroot: {prompt: a}\n", "given.yaml")
+    default = write_scene("root: {prompt: a}\n", "default.yaml")
+    options = Options(out=tmp_path / "out")
+    with pytest.raises(HmeditError, match="not found") as info:
+        prepare(given, options, device="cpu", dtype="float32")
+    assert (info.value.location.file, info.value.location.line) == (given, 1)
+    monkeypatch.setattr("hmedit.models.load.BUNDLED", {"toy": tmp_path / "no-toy"})
+    with pytest.raises(HmeditError, match="bundled model 'toy' is missing") as info:
+        prepare(default, options, device="cpu", dtype="float32")
+    # the scene does not name a model: no line to point at, but the file and field are named
+    assert info.value.location.file == default and info.value.location.line is None
+    assert info.value.location.field == "model"
+
+
+def test_image_names_and_exit_codes():
+    assert image_name(5, [5]) == "image.png"
+    assert image_name(5, [4, 5]) == "image-5.png"
+    ok, user = Result(Path("a"), status=OK), Result(Path("b"), status=FAILED)
+    bug = Result(Path("c"), status=FAILED, internal=True)
+    assert exit_code([ok]) == 0
+    assert exit_code([ok, bug]) == 1
+    assert exit_code([ok, bug, user]) == 2
+    assert exit_code([ok], interrupted=True) == 130
