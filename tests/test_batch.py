@@ -198,3 +198,37 @@ def test_image_names_and_exit_codes():
     assert exit_code([ok, bug]) == 1
     assert exit_code([ok, bug, user]) == 2
     assert exit_code([ok], interrupted=True) == 130
+
+
+def test_scene_model_paths_are_relative_to_the_scene(write_scene, model_dir, tmp_path, monkeypatch):
+    path = write_scene("model: ../model\nroot: {prompt: a}\n", "sub/s.yaml")
+    monkeypatch.chdir(path.parent.parent.parent)  # elsewhere: the scene's folder decides
+    job = prepare(path, Options(out=tmp_path / "out"), device="cpu", dtype="float32")
+    assert job.model_ref.path == model_dir.resolve() and job.model_ref.source == "folder"
+
+
+def test_each_model_loads_once(model_dir, monkeypatch):
+    from hmedit.models.load import resolve
+
+    loads = []
+
+    def fake_load(ref, *, device, dtype):
+        loads.append((ref.path, device, dtype))
+        if "broken" in ref.name:
+            raise HmeditError("cannot load")
+        return object()
+
+    monkeypatch.setattr("hmedit.models.load.load", fake_load)
+    models = batch.Models("cpu", "fp32")
+    ref = resolve(str(model_dir))
+    first, seconds = models.get(ref)
+    again, no_time = models.get(resolve(str(model_dir)))
+    assert again is first and no_time == 0.0 and len(loads) == 1
+    batch.Models("cpu", "fp16").get(ref)
+    assert len(loads) == 2  # another dtype is another model
+
+    broken = type(ref)("broken", model_dir.parent / "broken", "folder")
+    for _ in range(2):
+        with pytest.raises(HmeditError, match="cannot load"):
+            models.get(broken)
+    assert len(loads) == 3  # a failure is remembered, not retried per scene

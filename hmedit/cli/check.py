@@ -46,7 +46,7 @@ def check_command(
             "--out",
             "-o",
             help="Where the new renders and diff images go (default: a temporary folder, kept only "
-            "when a check fails).",
+            "when an image fails).",
             show_default=False,
         ),
     ] = None,
@@ -56,13 +56,15 @@ def check_command(
 ) -> None:
     """Re-render scenes and compare each image with its golden copy.
 
-    Every scene is rendered (nothing is skipped) and each image is compared with
-    [bold]GOLDEN/<name>/image.png[/] (or [bold]image-<seed>.png[/]). A failing image gets
-    [bold]<image>.diff.png[/] (the difference, amplified 4x) and [bold]<image>.compare.png[/]
-    (golden | new | diff) next to its new render.
+    Every scene is rendered (none skipped); each image is compared with [bold]GOLDEN/<name>/image*.png[/].
+
+    A failing image gets [bold]<image>.diff.png[/] (difference x4) and [bold]<image>.compare.png[/].
+
+    [bold]<image>.compare.png[/] shows the golden, the new image and the difference side by side.
+
+    [bold]--update[/] writes the goldens instead: the images, and golden.json (settings, model hash).
 
     Exit code 1 if any image regressed, 2 for a user mistake (no goldens yet, a broken scene), else 0.
-    [bold]--update[/] writes the goldens instead (images and golden.json, the settings and model hash).
 
     [bold]Examples[/]
 
@@ -84,7 +86,7 @@ def check_command(
 
     files = scene_files(paths)
     if not update and not golden.is_dir():
-        shown = " ".join(str(p) for p in paths)
+        shown = " ".join(str(p) for p in paths) + (f" --model {model}" if model else "")
         raise HmeditError(
             "golden folder not found",
             file=golden,

@@ -118,16 +118,17 @@ def render_command(
 
     Per scene, into [bold]OUT/<name>/[/]:
 
-      [bold]image.png[/] (or [bold]image-<seed>.png[/] per seed)   the scene and settings in its PNG text
+      [bold]image.png[/] or [bold]image-<seed>.png[/]   the render, with the scene and settings in its text
 
-      [bold]influence.safetensors[/], [bold]influence/<id>.png[/], [bold]influence.png[/]   intrinsic,
-      effective and attention maps of the first seed
+      [bold]influence.safetensors[/], [bold]influence/<id>.png[/], [bold]influence.png[/]   first seed's maps
 
-      [bold]render.json[/]   provenance: model and hash, versions, settings, scene, asset hashes, timings
+      [bold]render.json[/]   model and hash, versions, settings, scene, asset hashes, timings
 
-    A scene whose inputs (scene file, assets, model, settings, device) have not changed since its last
-    render is skipped; [bold]--force[/] renders it anyway. A failing scene is reported in one line and the
-    others go on; exit code 2 if any failed (1 if only internal errors did), 130 on Ctrl-C (a rerun resumes).
+    Scenes whose file, assets, model, settings and device are unchanged are skipped ([bold]--force[/]: not).
+
+    A failing scene is reported in one line and the others go on.
+
+    Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C, and a rerun resumes.
 
     [bold]Examples[/]
 
