@@ -35,3 +35,37 @@ def write_png(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Callable[[str], Path]:
+    """A tiny random SD1-like or SD2-like diffusers folder, built once per session:
+    ``tiny_model_dir("sd2")``."""
+    made: dict[str, Path] = {}
+
+    def get(family: str = "sd1") -> Path:
+        if family not in made:
+            from hmedit.models.random import save_tiny
+
+            made[family] = save_tiny(tmp_path_factory.mktemp(f"tiny-{family}") / "model", family)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir, tmp_path_factory) -> Callable[[str], object]:
+    """The tiny model loaded through hmedit.models.load (cached per family)."""
+    import os
+
+    os.environ.setdefault("HMEDIT_CACHE", str(tmp_path_factory.mktemp("hmedit-cache")))
+    loaded: dict[str, object] = {}
+
+    def get(family: str = "sd1"):
+        if family not in loaded:
+            from hmedit.models.load import load
+
+            loaded[family] = load(str(tiny_model_dir(family)))
+        return loaded[family]
+
+    return get
