@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmedit-installed
 SPEC := $(TORCH) | $(shell cat pyproject.toml | cksum)
 
-.PHONY: setup demo test test-fast lint format bench train-toy clean
+.PHONY: setup demo test lint format bench train-toy goldens clean
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ setup:
 	fi
 
 demo: setup
-	$(BIN)/hmedit masks scenes/ --out $(OUT)
-	@echo "influence maps written under $(OUT)/<scene>/"
+	$(BIN)/hmedit render scenes/ --out $(OUT)
+	@echo "images, influence maps and provenance written under $(OUT)/<scene>/"
 
+# The unit/integration suite, then a regression render of scenes/ on the bundled model against the goldens.
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/hmedit check scenes/ --golden tests/golden
+
+bench: setup
+	$(BIN)/hmedit bench --out bench-results
 
 lint: setup
 	$(BIN)/ruff check hmedit tests
@@ -36,6 +41,10 @@ format: setup
 
 train-toy: setup
 	$(BIN)/python -m hmedit.toy.train --run-dir runs/toy --out hmedit/models/weights/toy
+
+# Re-render the golden images (after an intended change of the model or the pipeline).
+goldens: setup
+	$(BIN)/hmedit check scenes/ --golden tests/golden --update
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompts", type=int, default=100)
     p.add_argument("--vae-images", type=int, default=200)
     p.add_argument("--json", default=None)
+    p.add_argument("--card", action="store_true", help="write the figures into the model folder's README.md")
     a = p.parse_args(argv)
     quiet_libraries()
     pipe = StableDiffusionPipeline.from_pretrained(
@@ -147,6 +149,76 @@ def main(argv=None) -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)
+    if a.card:
+        write_card(Path(a.model), out)
+
+
+def write_card(folder: Path, figures: dict) -> Path:
+    """The model card: what the model is, how it was trained, and what it measurably does."""
+    from hmedit.models.load import ModelRef
+
+    training = json.loads((folder / "training.json").read_text())
+    ref = ModelRef("toy", folder, "bundled")
+    size_mb = ref.size_bytes() / 2**20
+    vae, t2i = figures["vae"], figures["text_to_image"]
+    examples = "\n".join(
+        f"| {r['prompt']} | {r['top']} | {r['object_area']:.3f} | {'yes' if r['pass'] else 'no'} |"
+        for r in t2i["results"][:12]
+    )
+    rows = [
+        (
+            f"VAE PSNR, {vae['images']} held-out images (mean of per-image PSNR)",
+            f"{vae['psnr_mean_db']:.2f} dB",
+            ">= 30 dB",
+        ),
+        ("VAE PSNR, worst image", f"{vae['psnr_min_db']:.2f} dB", ""),
+        (
+            f"text-to-image pass rate ({t2i['prompts']} prompts, {t2i['steps']} DDIM steps, guidance "
+            f"{t2i['guidance']})",
+            f"{100 * t2i['pass_rate']:.0f}%",
+            ">= 90%",
+        ),
+        ("... background colour right", f"{100 * t2i['background_rate']:.0f}%", ""),
+        ("... object colour area >= 3%", f"{100 * t2i['object_rate']:.0f}%", ""),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    text = f"""# toy: hmedit's bundled model
+
+A genuine diffusers Stable Diffusion model (AutoencoderKL, CLIPTextModel + CLIPTokenizer,
+UNet2DConditionModel, DDIMScheduler) trained from scratch on hmedit's procedural world of coloured shapes
+(`hmedit/toy/world.py`), so that every code path hmedit runs on SD 1.5 / 2.1 runs here, offline, with
+outputs whose colours can be checked. {size_mb:.1f} MB (fp16 weights, loaded as fp32).
+
+- Images 128x128 px, latents 16x16x4 (8x VAE, as SD); v-prediction with a zero-terminal-SNR schedule
+  (`rescale_betas_zero_snr`, trailing timesteps, as SD 2.x-style v models), so the background colour follows
+  the prompt, not the seed.
+- UNet cross-attention at three latent resolutions (16, 8, 4: fine, mid, coarse), text width 128.
+- Vocabulary: colours {", ".join(world.COLOURS)}; shapes {", ".join(world.SHAPES)};
+  textures {", ".join(world.TEXTURES[1:])}; style word "{world.STYLE_WORD}"; grammar
+  "a striped red circle and a blue square on a yellow background". Region prompts such as "a blue square" or
+  "a yellow background" mean something on their own.
+
+## Training (`python -m hmedit.toy.train`, seeded, resumable)
+
+```json
+{json.dumps(training, indent=2)}
+```
+
+## Measured (`python -m hmedit.toy.evaluate`)
+
+| figure | value | target |
+|---|---|---|
+{table}
+
+First results (prompt, most common colour, object's largest connected area, pass):
+
+| prompt | top colour | object area | pass |
+|---|---|---|---|
+{examples}
+"""
+    out = folder / "README.md"
+    out.write_text(text)
+    return out
 
 
 if __name__ == "__main__":
