@@ -15,7 +15,7 @@ SCENE_FILES = find_scenes([SCENES_DIR])
 
 
 def test_there_are_enough_examples():
-    assert len(SCENE_FILES) >= 5
+    assert len(SCENE_FILES) >= 9
 
 
 @pytest.mark.parametrize("path", SCENE_FILES, ids=lambda p: p.name)
@@ -84,3 +84,62 @@ def test_assets_are_small_pngs():
     for path in assets:
         with Image.open(path) as img:
             assert img.format == "PNG" and max(img.size) <= 256, path.name
+
+
+def scene_named(name: str):
+    scene, diags = validate(SCENES_DIR / f"{name}.yaml")
+    assert scene is not None and not diags.errors and not diags.warnings
+    return scene
+
+
+def test_examples_have_no_warnings():
+    for path in SCENE_FILES:
+        _, diags = validate(path)
+        assert [w.format() for w in diags.warnings] == [], path.name
+
+
+def test_prompts_use_the_toy_vocabulary():
+    import re
+
+    from hmedit.toy import world
+
+    known = set(world.vocabulary())
+    for scene in loaded():
+        for flat in scene.flat():
+            for text in (flat.node.prompt, flat.node.negative):
+                words = re.findall(r"[a-z]+|,", text.lower())
+                assert set(words) <= known, (scene.name, flat.node.id, sorted(set(words) - known))
+
+
+def test_style_exceptions_has_a_root_style_with_one_exception():
+    scene = scene_named("style_exceptions")
+    assert "outlined" in scene.root.prompt.split(", ")[-1]
+    children = scene.root.children
+    exceptions = [c for c in children if "outlined" in c.negative]
+    assert len(exceptions) == 1 and "outlined" not in exceptions[0].prompt
+    assert all("outlined" in c.prompt for c in children if c is not exceptions[0])
+
+
+def test_many_regions_holds_more_than_one_token_window():
+    scene = scene_named("many_regions")
+    flats = scene.flat()
+    regions = [f for f in flats if f.depth == 1]
+    assert len(regions) >= 6 and all(not f.node.children for f in regions)
+    words = sum(len(f.node.prompt.split()) for f in flats)
+    assert words > 77
+    assert max(len(f.node.prompt.split()) for f in regions) >= 9  # some regions hold two objects
+
+
+def test_many_regions_do_not_overlap():
+    from hmedit.masks import rasterize_scene
+
+    scene = scene_named("many_regions")
+    _, masks = rasterize_scene(scene, 64, 64)
+    assert float(masks[1:].sum(0).max()) <= 1.0 + 1e-5
+
+
+def test_per_node_negatives_siblings_differ():
+    scene = scene_named("per_node_negatives")
+    a, b = scene.root.children
+    assert a.negative and b.negative and a.negative != b.negative
+    assert a.active != b.active and a.levels != b.levels
