@@ -1,0 +1,201 @@
+"""``hmedit bench``: cost over plain diffusers and region quality on a model; the work is in hmedit.bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hmedit.cli.render import DeviceOpt, DtypeOpt
+
+
+def bench_command(
+    suites: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Suites to run: cost, control, hierarchy, locality (default: all).",
+            metavar="[SUITE...]",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="'toy' (the quality suites describe its world), a diffusers folder, a hub id in the local "
+            "cache, or a .safetensors file.",
+        ),
+    ] = "toy",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: bench.json and images/<suite>/*.png.")
+    ] = Path("bench-results"),
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            min=1,
+            metavar="N",
+            help="Scenes per quality suite (default: control 24, hierarchy 12, locality 6).",
+            show_default=False,
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--repeats",
+            min=1,
+            metavar="R",
+            help="Timed runs per contender in cost (default 3).",
+            show_default=False,
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="64x64, 2 steps, 2 scenes per suite, 1 timed run: checks the code, not the model."
+        ),
+    ] = False,
+    images: Annotated[
+        bool, typer.Option("--images/--no-images", help="Save every render under OUT/images/.")
+    ] = True,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Measure hmedit on a model: its cost over plain diffusers, and how well regions keep their prompts.
+
+    [bold]cost[/]: a 4-node scene at 256x256 (30 DDIM steps, guidance 7.5) against diffusers' StableDiffusionPipeline on the same modules and root prompt; medians of alternating runs after a warm-up. Target: hmedit / diffusers <= 1.15.
+
+    [bold]control[/]: 2-4 coloured squares and circles on a background at 128x128, with the regional attention on and off; a region matches when >= 30% of it shows its colour, and bleeds when >= 30% shows another region's.
+
+    [bold]hierarchy[/]: a circle inside a square, with each composition scheme and as a flat list.
+
+    [bold]locality[/]: re-colour one region of a rendered image (noise 0.8, feather 2 px, the rest kept). Targets: mean change outside the region (beyond a margin) <= 1/255, inside >= 20/255.
+
+    Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
+
+    [bold]Examples[/]
+
+      [green]hmedit bench[/]                                    every suite on the toy model
+
+      [green]hmedit bench cost --model ./my-sd15 --repeats 5[/]
+
+      [green]hmedit bench --quick --model ./tiny -o /tmp/b[/]    every code path in seconds
+    """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hmedit import bench
+    from hmedit.batch import wide
+    from hmedit.cli.options import stdout
+    from hmedit.models.load import load
+
+    names = bench.check_suites(suites)
+    config = bench.Config.make(quick=quick, seeds=seeds, repeats=repeats)
+    console = stdout()
+    console.print(f"loading {model}")
+    loaded = load(model, device=device, dtype=dtype)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    total = sum(bench.render_count(n, config) for n in names)
+    with progress:
+        task = progress.add_task("bench", total=total)
+
+        def tick(label: str) -> None:
+            progress.update(task, advance=1, description=f"bench {label}")
+
+        b = bench.Bench(loaded, config, tick, out / "images" if images else None)
+        for name, figures in bench.run(b, names, out):
+            progress.console.print(table(name, figures))
+    wide(console).print(f"wrote {out / 'bench.json'}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _mark(ok: bool) -> str:
+    return "[green]pass[/]" if ok else "[bold red]fail[/]"
+
+
+def table(name: str, f: dict):
+    """One suite's figures as a rich table."""
+    from rich.table import Table
+
+    if name == "cost":
+        t = Table(
+            title=f"cost: {f['nodes']} nodes, {f['size'][0]}x{f['size'][1]}, {f['steps']} steps "
+            f"(median of {f['repeats']})",
+            title_justify="left",
+        )
+        for col in ("", "seconds", "vs diffusers"):
+            t.add_column(col, justify="left" if not col else "right")
+        s = f["seconds"]
+        t.add_row("diffusers", f"{s['diffusers']:.3f}", "1.00")
+        t.add_row(
+            "hmedit",
+            f"{s['hmedit']:.3f}",
+            f"{f['ratio']:.2f} {_mark(f['pass'])} (target <= {f['target_ratio']})",
+        )
+        t.add_row("hmedit, no recording", f"{s['hmedit_no_record']:.3f}", f"{f['ratio_no_record']:.2f}")
+        return t
+    if name == "control":
+        t = Table(
+            title=f"control: {f['scenes']} scenes, {f['regions']} regions, {f['size'][0]}x{f['size'][1]}",
+            title_justify="left",
+        )
+        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched"):
+            t.add_column(col, justify="left" if col == "attention" else "right")
+        for v in ("masked", "unmasked"):
+            t.add_row(
+                "on" if v == "masked" else "off (pos 0, neg 0)",
+                _pct(f[v]["match_rate"]),
+                _pct(f[v]["bleed_rate"]),
+                _pct(f[v]["scene_match_rate"]),
+            )
+        return t
+    if name == "hierarchy":
+        t = Table(
+            title=f"hierarchy: {f['scenes']} nested scenes, {f['size'][0]}x{f['size'][1]}",
+            title_justify="left",
+        )
+        for col in ("scheme", "circle", "square ring", "both"):
+            t.add_column(col, justify="left" if col == "scheme" else "right")
+        for scheme, r in f["schemes"].items():
+            t.add_row(scheme, _pct(r["child"]), _pct(r["ring"]), _pct(r["both"]))
+        return t
+    t = Table(
+        title=f"locality: {f['scenes']} edits, noise {f['noise']}, feather {f['feather_px']:g} px, "
+        f"margin {f['margin_px']:g} px",
+        title_justify="left",
+    )
+    for col in ("figure", "value", "target"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    out_ok = f["outside_mean"] <= f["target_outside_max"]
+    in_ok = f["inside_mean"] >= f["target_inside_min"]
+    t.add_row(
+        "mean change outside (/255)",
+        f"{f['outside_mean']:.3f}",
+        f"<= {f['target_outside_max']:g} {_mark(out_ok)}",
+    )
+    t.add_row("worst scene outside (/255)", f"{f['outside_max']:.3f}", "")
+    t.add_row(
+        "mean change inside (/255)",
+        f"{f['inside_mean']:.1f}",
+        f">= {f['target_inside_min']:g} {_mark(in_ok)}",
+    )
+    t.add_row("new colour shows", _pct(f["new_colour_rate"]), "")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    from hmedit.cli.options import Command
+
+    app.command("bench", cls=Command)(bench_command)

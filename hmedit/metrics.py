@@ -1,0 +1,137 @@
+"""Image metrics for the benchmarks: colour of a region, locality of an edit, visibility of tile seams.
+
+Pure numpy on uint8 images [H, W, 3]; masks are [H, W], boolean or float in 0..1 (a float mask counts a pixel
+as inside where it is > 0.5). Colours are names of the toy world's palette (``hmedit.toy.world.COLOURS``);
+a pixel "is" the palette colour nearest to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hmedit.toy import world
+
+INSIDE = 0.5  # a float mask's pixel is inside the region where its value is above this
+
+
+def inside(mask: np.ndarray) -> np.ndarray:
+    """A boolean [H, W] mask: ``mask`` itself if boolean, else ``mask > 0.5``."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"a mask is [H, W], got shape {m.shape}")
+    return m if m.dtype == bool else m > INSIDE
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"an image is [H, W, 3], got shape {image.shape}")
+    if image.shape[:2] != np.shape(mask):
+        raise ValueError(f"image {image.shape[:2]} and mask {np.shape(mask)} differ in size")
+
+
+def colour_index(colour: str) -> int:
+    if colour not in world.PALETTE:
+        raise ValueError(f"unknown colour {colour!r}; the palette has {', '.join(world.COLOURS)}")
+    return world.COLOURS.index(colour)
+
+
+def region_colour_fraction(image: np.ndarray, mask: np.ndarray, colour: str) -> float:
+    """The fraction of the mask's pixels whose nearest palette colour is ``colour`` (0 if it is empty)."""
+    image = np.asarray(image)
+    _check_pair(image, mask)
+    m = inside(mask)
+    if not m.any():
+        return 0.0
+    idx = world.nearest_palette(image[m])
+    return float(np.mean(idx == colour_index(colour)))
+
+
+def region_match(image: np.ndarray, mask: np.ndarray, colour: str, threshold: float = 0.3) -> bool:
+    """Whether at least ``threshold`` of the region shows ``colour``."""
+    return region_colour_fraction(image, mask, colour) >= threshold
+
+
+def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Boolean mask grown by every pixel within Euclidean distance ``radius`` (a disk structuring element).
+
+    Written as an OR over the disk's offsets, one shifted copy each, which is exact and cheap for the radii
+    used here (a few pixels: ~113 offsets for radius 6).
+    """
+    m = inside(mask)
+    r = int(np.floor(radius))
+    if r <= 0 or not m.any():
+        return m.copy()
+    h, w = m.shape
+    padded = np.zeros((h + 2 * r, w + 2 * r), bool)
+    padded[r : r + h, r : r + w] = m
+    out = np.zeros_like(m)
+    for dy in range(-r, r + 1):
+        half = int(np.floor(np.sqrt(radius * radius - dy * dy)))
+        for dx in range(-half, half + 1):
+            out |= padded[r + dy : r + dy + h, r + dx : r + dx + w]
+    return out
+
+
+def locality(before: np.ndarray, after: np.ndarray, mask: np.ndarray, margin_px: float) -> dict[str, float]:
+    """How much an edit changed the image outside and inside the edited region, in 0..255 units.
+
+    ``outside_mean``: mean absolute change (over pixels and channels) of the pixels farther than
+    ``margin_px`` from the region (the mask dilated by a disk of that radius), where a local edit should
+    change nothing. ``inside_mean``: the same over the region itself. A part with no pixels gives 0.0.
+    """
+    before, after = np.asarray(before), np.asarray(after)
+    if before.shape != after.shape:
+        raise ValueError(f"before {before.shape} and after {after.shape} differ in size")
+    _check_pair(before, mask)
+    change = np.abs(before.astype(np.float64) - after.astype(np.float64)).mean(-1)
+    region = inside(mask)
+    outside = ~dilate(region, margin_px)
+    return {
+        "outside_mean": float(change[outside].mean()) if outside.any() else 0.0,
+        "inside_mean": float(change[region].mean()) if region.any() else 0.0,
+    }
+
+
+def _near(borders: Sequence[int], n_diffs: int, width: int) -> np.ndarray:
+    """Which of the ``n_diffs`` differences between neighbouring pixels lie within ``width`` px of a border.
+
+    Difference j sits between pixels j and j + 1, at coordinate j + 0.5; a border at b lies between pixels
+    b - 1 and b, so difference j is near it when |j + 0.5 - b| < width (2·width differences per border).
+    """
+    pos = np.arange(n_diffs) + 0.5
+    near = np.zeros(n_diffs, bool)
+    for b in borders:
+        if 0 < b < n_diffs + 1:  # borders at the image's edges are not seams
+            near |= np.abs(pos - b) < width
+    return near
+
+
+def seam_score(
+    image: np.ndarray, tile_borders_x: Sequence[int], tile_borders_y: Sequence[int], width: int = 2
+) -> float:
+    """Mean absolute image gradient across tile borders over the mean gradient elsewhere (1: no visible seam).
+
+    Borders are pixel coordinates where a new tile starts (x for vertical borders, y for horizontal ones).
+    Gradients are differences between neighbouring pixels (mean over channels): across a vertical border
+    the horizontal ones, across a horizontal border the vertical ones. "On a border" means within ``width``
+    px of it; every other difference of the same direction is "elsewhere". A tiny epsilon keeps a flat
+    image at 1.
+    """
+    img = np.asarray(image, np.float64)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise ValueError(f"an image is [H, W] or [H, W, C], got shape {np.shape(image)}")
+    h, w = img.shape[:2]
+    gx = np.abs(np.diff(img, axis=1)).mean(-1)  # [H, W-1]
+    gy = np.abs(np.diff(img, axis=0)).mean(-1)  # [H-1, W]
+    on_x = np.broadcast_to(_near(tile_borders_x, w - 1, width)[None, :], gx.shape)
+    on_y = np.broadcast_to(_near(tile_borders_y, h - 1, width)[:, None], gy.shape)
+    on = np.concatenate([gx[on_x], gy[on_y]])
+    off = np.concatenate([gx[~on_x], gy[~on_y]])
+    if on.size == 0:
+        return 1.0
+    eps = 1e-6
+    return float((on.mean() + eps) / ((off.mean() if off.size else 0.0) + eps))

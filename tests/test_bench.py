@@ -1,0 +1,257 @@
+"""hmedit.bench: the scene builders (no model), and `hmedit bench --quick` on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hmedit import bench
+from hmedit.errors import HmeditError
+from hmedit.masks.checks import check_masks
+from hmedit.scene.spec import Scene
+from hmedit.toy.world import COLOURS
+
+SEEDS = range(40)
+
+
+def valid(raw: dict) -> Scene:
+    scene = Scene.model_validate(raw)
+    diags = check_masks(scene)
+    assert not diags.errors and not diags.warnings, [e.format() for e in diags.errors + diags.warnings]
+    assert not scene.warnings
+    return scene
+
+
+def box_of(node) -> tuple[str, list[float]]:
+    kind = "rect" if node.mask.__class__.__name__ == "RectMask" else "ellipse"
+    return kind, list(getattr(node.mask, kind))
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene builders
+
+
+def test_colour_of():
+    assert bench.colour_of("a red circle") == "red"
+    assert bench.colour_of("a cyan background") == "cyan"
+    with pytest.raises(ValueError):
+        bench.colour_of("a circle")
+    with pytest.raises(ValueError):
+        bench.colour_of("a red circle and a blue square")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_control_scene_regions_are_distinct_separate_and_sized(seed):
+    raw = bench.control_scene(seed)
+    sc = valid(raw)
+    assert sc.size == (128, 128) and sc.steps == 30 and sc.guidance == 7.5 and sc.scheduler == "ddim"
+    assert sc.attention.pos == 1.0 and sc.attention.neg == 1.0
+    regions = sc.root.children
+    assert 2 <= len(regions) <= 4
+    assert all(not r.children for r in regions)
+    bg = bench.colour_of(sc.root.prompt)
+    assert sc.root.prompt == f"a {bg} background"
+    colours = [bench.colour_of(r.prompt) for r in regions]
+    assert len(set(colours + [bg])) == len(colours) + 1
+    boxes = []
+    for r, colour in zip(regions, colours, strict=True):
+        kind, (x, y, w, h) = box_of(r)
+        assert r.prompt == f"a {colour} {'square' if kind == 'rect' else 'circle'}"
+        assert 0.25 <= w <= 0.45 and 0.25 <= h <= 0.45
+        assert x >= 0 and y >= 0 and x + w <= 1 and y + h <= 1
+        boxes.append((x, y, w, h))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert bench._apart(a, b, 0.0)
+    masks = bench.region_masks(sc, 128, 128)
+    total = sum(masks[r.id] for r in regions)
+    assert total.max() <= 1 + 1e-5  # no pixel in two regions
+
+
+def test_control_scenes_are_deterministic_and_vary():
+    assert bench.control_scene(3) == bench.control_scene(3)
+    scenes = [bench.control_scene(s) for s in range(24)]
+    assert len({json.dumps(s["root"], sort_keys=True) for s in scenes}) == 24
+    counts = {len(s["root"]["children"]) for s in scenes}
+    assert counts == {2, 3, 4}
+    kinds = {k for s in scenes for r in s["root"]["children"] for k in r["mask"]}
+    assert kinds == {"rect", "ellipse"}
+    assert len({bench.colour_of(s["root"]["prompt"]) for s in scenes}) >= 6
+
+
+def test_control_scene_without_masking_differs_only_in_attention():
+    on, off = bench.control_scene(5), bench.control_scene(5, masking=False)
+    assert off.pop("attention") == {"pos": 0.0, "neg": 0.0}
+    assert on == off
+    sc = valid(bench.control_scene(5, masking=False))
+    assert sc.attention.pos == 0 and sc.attention.neg == 0
+
+
+def test_control_scene_options():
+    raw = bench.control_scene(1, n=3, size=64, steps=2, guidance=3.0)
+    sc = valid(raw)
+    assert len(sc.root.children) == 3 and sc.size == (64, 64) and sc.steps == 2 and sc.guidance == 3.0
+    cost = valid(bench.cost_scene(256))
+    assert len(cost.flat()) == 4 and cost.size == (256, 256)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_hierarchy_scene_child_inside_parent_for_every_scheme(seed):
+    geometry = set()
+    for scheme, how in bench.HIERARCHY_SCHEMES.items():
+        sc = valid(bench.hierarchy_scene(seed, scheme))
+        assert sc.composition == how["composition"]
+        parent, child = sc.node("parent"), sc.node("child")
+        flat = {f.node.id: f for f in sc.flat()}
+        if how.get("flat"):
+            assert flat["child"].parent == 0 and flat["parent"].parent == 0
+        else:
+            assert sc.root.children == (parent,) and parent.children == (child,)
+            assert flat["child"].parent == flat["parent"].index
+        if scheme == "hybrid":
+            assert parent.composition == "normalized" and child.composition == "multiplicative"
+        bg, c1, c2 = (bench.colour_of(n.prompt) for n in (sc.root, parent, child))
+        assert len({bg, c1, c2}) == 3
+        assert parent.prompt == f"a {c1} square" and child.prompt == f"a {c2} circle"
+        pk, (px, py, pw, ph) = box_of(parent)
+        ck, (cx, cy, cw, ch) = box_of(child)
+        assert (pk, ck) == ("rect", "ellipse")
+        assert 0.5 <= pw <= 0.7 and pw == ph and px >= 0 and py >= 0 and px + pw <= 1 and py + ph <= 1
+        assert cw == pytest.approx(0.4 * pw, abs=1e-3) and cw == ch
+        assert px < cx and py < cy and cx + cw < px + pw and cy + ch < py + ph  # strictly inside
+        masks = bench.region_masks(sc, 128, 128)
+        assert (masks["child"] <= masks["parent"] + 1e-6).all()
+        ring = (masks["parent"] > 0.5) & ~(masks["child"] > 0.5)
+        assert ring.sum() > 0.5 * (masks["parent"] > 0.5).sum()  # the ring is most of the square
+        geometry.add(json.dumps([box_of(parent), box_of(child), bg, c1, c2]))
+    assert len(geometry) == 1  # every scheme renders the same picture
+
+
+def test_hierarchy_scene_rejects_unknown_scheme():
+    with pytest.raises(ValueError):
+        bench.hierarchy_scene(0, "sideways")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_edit_scene_recolours_one_region_and_keeps_the_rest(seed, tmp_path):
+    raw = bench.control_scene(seed, n=3, suite="locality")
+    node, colour = bench.edit_target(raw, seed)
+    used = {bench.colour_of(raw["root"]["prompt"])} | {
+        bench.colour_of(r["prompt"]) for r in raw["root"]["children"]
+    }
+    assert colour in COLOURS and colour not in used
+    init = tmp_path / "init.png"
+    edit = bench.edit_scene(raw, node, colour, str(init), noise=0.8, feather=2.0)
+    assert raw["root"].get("noise") is None  # the input is not changed
+    sc = Scene.model_validate(edit)
+    assert sc.init_image is not None and sc.init_image.path == init
+    assert sc.root.noise == 0.0
+    for before, after in zip(raw["root"]["children"], sc.root.children, strict=True):
+        assert after.mask == Scene.model_validate(raw).node(after.id).mask
+        if after.id == node:
+            assert after.noise == 0.8 and after.feather == 2.0
+            assert after.prompt == before["prompt"].replace(bench.colour_of(before["prompt"]), colour)
+        else:
+            assert after.noise == 0.0 and after.feather == 0 and after.prompt == before["prompt"]
+    with pytest.raises(ValueError):
+        bench.edit_scene(raw, "nobody", colour, str(init))
+
+
+def test_place_boxes_always_succeeds_for_four():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        boxes = bench.place_boxes(rng, 4)
+        assert len(boxes) == 4
+
+
+def test_config_and_suites():
+    quick = bench.Config.make(quick=True)
+    assert quick.size == 64 and quick.steps == 2 and quick.control_scenes == 2 and quick.repeats == 1
+    full = bench.Config.make(seeds=30, repeats=5)
+    assert (full.size, full.cost_size, full.steps, full.guidance) == (128, 256, 30, 7.5)
+    assert full.control_scenes == full.hierarchy_scenes == full.locality_scenes == 30 and full.repeats == 5
+    default = bench.Config()
+    assert default.control_scenes >= 24 and default.hierarchy_scenes >= 12 and default.locality_scenes >= 6
+    assert bench.check_suites(None) == list(bench.SUITES)
+    assert bench.check_suites(["locality", "cost"]) == ["cost", "locality"]
+    with pytest.raises(HmeditError, match="unknown suite 'speed'"):
+        bench.check_suites(["speed"])
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end on a tiny random model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args) -> int:
+    from hmedit.cli.app import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return info.value.code or 0
+
+
+def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
+    model, out = tiny_model_dir("sd1"), tmp_path / "bench"
+    assert run("bench", "--quick", "--model", model, "--out", out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    for title in ("cost:", "control:", "hierarchy:", "locality:", "bench.json"):
+        assert title in printed
+    doc = json.loads((out / "bench.json").read_text())
+    assert {"format", "format_version", "model", "machine", "config", "suites"} <= set(doc)
+    assert doc["model"]["hash"] and doc["config"]["quick"] is True
+    assert {"cpu_count", "torch", "diffusers", "device"} <= set(doc["machine"])
+    assert set(doc["suites"]) == {"cost", "control", "hierarchy", "locality"}
+
+    cost = doc["suites"]["cost"]
+    assert set(cost["seconds"]) == {"diffusers", "hmedit", "hmedit_no_record"}
+    assert all(s > 0 for s in cost["seconds"].values()) and cost["nodes"] == 4
+    assert cost["ratio"] == pytest.approx(cost["seconds"]["hmedit"] / cost["seconds"]["diffusers"])
+    assert {"ratio_no_record", "target_ratio", "pass", "runs_s", "hmedit_stages_s"} <= set(cost)
+
+    control = doc["suites"]["control"]
+    assert control["scenes"] == 2 and control["size"] == [64, 64] and control["steps"] == 2
+    for v in ("masked", "unmasked"):
+        assert {"match_rate", "bleed_rate", "scene_match_rate"} <= set(control[v])
+        assert 0 <= control[v]["match_rate"] <= 1
+    assert control["regions"] == sum(len(c["regions"]["masked"]) for c in control["cases"])
+
+    hier = doc["suites"]["hierarchy"]
+    assert set(hier["schemes"]) == set(bench.HIERARCHY_SCHEMES)
+    for r in hier["schemes"].values():
+        assert {"child", "ring", "both"} <= set(r) and r["both"] <= min(r["child"], r["ring"])
+
+    loc = doc["suites"]["locality"]
+    assert {"outside_mean", "inside_mean", "new_colour_rate", "pass", "cases"} <= set(loc)
+    assert loc["margin_px"] == 6.0 and len(loc["cases"]) == 2
+    # the edit keeps the pixels outside the region (pasted back) and repaints inside it
+    assert loc["outside_mean"] < 1.0 and loc["inside_mean"] > 0
+
+    images = out / "images"
+    assert len(list((images / "control").glob("*.png"))) == 4
+    assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
+    assert len(list((images / "locality").glob("*.png"))) == 4
+
+    # rerunning one suite keeps the others' figures
+    assert run("bench", "locality", "--quick", "--model", model, "--out", out, "--no-images") == 0
+    again = json.loads((out / "bench.json").read_text())
+    assert set(again["suites"]) == set(doc["suites"])
+    assert again["suites"]["control"] == doc["suites"]["control"]
+    assert again["suites"]["locality"]["finished"] >= doc["suites"]["locality"]["finished"]
+
+
+def test_bench_unknown_suite_is_a_user_error(tmp_path, capsys):
+    assert run("bench", "speed", "--out", tmp_path) == 2
+    assert "unknown suite 'speed'" in capsys.readouterr().err

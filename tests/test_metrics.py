@@ -1,0 +1,96 @@
+"""hmedit.metrics on synthetic arrays: every metric can fail."""
+
+import numpy as np
+import pytest
+
+from hmedit import metrics
+from hmedit.toy.world import PALETTE
+
+
+def canvas(colour: str, h: int = 32, w: int = 32) -> np.ndarray:
+    return np.broadcast_to(np.array(PALETTE[colour], np.uint8), (h, w, 3)).copy()
+
+
+def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_region_colour_fraction_counts_nearest_palette_colour_inside_the_mask_only():
+    img = canvas("blue")
+    img[:, :8] = PALETTE["red"]  # a quarter of the image is red
+    img[:, 8:12] = (200, 50, 45)  # near red, not exactly it
+    full = np.ones((32, 32), bool)
+    assert metrics.region_colour_fraction(img, full, "red") == pytest.approx(12 / 32)
+    assert metrics.region_colour_fraction(img, full, "blue") == pytest.approx(20 / 32)
+    assert metrics.region_colour_fraction(img, box(32, 32, 0, 32, 0, 16), "red") == pytest.approx(12 / 16)
+    assert metrics.region_colour_fraction(img, box(32, 32, 0, 32, 16, 32), "red") == 0.0
+    assert metrics.region_colour_fraction(img, np.zeros((32, 32), bool), "red") == 0.0
+
+
+def test_float_masks_count_pixels_above_one_half():
+    img = canvas("green")
+    img[:, 16:] = PALETTE["yellow"]
+    soft = np.zeros((32, 32), np.float32)
+    soft[:, 12:20] = 0.6  # 4 green columns, 4 yellow ones
+    soft[:, 20:] = 0.5  # not inside: exactly one half
+    assert metrics.region_colour_fraction(img, soft, "yellow") == pytest.approx(0.5)
+
+
+def test_region_match_threshold():
+    img = canvas("white")
+    img[:10] = PALETTE["black"]  # 10 of 32 rows
+    full = np.ones((32, 32), bool)
+    assert metrics.region_match(img, full, "black")  # 0.3125 >= 0.3
+    assert not metrics.region_match(img, full, "black", threshold=0.35)
+    assert not metrics.region_match(img, full, "red")
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="unknown colour"):
+        metrics.region_colour_fraction(canvas("red"), np.ones((32, 32), bool), "mauve")
+    with pytest.raises(ValueError, match="differ"):
+        metrics.region_colour_fraction(canvas("red"), np.ones((16, 32), bool), "red")
+
+
+def test_dilate_is_a_disk():
+    m = np.zeros((21, 21), bool)
+    m[10, 10] = True
+    d = metrics.dilate(m, 3)
+    yy, xx = np.mgrid[:21, :21]
+    assert np.array_equal(d, (yy - 10) ** 2 + (xx - 10) ** 2 <= 9)
+    assert np.array_equal(metrics.dilate(m, 0), m)
+
+
+def test_locality_separates_inside_margin_and_outside():
+    before = canvas("gray", 40, 40)
+    after = before.copy()
+    region = box(40, 40, 10, 20, 10, 20)
+    after[region] += 30  # inside: +30 on every channel
+    ring = metrics.dilate(region, 4) & ~region
+    after[ring] += 100  # within the margin: ignored by both figures
+    out = metrics.locality(before, after, region.astype(np.float32), margin_px=4)
+    assert out["inside_mean"] == pytest.approx(30)
+    assert out["outside_mean"] == pytest.approx(0)
+    # a change just beyond the margin counts outside
+    after[30, 30] = before[30, 30] + 90
+    n_out = 40 * 40 - metrics.dilate(region, 4).sum()
+    out = metrics.locality(before, after, region, margin_px=4)
+    assert out["outside_mean"] == pytest.approx(90 / n_out)
+    # with a smaller margin the ring's change leaks into outside_mean
+    assert metrics.locality(before, after, region, margin_px=1)["outside_mean"] > 10
+
+
+def test_seam_score_flags_a_step_at_a_tile_border():
+    rng = np.random.default_rng(0)
+    base = rng.integers(100, 110, (64, 64, 3)).astype(np.uint8)  # mild texture everywhere
+    assert metrics.seam_score(base, [32], [32]) == pytest.approx(1.0, abs=0.15)
+    seamed = base.copy()
+    seamed[:, 32:] += 40  # a vertical seam at x = 32
+    assert metrics.seam_score(seamed, [32], []) > 3
+    assert metrics.seam_score(seamed, [32], [32]) > 2  # the clean horizontal border dilutes it
+    assert metrics.seam_score(seamed, [16], []) == pytest.approx(1.0, abs=0.3)  # wrong border: no seam there
+    flat = np.full((16, 16, 3), 7, np.uint8)
+    assert metrics.seam_score(flat, [8], [8]) == pytest.approx(1.0)
+    assert metrics.seam_score(flat, [], []) == 1.0
