@@ -18,6 +18,7 @@ from torch import Tensor
 from hmedit.attention.processor import regional_attention
 from hmedit.conditioning.encode import encode_scene
 from hmedit.errors import HmeditError
+from hmedit.masks.raster import reference_size
 from hmedit.models.load import Model, make_scheduler
 from hmedit.sampling.loop import Denoiser, sample, step_kwargs
 from hmedit.sampling.plan import Plan, build_plan, unet_factors
@@ -49,7 +50,8 @@ class Settings:
         size: tuple[int, int] | None = None,
         record: bool = True,
     ) -> Settings:
-        w, h = size or scene.size or (model.native_size, model.native_size)
+        # the scene's size, else its init image's, else the model's native size
+        w, h = size or reference_size(scene, default=(model.native_size, model.native_size))
         f = model.vae_scale_factor
         if w % f or h % f:
             raise HmeditError(

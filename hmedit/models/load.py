@@ -318,8 +318,9 @@ def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict
     except Exception as e:  # noqa: BLE001
         raise HmeditError(
             f"cannot build the {kind} architecture for {ref.path} offline: {str(e).splitlines()[0]}",
-            hint="pass --model-config with a diffusers folder (or a "
-            "cached hub id) of the same family, e.g. a local SD 1.5 folder",
+            hint="convert it to a diffusers folder (diffusers' convert_original_stable_diffusion_to_diffusers"
+            ".py) "
+            "or put the matching SD 1.x/2.x config in the local Hugging Face cache",
         ) from None
     comps = {k: getattr(pipe, k) for k in ("vae", "unet", "text_encoder", "tokenizer")}
     return comps, dict(pipe.scheduler.config)
