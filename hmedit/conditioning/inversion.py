@@ -1,0 +1,421 @@
+"""Per-layer textual inversion (Collage Diffusion §4.3, eq. 1): a placeholder token per layer, whose one
+embedding row is learned so that "<hm-sushi> sushi" reproduces the layer's look on the composite.
+
+    a_i* = argmin_a E_eps || alpha_i · (x_target_i - D(x_target_i + eps, sigma, (a, c_i))) ||²      (eq. 1)
+
+x_target_i is the composite of layers 1..i and alpha_i the layer's alpha: the UNet sees the whole composite
+(its context), but only the layer's pixels count in the loss. Every model weight stays frozen; only a
+separate leaf tensor for the new row is optimised and spliced into the token lookup by a forward hook, so no
+other row (nor any UNet/VAE weight) can change.
+
+Learned embeddings are cached by a hash of everything they depend on, in diffusers' ``learned_embeds``
+format, so they load in plain diffusers (``pipe.load_textual_inversion``). Existing embeddings load from the
+diffusers and A1111 formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmedit.errors import HmeditError
+
+DIFFUSERS_FILE = "learned_embeds.safetensors"
+# Text-encoder widths of known families, to say where a wrong-width embedding belongs.
+FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 128: "hmedit's bundled toy model"}
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class LearnSettings:
+    """How one token is learned. Defaults fit the bundled 128 px toy model on 2 CPU cores (~1-2 minutes:
+    ~0.8 s per batch-16 step with backward); a large model on a GPU wants more steps and a lower lr."""
+
+    steps: int = 120
+    lr: float = 1e-2
+    batch: int = 16
+    init: str | None = None  # word whose embedding starts the row; None: the mean of the vocabulary
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- tokens and rows
+def add_token(tokenizer, text_encoder, token: str, init_word: str | None = None) -> int:
+    """Add placeholder ``token`` to the tokenizer and a row for it to the text encoder, initialised from
+    ``init_word`` (the mean of its tokens' rows) or the vocabulary mean; return its id. A token that is
+    already added is left as it is (its row is not re-initialised)."""
+    added = token in tokenizer.get_added_vocab()
+    if not added and len(tokenizer.tokenize(token)) == 1:  # adding it would hijack a word of other prompts
+        raise HmeditError(
+            f"'{token}' is already a word of the model's vocabulary",
+            hint="use a placeholder that is no word, such as <hm-name>",
+        )
+    init = None if added else init_vector(tokenizer, text_encoder, init_word)
+    tokenizer.add_tokens(token)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    emb = text_encoder.get_input_embeddings()
+    if emb.num_embeddings < len(tokenizer):
+        grad = emb.weight.requires_grad
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        text_encoder.get_input_embeddings().weight.requires_grad_(grad)
+    if init is not None:
+        set_embedding(text_encoder, token_id, init)
+    return token_id
+
+
+def init_vector(tokenizer, text_encoder, init_word: str | None = None) -> Tensor:
+    """[D] the starting row: the mean of ``init_word``'s token rows, or of the base vocabulary's rows."""
+    weight = text_encoder.get_input_embeddings().weight
+    if init_word is None:
+        return weight[: tokenizer.vocab_size].detach().float().mean(0)
+    ids = tokenizer(init_word, add_special_tokens=False).input_ids
+    if not ids:
+        raise HmeditError(f"init word '{init_word}' has no tokens", hint="use a plain word such as 'square'")
+    return weight[ids].detach().float().mean(0)
+
+
+@torch.no_grad()
+def set_embedding(text_encoder, token_id: int, vector: Tensor) -> None:
+    """Write [D] ``vector`` into the text encoder's row for ``token_id`` (and nothing else)."""
+    weight = text_encoder.get_input_embeddings().weight
+    _check_width(vector.shape[-1], weight.shape[1], "the embedding")
+    weight[token_id] = vector.to(weight.device, weight.dtype)
+
+
+def install_embedding(tokenizer, text_encoder, token: str, vectors: Tensor) -> str:
+    """Add a loaded embedding ([D], or [n, D] for a multi-vector one) under ``token``; return the text that
+    stands for it in prompts: ``token``, or ``token token_1 ... token_{n-1}`` (diffusers' naming)."""
+    vectors = vectors.reshape(-1, vectors.shape[-1])
+    names = [token] + [f"{token}_{k}" for k in range(1, vectors.shape[0])]
+    for name, vec in zip(names, vectors):
+        set_embedding(text_encoder, add_token(tokenizer, text_encoder, name), vec)
+    return " ".join(names)
+
+
+@contextmanager
+def _spliced(text_encoder, token_id: int, row: Tensor) -> Iterator[None]:
+    """Within the block the text encoder looks ``token_id`` up as ``row`` (a tensor that may require grad):
+    the frozen embedding matrix is never written."""
+
+    def hook(module, args, out):
+        hit = (args[0] == token_id).unsqueeze(-1)
+        return torch.where(hit, row.to(out.dtype), out)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _frozen(*modules) -> Iterator[None]:
+    """Every parameter frozen and every module in eval mode (no dropout) within the block; restored after."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    modes = [(m, m.training) for m in modules]
+    try:
+        for m in modules:
+            m.eval().requires_grad_(False)
+        yield
+    finally:
+        for p, g in saved:
+            p.requires_grad_(g)
+        for m, t in modes:
+            m.train(t)
+
+
+# ---------------------------------------------------------------- learning (eq. 1)
+def alpha_weight(alpha: Tensor, size: tuple[int, int]) -> Tensor:
+    """[1, 1, h, w] the alpha averaged over each latent pixel's footprint (the loss weight of eq. 1)."""
+    return F.interpolate(alpha.float()[None, None], size=size, mode="area")
+
+
+def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Mean squared error weighted by ``weight`` [1, 1, h, w] (eq. 1's alpha), normalised by the weight's
+    mass: pixels of weight 0 contribute nothing, neither to the value nor to the gradient."""
+    err = (pred.float() - target.float()).pow(2) * weight
+    return err.sum() / (weight.sum() * pred.shape[0] * pred.shape[1]).clamp_min(1e-8)
+
+
+def learn_embedding(
+    model,
+    image: Tensor,
+    alpha: Tensor,
+    prompt: str,
+    token_id: int,
+    *,
+    steps: int = LearnSettings.steps,
+    lr: float = LearnSettings.lr,
+    batch: int = LearnSettings.batch,
+    seed: int = LearnSettings.seed,
+    init: Tensor | None = None,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Textual inversion of one token by Collage Diffusion eq. 1; return the learned row [D] (fp32, CPU).
+
+    ``image``: the composite of layers 1..i, [1, 3, H, W] in [-1, 1]; ``alpha``: the layer's alpha [H, W]
+    in 0..1; ``prompt``: the layer text with the token ("<hm-sushi> sushi"). The row starts from ``init``
+    (default: its current value). Timesteps and noise come from a generator seeded with ``seed``, so a seed
+    gives the same embedding. No weight of ``model`` changes (the caller installs the result with
+    ``set_embedding``).
+    """
+    from diffusers import DDPMScheduler
+
+    vae, text_encoder, unet = model.vae, model.text_encoder, model.unet
+    ids = _prompt_ids(model.tokenizer, prompt, token_id)
+    latents, weight = _encode_target(model, image, alpha)
+    sched = DDPMScheduler.from_config(model.scheduler_config)
+    gen = torch.Generator().manual_seed(seed)
+    start = text_encoder.get_input_embeddings().weight[token_id] if init is None else init
+    row = start.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
+    opt = torch.optim.Adam([row], lr=lr)
+    with _frozen(vae, text_encoder, unet), torch.enable_grad(), _spliced(text_encoder, token_id, row):
+        for i in range(1, steps + 1):
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+            noise = torch.randn((batch, *latents.shape[1:]), generator=gen).to(latents)
+            x0 = latents.expand(batch, -1, -1, -1)
+            t = t.to(latents.device)
+            noisy = sched.add_noise(x0, noise, t)
+            target = (
+                sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+            )
+            cond = text_encoder(ids)[0].to(unet.dtype).expand(batch, -1, -1)
+            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+            loss = masked_mse(pred, target, weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress(i, steps, loss.item())
+    return row.detach().float().cpu()
+
+
+def _prompt_ids(tokenizer, prompt: str, token_id: int) -> Tensor:
+    ids = tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    if not (ids == token_id).any():
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        raise HmeditError(
+            f"the prompt '{prompt}' does not contain the token {token} it should learn",
+            hint=f"put {token} in the prompt, e.g. '{token} {prompt}'",
+        )
+    return ids
+
+
+@torch.no_grad()
+def _encode_target(model, image: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """The composite's latents [1, 4, h, w] (encoded once, the posterior mean) and the loss weight."""
+    f = model.vae_scale_factor
+    if image.ndim != 4 or image.shape[:2] != (1, 3) or image.shape[2] % f or image.shape[3] % f:
+        raise HmeditError(
+            f"the image to learn from is {list(image.shape)}, not [1, 3, H, W] with H and W multiples of {f}"
+        )
+    if tuple(alpha.shape) != tuple(image.shape[2:]):
+        raise HmeditError(
+            f"the alpha is {list(alpha.shape)} but the image is {list(image.shape[2:])}",
+            hint="learn on the layer's alpha at the composite's size",
+        )
+    if not alpha.gt(0).any():
+        raise HmeditError(
+            "the layer's alpha is empty: there is nothing to learn", hint="check the layer's mask"
+        )
+    vae = model.vae
+    dist = vae.encode(image.to(vae.device, vae.dtype)).latent_dist
+    latents = (dist.mean * vae.config.scaling_factor).to(model.unet.dtype)
+    return latents, alpha_weight(alpha, latents.shape[2:]).to(latents.device)
+
+
+# ---------------------------------------------------------------- cache
+def cache_key(model_hash: str, image: Tensor, alpha: Tensor, prompt: str, settings: dict) -> str:
+    """sha256 of everything a learned embedding depends on (tensors by their fp32 bytes and shape)."""
+    h = hashlib.sha256()
+    h.update(b"hmedit-inversion-v1\0" + model_hash.encode() + b"\0")
+    for t in (image, alpha):
+        a = t.detach().float().cpu().contiguous()
+        h.update(json.dumps(list(a.shape)).encode() + b"\0")
+        h.update(a.numpy().tobytes())
+    h.update(prompt.encode() + b"\0")
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Learned embeddings under ``root/<key>/learned_embeds.safetensors`` (diffusers' format)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        if root is None:
+            from hmedit.models.load import cache_dir
+
+            root = cache_dir() / "embeddings"
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key / DIFFUSERS_FILE
+
+    def get(self, key: str) -> Tensor | None:
+        """The cached row [D], or None (a missing or unreadable entry is a miss: it is learned again)."""
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(self.path(key)))
+        except Exception:  # noqa: BLE001 - a half-written or foreign file is just a miss
+            return None
+        return next(iter(state.values())).reshape(-1) if len(state) == 1 else None
+
+    def put(self, key: str, token: str, embedding: Tensor) -> Path | None:
+        """Store atomically; return the file, or None when the cache cannot be written (only costs a
+        retrain next time)."""
+        try:
+            return export_diffusers(self.path(key), token, embedding)
+        except OSError:
+            return None
+
+
+@dataclass
+class LearnedToken:
+    token: str
+    token_id: int
+    embedding: Tensor  # [D]
+    key: str
+    cached: bool  # True when it came from the cache without training
+
+
+def learn_token(
+    model,
+    token: str,
+    image: Tensor,
+    alpha: Tensor,
+    prompt: str,
+    settings: LearnSettings = LearnSettings(),
+    *,
+    cache: EmbeddingCache | None = None,
+    progress: Progress | None = None,
+) -> LearnedToken:
+    """Add ``token`` to the model, take its row from the cache or learn it (eq. 1) and cache it, then install
+    it, so prompts with ``token`` encode with the learned row. ``cache=None``: the default cache folder."""
+    cache = cache if cache is not None else EmbeddingCache()
+    token_id = add_token(model.tokenizer, model.text_encoder, token, settings.init)
+    key = cache_key(model.hash, image, alpha, prompt, asdict(settings))
+    vector = cache.get(key)
+    cached = vector is not None
+    if vector is None:
+        init = init_vector(model.tokenizer, model.text_encoder, settings.init)
+        vector = learn_embedding(
+            model,
+            image,
+            alpha,
+            prompt,
+            token_id,
+            steps=settings.steps,
+            lr=settings.lr,
+            batch=settings.batch,
+            seed=settings.seed,
+            init=init,
+            progress=progress,
+        )
+        cache.put(key, token, vector)
+    set_embedding(model.text_encoder, token_id, vector)
+    return LearnedToken(token, token_id, vector, key, cached)
+
+
+# ---------------------------------------------------------------- files
+def export_diffusers(path: str | Path, token: str, embedding: Tensor) -> Path:
+    """Write ``{token: [D]}`` as safetensors (diffusers' ``learned_embeds`` format), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({token: embedding.detach().float().cpu().reshape(-1).contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_embedding(path: str | Path, dim: int | None = None) -> dict[str, Tensor]:
+    """Read an embedding file: diffusers ``learned_embeds.safetensors`` / ``.bin`` ({token: [D] or [n, D]})
+    or A1111 (``.pt`` with 'string_to_param', ``.safetensors`` with 'emb_params'; named after the file or its
+    'name'). Returns {token: [D]} ([n, D] for multi-vector embeddings). ``dim``: the text encoder's width,
+    checked."""
+    path = Path(path)
+    state = _read_state(path)
+    if "clip_l" in state or "clip_g" in state:
+        raise HmeditError(
+            "this is an SDXL embedding (clip_l/clip_g), which hmedit does not support",
+            file=path,
+            hint="use an SD 1.x or 2.x embedding",
+        )
+    if "string_to_param" in state:  # A1111 .pt
+        params = state["string_to_param"]
+        vectors = params.get("*") if isinstance(params, dict) else None
+        name = state.get("name") if isinstance(state.get("name"), str) else path.stem
+        found = {name: vectors}
+    elif "emb_params" in state:  # A1111 .safetensors
+        found = {path.stem: state["emb_params"]}
+    elif len(state) == 1:  # diffusers
+        found = dict(state)
+    else:
+        found = {}
+    if len(found) != 1 or not all(isinstance(v, Tensor) and v.ndim in (1, 2) for v in found.values()):
+        raise HmeditError(
+            "not a textual-inversion embedding (no {token: vector}, A1111 string_to_param or emb_params)",
+            file=path,
+            hint="use a diffusers learned_embeds.safetensors/.bin or an A1111 .pt/.safetensors embedding",
+        )
+    out = {}
+    for token, v in found.items():
+        v = v.detach().float()
+        v = v.reshape(-1) if v.ndim == 2 and v.shape[0] == 1 else v
+        if dim is not None:
+            _check_width(v.shape[-1], dim, "this embedding", file=path)
+        out[token] = v
+    return out
+
+
+def _read_state(path: Path) -> dict:
+    if not path.is_file():
+        raise HmeditError("embedding file not found", file=path, hint="check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
+        raise HmeditError(
+            f"cannot read the embedding: {(str(e).splitlines() or [type(e).__name__])[0]}",
+            file=path,
+            hint="use a .safetensors, .bin or .pt textual-inversion file (pickles with code are not loaded)",
+        ) from None
+    if isinstance(state, Tensor):
+        return {path.stem: state}
+    if not isinstance(state, dict):
+        raise HmeditError("not a textual-inversion embedding", file=path, hint="expected a dict of tensors")
+    return state
+
+
+def _check_width(width: int, dim: int, what: str, file: str | Path | None = None) -> None:
+    if width == dim:
+        return
+    family = FAMILY_BY_WIDTH.get(width, f"a model whose text encoder is {width} wide")
+    raise HmeditError(
+        f"{what} is {width} wide, made for {family}, but this model's text encoder is {dim} wide",
+        file=file,
+        hint=f"use it with {family}, or learn the token for this model",
+    )
