@@ -1,0 +1,415 @@
+"""Tiled VAE encode/decode equal to untiled encode/decode (GroupNorm statistics over the whole image), with
+the working memory of the high-resolution layers bounded by the tile size.
+
+How, for diffusers' AutoencoderKL (its sub-modules are called in its own order; no library code copied):
+
+* The *trunk*, the latent-resolution part with the mid block and its global self-attention (decoder:
+  post_quant_conv, conv_in, mid_block; encoder: mid_block, conv_norm_out, conv_act, conv_out, quant_conv),
+  runs whole: its activations are latent-sized (h·w·C_mid) and the attention stays exact.
+* The *head*, the resolution-changing part (decoder: up blocks, conv_norm_out, conv_act, conv_out; encoder:
+  conv_in, down blocks), is flattened into *units* (resnets, up/downsamplers, convs) and run tile by tile.
+  Tile cores partition the image; each core is cut out with a context margin of at least the receptive
+  radius of the units still ahead (traced from their convolutions), so a core's output depends only on
+  pixels inside its crop and equals the untiled output there. The margin is trimmed before every unit, so
+  full-resolution units carry only a few pixels of context. Cores are disjoint: nothing is blended.
+* GroupNorm is the one non-local operation left in the head. Per-tile statistics shift colours tile by
+  tile (the "colour shift" users of peers' tiled VAEs complain about), so every GroupNorm uses statistics
+  over the whole image. Those of GroupNorm k depend on the normalisation of all earlier ones, so they are
+  found in order, one *pass* over the tiles per GroupNorm: a pass runs each tile up to GroupNorm k
+  (earlier ones normalise with their known statistics), accumulates per-(batch, group) sums and sums of
+  squares over the tile's core only (context pixels are not counted twice), and stops the tile there.
+  A final pass produces the output.
+  A single tile needs no passes: its own statistics are the image's.
+* Passes do not start from the input: during a pass, the activations at the latest unit input before
+  GroupNorm k that fits in ``store_bytes`` are kept as one image-sized *checkpoint* map (each tile writes
+  its core), and the next pass starts there, cutting its crops from the map. With enough budget every
+  unit runs about 1.5 times in all (toy VAE: 1.6x the untiled time); with ``store_bytes=0`` every pass
+  recomputes from the head's input (memory strictly tile-bounded, about 6x the untiled time).
+* The sub-modules are called directly, so accelerate's offload hooks on ``vae.decode`` do not run.
+
+Memory: one tile crop's activations, O(B·C·((tile + 2·margin)·s)²) for a unit with C channels at scale s;
+plus at most ``store_bytes`` of checkpoint maps (the current one and the one being written); plus the trunk
+(O(h·w·C_mid)), the head's input and the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmedit.sampling.tiling import Window
+
+log = logging.getLogger(__name__)
+
+DECODE_TILE = 32  # latent px
+ENCODE_TILE = 256  # image px
+AUTO_TILE = 64  # decode(): latents larger than this (latent px) are decoded in tiles
+STORE_BYTES = 1 << 30  # checkpoint maps kept between passes
+TRACE_PX = 16  # input size of the tracing run (a multiple of the encoder's downsampling factor)
+
+
+# ------------------------------------------------------------------------------------------- head units
+@dataclass
+class _Unit:
+    module: nn.Module
+    call: Callable[[Tensor], Tensor]
+    in_scale: Fraction = Fraction(1)  # input resolution / head input resolution
+    scale: Fraction = Fraction(1)  # output / input resolution
+    channels: int = 0  # input channels
+    radius: float = 0.0  # receptive radius, head-input px
+    norms: list[nn.GroupNorm] = field(default_factory=list)  # in execution order
+
+
+def _flatten(blocks: Sequence[nn.Module]) -> list[_Unit]:
+    """Resnets and samplers of diffusers' Up/DownDecoderBlock2D (whose forward just chains them) as units,
+    so checkpoints and margin trims can sit between them; other modules stay whole."""
+    units = []
+    for b in blocks:
+        if type(b).__name__ in ("UpDecoderBlock2D", "DownEncoderBlock2D"):
+            units += [_Unit(r, functools.partial(r, temb=None)) for r in b.resnets]
+            samplers = getattr(b, "upsamplers", None) or getattr(b, "downsamplers", None) or []
+            units += [_Unit(s, s) for s in samplers]
+        else:
+            units.append(_Unit(b, b))
+    return units
+
+
+def _conv_radius(m: nn.Module) -> float:
+    """Half-width (input px) of the neighbourhood one output pixel reads. Strided convolutions get (s - 1)
+    extra: diffusers' Downsample2D pads asymmetrically (right/bottom), so its window is off-centre."""
+    k, s, d = (v if isinstance(v, tuple) else (v, v) for v in (m.kernel_size, m.stride, m.dilation))
+    return max((kk - 1) * dd / 2 + (ss - 1) for kk, ss, dd in zip(k, s, d))
+
+
+def _trace(units: list[_Unit], x: Tensor) -> None:
+    """Fill in each unit's resolution, channels, receptive radius and GroupNorms from one small run."""
+    for u in units:
+        for sub in u.module.modules():
+            name = type(sub).__name__
+            if name == "Attention" or isinstance(sub, (nn.ConvTranspose2d, nn.MultiheadAttention)):
+                raise NotImplementedError(f"tiled VAE: {name} outside the mid block is not supported")
+    w0 = x.shape[-1]
+    current: list[_Unit] = []
+
+    def conv_hook(m, args):
+        current[0].radius += _conv_radius(m) * w0 / args[0].shape[-1]
+
+    def norm_hook(m, args):
+        current[0].norms.append(m)
+
+    hooks = []
+    for u in units:
+        for sub in u.module.modules():
+            if isinstance(sub, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)):
+                hooks.append(sub.register_forward_pre_hook(conv_hook))
+            elif isinstance(sub, nn.GroupNorm):
+                hooks.append(sub.register_forward_pre_hook(norm_hook))
+    try:
+        with torch.no_grad():
+            for u in units:
+                current[:] = [u]
+                u.radius, u.norms = 0.0, []
+                u.in_scale, u.channels = Fraction(x.shape[-1], w0), x.shape[1]
+                y = u.call(x)
+                u.scale = Fraction(y.shape[-1], x.shape[-1])
+                x = y
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@dataclass
+class _Head:
+    units: list[_Unit]
+    height: int  # head input size
+    width: int
+    in_align: int  # downsampling factor of the whole head (encoder: 8 for SD; decoder: 1)
+    margin_factor: float = 1.0  # < 1 when the caller asks for less context than the receptive radius
+
+    def res(self, u: int) -> Fraction:
+        """Resolution at unit ``u``'s input relative to the head input (u = len(units): the output)."""
+        return self.units[u].in_scale if u < len(self.units) else self.out_scale
+
+    @property
+    def out_scale(self) -> Fraction:
+        last = self.units[-1]
+        return last.in_scale * last.scale
+
+    def align(self, u: int) -> int:
+        """Alignment of crops at unit ``u``'s input: the downsampling still ahead."""
+        return max(1, math.ceil(self.res(u) / self.out_scale))
+
+    def margin(self, u: int) -> int:
+        """Context (px at unit u's input) a crop there needs: the receptive radius of units u..end."""
+        need = sum(v.radius for v in self.units[u:]) * self.margin_factor * self.res(u)
+        a = self.align(u)
+        return math.ceil(need / a - 1e-9) * a
+
+    def size(self, u: int, batch: int, elem: int) -> int:
+        """Bytes of an image-sized map at unit ``u``'s input."""
+        r = self.res(u)
+        return batch * self.units[u].channels * int(self.height * r) * int(self.width * r) * elem
+
+
+def _scale(win: Window, f: Fraction) -> Window:
+    vals = [v * f for v in win]
+    if any(v.denominator != 1 for v in vals):
+        raise RuntimeError(f"tiled VAE: window {win} does not align with scale {f}")
+    return Window(*(int(v) for v in vals))
+
+
+def _grow(win: Window, m: int, h: int, w: int) -> Window:
+    return Window(max(0, win.y0 - m), min(h, win.y1 + m), max(0, win.x0 - m), min(w, win.x1 + m))
+
+
+def _inside(win: Window, outer: Window) -> Window:
+    return Window(win.y0 - outer.y0, win.y1 - outer.y0, win.x0 - outer.x0, win.x1 - outer.x0)
+
+
+def _spans(dim: int, tile: int, align: int) -> list[tuple[int, int]]:
+    """Partition [0, dim) into ceil(dim / tile) near-equal spans with boundaries on multiples of align."""
+    n = max(1, math.ceil(dim / tile))
+    units = dim // align
+    cuts = sorted({round(i * units / n) * align for i in range(n)} | {dim})
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+# ------------------------------------------------------------------------------------ shared GroupNorm
+class _Stop(Exception):
+    """Raised by the GroupNorm being measured: the rest of the tile is not needed in this pass."""
+
+
+class _SharedGroupNorm:
+    """Installed over the head's GroupNorms during a tiled run (their forward is swapped, then restored).
+    Norms with known statistics normalise with them; the ``target`` norm accumulates statistics over the
+    tile core and stops the tile; ``local`` makes every norm use the tile's own statistics (naive)."""
+
+    def __init__(self, norms: list[nn.GroupNorm], local: bool):
+        self.norms, self.local = norms, local
+        self.index = {id(m): i for i, m in enumerate(norms)}
+        self.stats: list[tuple[Tensor, Tensor]] = []  # per norm: mean, var [B, G] float64, in order
+        self.target: int | None = None
+        self.core = Window(0, 0, 0, 0)  # the tile core inside the current crop, at the unit's input
+        self.crop_hw = (1, 1)
+
+    def __enter__(self) -> _SharedGroupNorm:
+        for m in self.norms:
+            m.forward = functools.partial(self._forward, m)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.norms:
+            del m.forward
+
+    def measure(self, k: int) -> None:
+        self.target, self.sums = k, [0.0, 0.0, 0]
+
+    def finish(self) -> None:
+        s1, s2, n = self.sums
+        mean = s1 / n
+        self.stats.append((mean, (s2 / n - mean * mean).clamp(min=0)))
+        self.target = None
+
+    def _forward(self, m: nn.GroupNorm, x: Tensor) -> Tensor:
+        if self.local:
+            return F.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+        i = self.index[id(m)]
+        b, c, h, w = x.shape
+        g = m.num_groups
+        if i == self.target:
+            ch, cw = self.crop_hw
+            if (self.core.y0 * h) % ch or (self.core.y1 * h) % ch or (self.core.x0 * w) % cw:
+                raise RuntimeError("tiled VAE: GroupNorm input not aligned with the tile crop")
+            core = Window(*(v * h // ch for v in self.core[:2]), *(v * w // cw for v in self.core[2:]))
+            xc = x[core.slice].reshape(b, g, -1)
+            self.sums[0] = self.sums[0] + xc.sum(-1, dtype=torch.float64)
+            self.sums[1] = self.sums[1] + xc.float().square().sum(-1, dtype=torch.float64)
+            self.sums[2] += xc.shape[-1]
+            raise _Stop
+        if i >= len(self.stats):
+            raise RuntimeError(f"tiled VAE: GroupNorm {i} reached before its statistics are known")
+        mean, var = self.stats[i]
+        rstd = torch.rsqrt(var + m.eps).float()
+        y = (x.reshape(b, g, -1).float() - mean.float()[..., None]) * rstd[..., None]
+        y = y.reshape(b, c, h, w)
+        if m.affine:
+            y = y * m.weight.float()[:, None, None] + m.bias.float()[:, None, None]
+        return y.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------ tiled head
+def _run_tile(
+    head: _Head,
+    src: Tensor,
+    start: int,
+    core0: Window,
+    gn: _SharedGroupNorm,
+    *,
+    store: tuple[int, Tensor] | None = None,
+) -> Tensor | None:
+    """Run the tile with core ``core0`` (head-input px) from the map ``src`` at unit ``start``'s input to
+    the end (returns the output core) or until the measured GroupNorm stops it (returns None). ``store``
+    = (unit, map): write the core of the activations at that unit's input into the map."""
+    f = head.res(start)
+    core = _scale(core0, f)
+    h, w = src.shape[-2:]
+    crop = _grow(core, head.margin(start), h, w)
+    t = src[crop.slice]
+    for u in range(start, len(head.units)):
+        unit = head.units[u]
+        keep = _grow(core, head.margin(u), h, w)
+        t, crop = t[_inside(keep, crop).slice], keep
+        if store is not None and store[0] == u:
+            store[1][core.slice] = t[_inside(core, crop).slice]
+        gn.core, gn.crop_hw = _inside(core, crop), (crop.height, crop.width)
+        try:
+            t = unit.call(t)
+        except _Stop:
+            return None
+        core, crop = _scale(core, unit.scale), _scale(crop, unit.scale)
+        h, w = int(h * unit.scale), int(w * unit.scale)
+    return t[_inside(core, crop).slice]
+
+
+def _run_tiled(
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    tile: int,
+    overlap: int | None,
+    *,
+    shared_stats: bool,
+    store_bytes: int,
+    report: dict | None,
+) -> Tensor:
+    """Run the head ``blocks`` over ``x`` [B, C, H, W] tile by tile (see the module docstring)."""
+    units = _flatten(blocks)
+    _trace(units, x.new_zeros(1, x.shape[1], TRACE_PX, TRACE_PX))
+    H, W = x.shape[-2:]
+    head = _Head(units, H, W, max(1, math.ceil(1 / units[-1].in_scale / units[-1].scale)))
+    a = head.in_align
+    if H % a or W % a or tile % a:
+        raise ValueError(f"tiled VAE: size {H}x{W} and tile {tile} must be multiples of {a}")
+    radius = sum(u.radius for u in units)
+    if overlap is not None and radius > 0:
+        head.margin_factor = min(1.0, overlap / radius)
+    cores = [Window(y0, y1, x0, x1) for y0, y1 in _spans(H, tile, a) for x0, x1 in _spans(W, tile, a)]
+    norms = [m for u in units for m in u.norms]
+    where = [i for i, u in enumerate(units) for _ in u.norms]  # unit holding each GroupNorm
+    batch, elem = x.shape[0], x.element_size()
+    info = {"tiles": len(cores), "passes": 1, "checkpoints": [], "stored_bytes": 0, "margin": head.margin(0)}
+    # one tile is the whole image: its own statistics are the global ones, no passes needed
+    local = not shared_stats or len(cores) == 1
+    src, start = x, 0
+    with torch.no_grad(), _SharedGroupNorm(norms, local=local) as gn:
+        for k in range(0 if local else len(norms)):
+            # keep a checkpoint at the latest unit input up to GroupNorm k's unit that fits the budget
+            held = head.size(start, batch, elem) if start > 0 else 0
+            fits = [
+                u for u in range(start + 1, where[k] + 1) if held + head.size(u, batch, elem) <= store_bytes
+            ]
+            store = None
+            if fits:
+                to, r = fits[-1], head.res(fits[-1])
+                store = (to, x.new_empty(batch, units[to].channels, int(H * r), int(W * r)))
+                info["stored_bytes"] = max(info["stored_bytes"], held + head.size(to, batch, elem))
+            gn.measure(k)
+            for core in cores:
+                _run_tile(head, src, start, core, gn, store=store)
+            gn.finish()
+            if store is not None:
+                start, src = store
+                info["checkpoints"].append(start)
+            info["passes"] += 1
+        out = None
+        f = head.out_scale
+        for core in cores:
+            y = _run_tile(head, src, start, core, gn)
+            if out is None:
+                out = y.new_empty(x.shape[0], y.shape[1], int(H * f), int(W * f))
+            out[_scale(core, f).slice] = y
+    log.debug("tiled VAE: %s", info)
+    if report is not None:
+        report.update(info)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- public API
+def _parts(vae):
+    from diffusers.models.autoencoders.vae import Decoder, Encoder
+
+    if not isinstance(getattr(vae, "decoder", None), Decoder) or not isinstance(
+        getattr(vae, "encoder", None), Encoder
+    ):
+        raise TypeError(f"tiled VAE supports diffusers' AutoencoderKL, not {type(vae).__name__}")
+    return vae.encoder, vae.decoder
+
+
+def decode_tiled(
+    vae,
+    latents: Tensor,
+    tile: int = DECODE_TILE,
+    overlap: int | None = None,
+    *,
+    shared_stats: bool = True,
+    store_bytes: int = STORE_BYTES,
+    report: dict | None = None,
+) -> Tensor:
+    """``vae.decode(latents).sample`` computed in tiles of ``tile`` latent px.
+
+    ``overlap``: context margin in latent px; None (default) uses the decoder's receptive radius, which
+    makes the result equal to untiled decoding; smaller trades exactness at tile borders for speed.
+    ``shared_stats=False``: per-tile GroupNorm statistics (the naive tiled VAE), for comparison.
+    ``store_bytes``: budget for checkpoint maps between passes (0: recompute, strictly tile-bounded).
+    ``report``: filled with tiles, passes, checkpoints, stored_bytes and margin."""
+    _, dec = _parts(vae)
+    with torch.no_grad():
+        z = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
+        h = dec.mid_block(dec.conv_in(z), None)
+        head = [*dec.up_blocks, dec.conv_norm_out, dec.conv_act, dec.conv_out]
+        return _run_tiled(
+            head, h, tile, overlap, shared_stats=shared_stats, store_bytes=store_bytes, report=report
+        )
+
+
+def encode_tiled(
+    vae,
+    image: Tensor,
+    tile: int = ENCODE_TILE,
+    overlap: int | None = None,
+    *,
+    shared_stats: bool = True,
+    store_bytes: int = STORE_BYTES,
+    report: dict | None = None,
+):
+    """``vae.encode(image).latent_dist`` (a DiagonalGaussianDistribution: ``.mean``, ``.sample(generator)``)
+    computed in tiles of ``tile`` px; image sides must be multiples of the VAE scale factor. Options as
+    :func:`decode_tiled` (``overlap`` in image px)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    enc, _ = _parts(vae)
+    with torch.no_grad():
+        head = [enc.conv_in, *enc.down_blocks]
+        h = _run_tiled(
+            head, image, tile, overlap, shared_stats=shared_stats, store_bytes=store_bytes, report=report
+        )
+        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
+        if vae.quant_conv is not None:
+            h = vae.quant_conv(h)
+    return DiagonalGaussianDistribution(h)
+
+
+def decode(vae, latents: Tensor, tile: int | None = None, overlap: int | None = None) -> Tensor:
+    """Decode ``latents``: whole when they fit in ``tile`` latent px (default AUTO_TILE), else tiled."""
+    tile = tile or AUTO_TILE
+    if max(latents.shape[-2:]) <= tile:
+        with torch.no_grad():
+            return vae.decode(latents, return_dict=False)[0]
+    return decode_tiled(vae, latents, tile, overlap)
