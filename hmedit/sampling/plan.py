@@ -146,6 +146,7 @@ def noise_levels(effective: Tensor, noise: Tensor, latent: tuple[int, int]) -> t
     )
     level_px = (weights * noise[:, None, None]).sum(0)
     level = downsample(level_px, latent, "area")
-    level = feather(level, NOISE_BLUR_LATENT_PX) if NOISE_BLUR_LATENT_PX > 0 else level
+    # soften boundaries outwards only: a small region keeps its own level instead of being diluted by the blur
+    level = torch.maximum(level, feather(level, NOISE_BLUR_LATENT_PX)) if NOISE_BLUR_LATENT_PX > 0 else level
     keep = (weights * (noise > 0).float()[:, None, None]).sum(0).clamp(0, 1)
     return level[None, None], keep

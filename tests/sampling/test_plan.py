@@ -9,13 +9,15 @@ from hmedit.scene.spec import Scene
 
 
 def test_noise_map_and_paste_back_weight():
-    eff = torch.zeros(2, 16, 16)
-    eff[1, 4:12, 4:12] = 1
+    eff = torch.zeros(2, 64, 64)
+    eff[1, 16:48, 16:48] = 1
     eff[0] = 1 - eff[1]
-    level, keep = noise_levels(eff, torch.tensor([0.0, 0.8]), (8, 8))
-    assert level.shape == (1, 1, 8, 8)
-    assert torch.isclose(level[0, 0, 4, 4], torch.tensor(0.8), atol=0.02)
-    assert level[0, 0, 0, 0] < 0.05
+    level, keep = noise_levels(eff, torch.tensor([0.0, 0.8]), (16, 16))
+    assert level.shape == (1, 1, 16, 16)
+    assert torch.isclose(level[0, 0, 8, 8], torch.tensor(0.8), atol=0.01)  # inside: the node's level
+    assert level[0, 0, 0, 0] < 0.01  # far outside: the root's
+    assert 0.1 < level[0, 0, 8, 3] < 0.7  # just outside the boundary: softened upwards
+    assert torch.isclose(level[0, 0, 8, 4], torch.tensor(0.8), atol=0.01)  # the region keeps its level
     assert torch.equal(keep, eff[1])  # generated exactly where the noisy node acts
 
 
