@@ -440,8 +440,8 @@ def export(a, out: Path, use_ema: bool = True) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # fp16 weights for the UNet and VAE keep the package small (diffusers loads them as fp32); the text encoder
-    # stays fp32 because transformers loads a checkpoint in its stored dtype, which would break plain
+    # fp16 weights for the UNet and VAE keep the package small (diffusers loads them as fp32); the text
+    # encoder stays fp32 because transformers loads a checkpoint in its stored dtype, which would break plain
     # StableDiffusionPipeline.from_pretrained on CPU.
     unet.half()
     vae.half()
