@@ -556,24 +556,28 @@ def exit_code(results: Sequence[Result], interrupted: bool = False) -> int:
 # The console: progress bars and the summary table
 
 
+def progress_bar(console: Console) -> Progress:
+    """The progress display of hmedit's batch commands: transient, and silent when not on a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
 class ConsoleReporter(Reporter):
     """A bar over the scenes and one over the steps of the current render, on a terminal only; problems
     print above the bars (or plainly, when not on a terminal). Use as a context manager."""
 
     def __init__(self, console: Console, verb: str = "render") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
         self.verb = verb
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
+        self.progress = progress_bar(console)
         self._scenes = self._steps = None
 
     def __enter__(self) -> ConsoleReporter:

@@ -83,10 +83,9 @@ def bench_command(
 
       [green]hmedit bench --quick --model ./tiny -o /tmp/b[/]    every code path in seconds
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hmedit import bench
-    from hmedit.batch import wide
+    from hmedit.batch import progress_bar, wide
     from hmedit.cli.options import stdout
     from hmedit.models.load import load
 
@@ -95,15 +94,7 @@ def bench_command(
     console = stdout()
     console.print(f"loading {model}")
     loaded = load(model, device=device, dtype=dtype)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
+    progress = progress_bar(console)
     total = sum(bench.render_count(n, config) for n in names)
     with progress:
         task = progress.add_task("bench", total=total)
