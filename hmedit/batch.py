@@ -35,6 +35,7 @@ from hmedit.errors import HmeditError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
     from rich.text import Text
 
     from hmedit.models.load import Model, ModelRef
@@ -558,6 +559,8 @@ def exit_code(results: Sequence[Result], interrupted: bool = False) -> int:
 
 def progress_bar(console: Console) -> Progress:
     """The progress display of hmedit's batch commands: transient, and silent when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
