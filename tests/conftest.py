@@ -69,3 +69,21 @@ def tiny_model(tiny_model_dir, tmp_path_factory) -> Callable[[str], object]:
         return loaded[family]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny convolutions gain nothing from more, and lose a lot on a busy
+    machine. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir) -> Path:
+    """The tiny random SD1-like diffusers folder (built once per session)."""
+    return tiny_model_dir("sd1")

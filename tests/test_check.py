@@ -21,7 +21,6 @@ from hmedit.check import (
     side_by_side,
 )
 from hmedit.cli.app import main
-from hmedit.models.random import save_tiny
 
 SCENE = """
 size: [64, 64]
@@ -34,6 +33,8 @@ root:
       prompt: a red circle
       mask: {ellipse: [0.2, 0.2, 0.5, 0.5]}
 """
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_psnr_and_maxdiff_values():
@@ -80,25 +81,6 @@ def test_exit_codes():
 
 # ------------------------------------------------------------------------------------------------
 # The command
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny convolutions gain nothing from more, and lose a lot on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "hmedit-tiny-sd1"
-    if not (path / "model_index.json").is_file():
-        save_tiny(path)
-    return path
 
 
 def run(*args) -> int:

@@ -15,7 +15,6 @@ import hmedit.outputs
 import hmedit.render
 from hmedit.cli.app import main
 from hmedit.models.load import model_hash, resolve
-from hmedit.models.random import save_tiny
 
 ALPHA = """
 size: [64, 64]
@@ -64,29 +63,12 @@ root:
       mask: {rect: [0.3, 0, -0.4, 0.3]}
 """
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny convolutions gain nothing from more, and lose a lot on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "hmedit-tiny-sd1"
-    if not (path / "model_index.json").is_file():
-        save_tiny(path)
-    return path
 
 
 def run(*args) -> int:
