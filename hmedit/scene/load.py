@@ -22,9 +22,11 @@ from hmedit.scene.spec import (
     MASK_KINDS,
     MASK_TAGS,
     AttentionWeights,
+    LearnSpec,
     Node,
     Scene,
     SourceInfo,
+    Tiling,
     format_field_path,
     is_safe_name,
     safe_name_hint,
@@ -366,6 +368,11 @@ _RANGE_HINTS = {
     "neg": "1.0 is neutral",
     "depth_gamma": "a weight falloff per tree level, e.g. 0.8",
 }
+_LEARN_HINTS = {
+    "steps": "the default is 120",
+    "lr": "the default is 0.01",
+    "batch": "the default is 16",
+}
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 _BOUND_KEYS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
 
@@ -406,7 +413,8 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
         return f"{_show(value)} is not one of {listed}", hint
     if kind in _BOUNDS:
         bound = ctx.get(_BOUND_KEYS[kind])
-        return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", _RANGE_HINTS.get(name)
+        hints = _LEARN_HINTS if "learn" in names else _RANGE_HINTS
+        return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", hints.get(name)
     unquote = "write a plain number, without quotes" if isinstance(value, str) else None
     if kind in ("float_type", "float_parsing"):
         return f"expected a number (got {_show(value)})", unquote
@@ -465,6 +473,10 @@ def _allowed_keys(parent: FieldPath, data: Any) -> list[str]:
         return [*MASK_KINDS, "invert"]
     if last == "attention":
         return list(AttentionWeights.model_fields)
+    if last == "tiling":
+        return list(Tiling.model_fields)
+    if last == "learn":
+        return list(LearnSpec.model_fields)
     return [k for k in Node.model_fields if parent != ("root",) or k not in ("mask", "layer", "at", "scale")]
 
 

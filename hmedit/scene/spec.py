@@ -173,6 +173,44 @@ class AttentionWeights(_Spec):
     neg: Number = Field(1.0, ge=0, description="Suppression of the node's tokens outside its region (>= 0).")
 
 
+class Tiling(_Spec):
+    """Tiled sampling above the model's native size (MultiDiffusion / Mixture of Diffusers). Sizes are
+    latent pixels (image pixels / 8 on SD)."""
+
+    enabled: bool = Field(True, description="false (or tiling: off): render any size whole, untiled.")
+    force: bool = Field(False, description="Tile even at or below the native size (tiling: on).")
+    tile: Int | None = Field(
+        None, ge=8, description="Window size in latent px. Default: the native latent size (64 on SD)."
+    )
+    overlap: Int | None = Field(
+        None, ge=0, description="Overlap of neighbouring windows, latent px. Default: a quarter of the tile."
+    )
+    weighting: Literal["gaussian", "uniform"] = Field(
+        "gaussian",
+        description="How windows blend: gaussian (Mixture of Diffusers) or uniform (MultiDiffusion).",
+    )
+    batch: Int = Field(8, ge=1, le=256, description="Windows per UNet call (cond and uncond together).")
+    offsets: bool = Field(True, description="Shift the window grid randomly every step (hides seams).")
+    fade: bool = Field(True, description="Window weights fall to zero at window borders inside the image.")
+    coarse: bool = Field(
+        False,
+        description="First render the scene at native size, upscale it, then refine it tiled as an edit.",
+    )
+    refine: Number = Field(
+        0.6, gt=0, le=1, description="With coarse: noise level of the tiled refinement (scales node noise)."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> Tiling:
+        if self.tile is not None and self.overlap is not None and self.overlap >= self.tile:
+            raise _error(
+                "tiling_overlap",
+                f"overlap ({self.overlap}) must be smaller than tile ({self.tile})",
+                hint=f"e.g. overlap: {self.tile // 4}",
+            )
+        return self
+
+
 class RectMask(_Spec):
     """An axis-aligned rectangle."""
 
@@ -273,6 +311,45 @@ def _levels(value: Any) -> Any:
 Levels = Annotated[
     tuple[Level, ...],
     BeforeValidator(_levels, json_schema_input_type=Literal["all"] | Level | list[Level]),
+]
+
+
+class LearnSpec(_Spec):
+    """How a node's token is learned: the settings of its textual inversion (Collage Diffusion §4.3)."""
+
+    # The defaults are hmedit.conditioning.inversion.LearnSettings' (a test keeps them equal); this module
+    # does not import torch.
+
+    steps: Int = Field(120, ge=1, le=100_000, description="Optimisation steps (default 120).")
+    lr: Number = Field(
+        1e-2, gt=0, le=10, description="Learning rate of the token's embedding (default 0.01)."
+    )
+    init: str | None = Field(
+        None,
+        min_length=1,
+        description="A word whose embedding the token starts from, e.g. 'square'. Default: the mean of "
+        "the vocabulary.",
+    )
+    batch: Int = Field(16, ge=1, le=1024, description="Noise samples per step (default 16).")
+
+
+def _learn(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if isinstance(value, (dict, LearnSpec)):
+        return value
+    raise _error(
+        "learn_type",
+        f"learn is true, false or a mapping of steps, lr, init, batch (got {value!r})",
+        hint="e.g. learn: true, or learn: {steps: 200, init: square}",
+    )
+
+
+Learn = Annotated[
+    LearnSpec | None,
+    BeforeValidator(_learn, json_schema_input_type=bool | LearnSpec | None),
 ]
 
 
@@ -381,6 +458,16 @@ class Node(_Spec):
         description="Per-node composition scheme (multiplicative, normalized, top_down or depth_weighted), "
         "used when the scene's composition is hybrid. Default there: normalized.",
     )
+    learn: Learn = Field(
+        None,
+        description="Learn a token for this region's look (textual inversion): true, or {steps, lr, init, "
+        "batch}. The prompt becomes '<hm-id> prompt'. Needs a layer, or a mask and the scene's init_image.",
+    )
+    embedding: AssetRef | None = Field(
+        None,
+        description="A textual-inversion embedding to use for this node instead of learning one: diffusers "
+        "learned_embeds.safetensors/.bin or an A1111 .pt/.safetensors file, relative to the scene file.",
+    )
     children: tuple[Node, ...] = Field((), description="Nodes that refine this one, each inside its parent.")
 
     @field_validator("id")
@@ -415,6 +502,16 @@ class Node(_Spec):
                         "mask_and_layer",
                         "a node has either mask or layer, not both",
                         hint="move one of them to a child node",
+                    )
+                )
+            if data.get("learn") not in (None, False) and data.get("embedding") is not None:
+                extra.append(
+                    _detail(
+                        ("embedding",),
+                        data,
+                        "learn_and_embedding",
+                        "a node has either learn or embedding, not both",
+                        hint="embedding loads a token, learn makes one: remove one of them",
                     )
                 )
             for key in ("at", "scale"):
@@ -543,6 +640,12 @@ class Scene(_Spec):
     attention: AttentionWeights = Field(
         default_factory=AttentionWeights, description="Attention weights {pos, neg} for every node."
     )
+    tiling: Tiling | None = Field(
+        None,
+        description="Tiled sampling: a mapping {tile, overlap, weighting, batch, offsets, fade, coarse, "
+        "refine}, 'on' to tile any size, 'off' to render any size whole. Default: on when "
+        "the size exceeds the native size.",
+    )
     root: Node = Field(description="The root node: covers the whole frame (no mask, no layer).")
 
     _source: SourceInfo | None = PrivateAttr(None)
@@ -580,6 +683,22 @@ class Scene(_Spec):
                 raise _error("size_multiple", f"{what} must be a multiple of 8 (got {v})", hint=hint)
         return value
 
+    @field_validator("tiling", mode="before")
+    @classmethod
+    def _tiling_switch(cls, value: Any) -> Any:
+        # YAML reads on/off/true/false as booleans
+        if value is True:
+            return {"enabled": True, "force": True}
+        if value is False:
+            return {"enabled": False}
+        if value is not None and not isinstance(value, (dict, Tiling)):
+            raise _error(
+                "tiling_value",
+                f"tiling is a mapping, on or off (got {value!r})",
+                hint="e.g. tiling: {tile: 64, overlap: 16} or tiling: off",
+            )
+        return value
+
     @field_validator("root")
     @classmethod
     def _root_noise(cls, root: Node) -> Node:
@@ -614,6 +733,7 @@ class Scene(_Spec):
                             )
                         )
                 extra.extend(_duplicate_ids(root, data))
+                extra.extend(_learn_sources(root, data))
         return _merge_errors(cls.__name__, extra, data, handler)
 
     # ---------------------------------------------------------------------------------------------
@@ -720,6 +840,33 @@ def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:
                 visit(child, (*path, "children", i), None)
 
     visit(root, ("root",), "root")
+    return out
+
+
+def _learn_sources(root: Any, data: Any) -> list[InitErrorDetails]:
+    """A node that learns a token needs pixels to learn from: its layer, or its mask on the init image."""
+    has_init = _given(data, "init_image") is not None
+    out: list[InitErrorDetails] = []
+
+    def visit(node: Any, path: tuple) -> None:
+        if not isinstance(node, (dict, Node)):
+            return
+        if _given(node, "learn") not in (None, False):
+            if path == ("root",):
+                problem, hint = "the root cannot learn a token: it has no region", "put learn on a child node"
+            elif _given(node, "layer") is None and (_given(node, "mask") is None or not has_init):
+                problem = "learn needs a layer, or a mask and the scene's init_image, to learn from"
+                hint = "give the node a layer image, or set init_image, or use embedding: with a file"
+            else:
+                problem = None
+            if problem:
+                out.append(_detail((*path, "learn"), data, "learn_source", problem, hint=hint))
+        children = _given(node, "children")
+        if isinstance(children, (list, tuple)):
+            for i, child in enumerate(children):
+                visit(child, (*path, "children", i))
+
+    visit(root, ("root",))
     return out
 
 
