@@ -304,13 +304,17 @@ def learn_token(
     *,
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
+    key: str | None = None,
+    force: bool = False,
 ) -> LearnedToken:
     """Add ``token`` to the model, take its row from the cache or learn it (eq. 1) and cache it, then install
-    it, so prompts with ``token`` encode with the learned row. ``cache=None``: the default cache folder."""
+    it, so prompts with ``token`` encode with the learned row. ``cache=None``: the default cache folder.
+    ``key``: the cache key, when the caller computes it (default: ``cache_key`` of these arguments);
+    ``force``: learn even when the cache holds the embedding (and replace it)."""
     cache = cache if cache is not None else EmbeddingCache()
     token_id = add_token(model.tokenizer, model.text_encoder, token, settings.init)
-    key = cache_key(model.hash, image, alpha, prompt, asdict(settings))
-    vector = cache.get(key)
+    key = key or cache_key(model.hash, image, alpha, prompt, asdict(settings))
+    vector = None if force else cache.get(key)
     cached = vector is not None
     if vector is None:
         init = init_vector(model.tokenizer, model.text_encoder, settings.init)
