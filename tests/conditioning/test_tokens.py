@@ -139,7 +139,7 @@ def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     assert tok.text.startswith("<hm-sq-") and tok.text == f"<hm-sq-{tok.key[:8]}>"
     assert first.prompts == {"sq": f"{tok.text} a square"}
     assert tok.path == tmp_path / "c" / tok.key / "learned_embeds.safetensors" and tok.path.is_file()
-    assert tok.learn_size == [64, 64] and tok.crop == [12, 12, 40, 40]
+    assert tok.learn_size == [m.native_size] * 2 and tok.crop == [12, 12, 40, 40]
     rewritten = first.apply(scene)
     assert rewritten.node("sq").prompt == f"{tok.text} a square" and scene.node("sq").prompt == "a square"
     assert rewritten.source == scene.source and rewritten.node("sq").layer == scene.node("sq").layer
