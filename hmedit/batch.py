@@ -81,6 +81,7 @@ class Options:
     attention: bool = True
     force: bool = False
     fail_fast: bool = False
+    cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
 
     def overrides(self) -> dict[str, Any]:
         """The options that change a render, for the provenance."""
@@ -305,14 +306,20 @@ def render_job(
     *,
     on_seed: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_learn: Callable[[str, int, int, float | None], None] | None = None,
 ) -> dict[str, Any]:
     """Render every seed of ``job`` and write its outputs; returns the record written to ``render.json``.
+
+    Nodes with ``learn`` / ``embedding`` get their tokens first (learned ones from the cache, or learned
+    now: ``on_learn(node_id, i, n, loss)`` reports the steps), and the model renders the scene with its
+    prompts rewritten to use them.
 
     The old ``render.json`` goes first and the new one comes last: until every output is written, the
     folder holds no key, so an interrupted or failed scene is rendered again by the next run. Outputs of
     an earlier render that this one does not write again (other seeds) are removed.
     """
     import hmedit.render as R
+    from hmedit.conditioning.tokens import install_tokens, needs_tokens
     from hmedit.outputs import save_json, save_png, write_influence
 
     start = time.perf_counter()
@@ -321,6 +328,13 @@ def render_job(
     old = read_record(target)
     with suppress(FileNotFoundError):
         (target / RENDER_JSON).unlink()
+
+    tokens = None
+    learn_clock = time.perf_counter()
+    if needs_tokens(scene):
+        tokens = install_tokens(scene, model, cache_dir=options.cache_dir, progress=on_learn)
+    learn_seconds = round(time.perf_counter() - learn_clock, 4)
+    model_scene = tokens.apply(scene) if tokens is not None else scene
 
     flats = scene.flat()
     ids = [f.node.id for f in flats]
@@ -340,7 +354,7 @@ def render_job(
         )
         if on_seed is not None:
             on_seed(index, seed)
-        result = R.render(scene, model, settings, progress=on_step)
+        result = R.render(model_scene, model, settings, progress=on_step)
         clock = time.perf_counter()
         name = image_name(seed, job.seeds)
         save_png(target / name, result.image, _png_text(job, settings))
@@ -384,8 +398,14 @@ def render_job(
         settings=all_settings,
         key_settings=job.key_settings,
         overrides=options.overrides(),
-        timings={"load": load_seconds, "seeds": per_seed, "total": round(time.perf_counter() - start, 4)},
+        timings={
+            "load": load_seconds,
+            **({"tokens": learn_seconds} if tokens is not None else {}),
+            "seeds": per_seed,
+            "total": round(time.perf_counter() - start, 4),
+        },
         outputs=outputs,
+        embeddings=tokens.describe() if tokens is not None else None,
     )
     save_json(target / RENDER_JSON, rec)
     return rec
@@ -433,6 +453,8 @@ class Reporter:
     def seed_started(self, file: Path, index: int, seed: int, count: int) -> None: ...
 
     def step(self, i: int, n: int) -> None: ...
+
+    def learning(self, file: Path, node_id: str, i: int, n: int, loss: float | None) -> None: ...
 
     def scene_finished(self, result: Result) -> None: ...
 
@@ -508,6 +530,7 @@ class Batch:
                     self.options,
                     on_seed=lambda i, seed: report.seed_started(file, i, seed, len(job.seeds)),
                     on_step=report.step,
+                    on_learn=lambda node, i, n, loss: report.learning(file, node, i, n, loss),
                 )
                 result.status = OK
             result.record = rec
@@ -607,6 +630,13 @@ class ConsoleReporter(Reporter):
 
     def step(self, i: int, n: int) -> None:
         self.progress.update(self._steps, completed=i + 1, total=n)
+
+    def learning(self, file: Path, node_id: str, i: int, n: int, loss: float | None) -> None:
+        label = f"  learn {node_id}" + (f" (loss {loss:.4f})" if loss is not None else "")
+        if i == 0:
+            self.progress.reset(self._steps, description=label, total=n, visible=True)
+        else:
+            self.progress.update(self._steps, description=label, completed=i, total=n)
 
     def scene_finished(self, result: Result) -> None:
         self.progress.update(self._steps, visible=False)

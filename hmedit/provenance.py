@@ -49,7 +49,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def asset_paths(scene: Scene) -> dict[str, Path]:
-    """Every file the scene names (init image, layers, mask images), by field path, in file order."""
+    """Every file the scene names (init image, layers, mask images, embeddings), by field path, in file
+    order."""
     found: dict[str, Path] = {}
     if scene.init_image is not None:
         found["init_image"] = scene.init_image.path
@@ -60,6 +61,8 @@ def asset_paths(scene: Scene) -> dict[str, Path]:
         image = getattr(node.mask, "image", None)
         if image is not None:
             found[f"{flat.path}.mask.image"] = image.path
+        if node.embedding is not None:
+            found[f"{flat.path}.embedding"] = node.embedding.path
     return found
 
 
@@ -140,17 +143,19 @@ def record(
     timings: Mapping[str, Any],
     outputs: Iterable[str],
     created: datetime | None = None,
+    embeddings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of ``render.json`` (save it with ``outputs.save_json``: sorted keys).
 
     ``model``: ``Model.describe()``; ``settings``: the effective ``Settings`` of each seed (dataclasses or
     mappings); ``key_settings``: the settings the key was computed from; ``assets``: ``{field path: {"path",
     "sha256"}}``; ``timings``: seconds per stage per seed and in total; ``outputs``: paths relative to the
-    scene's output folder.
+    scene's output folder; ``embeddings``: the tokens of nodes with ``learn`` / ``embedding``, by node id
+    (``SceneTokens.describe()``: the cache key or file and its sha256, the learn settings).
     """
     plain = [_plain(s) for s in settings]
     when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return {
+    out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "key": key,
@@ -173,3 +178,6 @@ def record(
         "timings": dict(timings),
         "outputs": sorted(outputs),
     }
+    if embeddings:
+        out["embeddings"] = {k: dict(v) for k, v in embeddings.items()}
+    return out

@@ -21,7 +21,7 @@ import hmedit
 from hmedit.errors import HmeditError
 
 # Commands in the order `hmedit --help` lists them; modules not named here come after, alphabetically.
-_ORDER = ("render", "batch", "validate", "masks", "check", "bench", "schema")
+_ORDER = ("render", "learn", "batch", "validate", "masks", "check", "bench", "schema")
 _NOT_COMMANDS = frozenset({"app", "options"})
 
 _state = {"debug": False}

@@ -28,6 +28,16 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[
     DtypeName, typer.Option("--dtype", help="Weights' precision; auto: fp16 on CUDA, fp32 on CPU.")
 ]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR",
+        help="Folder of learned tokens (embeddings), reused across runs. Default: embeddings/ in hmedit's "
+        "cache folder ($HMEDIT_CACHE, else ~/.cache/hmedit).",
+        show_default=False,
+    ),
+]
 SizeOpt = Annotated[
     str | None,
     typer.Option(
@@ -53,6 +63,7 @@ def options_from(
     attention: bool = True,
     force: bool = False,
     fail_fast: bool = False,
+    cache_dir: Path | None = None,
 ):
     """The batch options from the command line (shared with ``hmedit check``)."""
     from hmedit.batch import Options
@@ -71,6 +82,7 @@ def options_from(
         attention=attention,
         force=force,
         fail_fast=fail_fast,
+        cache_dir=cache_dir,
     )
 
 
@@ -113,6 +125,7 @@ def render_command(
     no_attention: Annotated[
         bool, typer.Option("--no-attention", help="Do not record attention maps (a little faster).")
     ] = False,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Render scenes: one image per seed, plus influence maps and provenance.
 
@@ -125,6 +138,8 @@ def render_command(
       [bold]render.json[/]   model and hash, versions, settings, scene, asset hashes, timings
 
     Scenes whose file, assets, model, settings and device are unchanged are skipped ([bold]--force[/]: not).
+
+    Nodes with [bold]learn:[/] get their token first: cached, else learned now ([bold]hmedit learn[/]).
 
     A failing scene is reported in one line and the others go on.
 
@@ -154,6 +169,7 @@ def render_command(
         attention=not no_attention,
         force=force,
         fail_fast=fail_fast,
+        cache_dir=cache_dir,
     )
     files = scene_files(paths)
     console = stdout()

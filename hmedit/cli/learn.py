@@ -1,0 +1,201 @@
+"""``hmedit learn``: learn the token of every scene node with ``learn:`` (textual inversion) into the cache,
+so that ``hmedit render`` finds them; the work is done by hmedit.conditioning.tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hmedit.cli.options import ScenePaths
+from hmedit.cli.render import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt
+
+
+@dataclass
+class Row:
+    """One line of the summary: a node's token, or a scene that failed or had nothing to learn."""
+
+    file: Path
+    node: str = ""
+    status: str = ""  # learned, cached, file, nothing to learn, failed, interrupted
+    token: str = ""
+    seconds: float = 0.0
+    loss: float | None = None
+    path: Path | None = None
+
+
+def learn_command(
+    ctx: typer.Context,
+    paths: ScenePaths,
+    model: ModelOpt = None,
+    cache_dir: CacheDirOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Learn again even the tokens that are in the cache.")
+    ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="DIR",
+            help="Also write each learned token to DIR/<scene name>/<node id>.safetensors (diffusers' "
+            "format).",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Learn a token for every node with [bold]learn:[/] (textual inversion, Collage Diffusion §4.3).
+
+    Each node's prompt becomes [bold]<hm-id-xxxxxxxx> prompt[/]; only the token's embedding is trained, on the composite of the layers up to the node, with the loss inside the node's alpha, at the model's native size around the node.
+
+    Tokens are cached (by model, composite, alpha, prompt and settings) in [bold]--cache-dir[/], so a second run and [bold]hmedit render[/] reuse them. Nodes with [bold]embedding:[/] are loaded and checked.
+
+    Cached files are diffusers' [bold]learned_embeds[/] format: [green]pipe.load_textual_inversion(path, token="<my-token>")[/] loads them.
+
+    A failing scene is reported in one line and the others go on. Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C.
+
+    [bold]Examples[/]
+
+      [green]hmedit learn scenes/layers_learn.yaml[/]
+
+      [green]hmedit learn scenes/ --model ./my-sd15 --export tokens/[/]
+    """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
+    from hmedit.batch import Models, Options, _error_line, prepare
+    from hmedit.cli.options import stdout
+    from hmedit.cli.render import scene_files
+    from hmedit.conditioning.inversion import export_diffusers
+    from hmedit.conditioning.tokens import install_tokens, needs_tokens
+    from hmedit.errors import HmeditError
+    from hmedit.models.load import pick_device
+
+    files = scene_files(paths)
+    dev, dt = pick_device(device, dtype)
+    options = Options(model=model, device=device, dtype=dtype)
+    models = Models(device, dtype)
+    console = stdout()
+    debug = bool(ctx.find_root().params.get("debug"))
+    rows: list[Row] = []
+    user_errors = internal = 0
+    interrupted = False
+    progress = _progress(console)
+    tasks: dict[tuple[str, str], int] = {}
+    with progress:
+        for file in files:
+
+            def on_step(node: str, i: int, n: int, loss: float | None, name: str = file.name) -> None:
+                if i == 0:
+                    tasks[name, node] = progress.add_task(f"{name}: {node}", total=n, loss="")
+                else:
+                    progress.update(tasks[name, node], completed=i, loss=f"loss {loss:.4f}")
+
+            try:
+                job = prepare(
+                    file,
+                    options,
+                    device=str(dev),
+                    dtype=str(dt).replace("torch.", ""),
+                    on_warning=lambda w, f=file: progress.console.print(_error_line(w, f, "warning")),
+                )
+                if not needs_tokens(job.scene):
+                    rows.append(Row(file, status="nothing to learn"))
+                    continue
+                loaded, _ = models.get(job.model_ref)
+                tokens = install_tokens(job.scene, loaded, cache_dir=cache_dir, progress=on_step, force=force)
+                for tok in tokens.tokens.values():
+                    path = tok.path
+                    if export is not None and tok.source != "file" and tok.vector is not None:
+                        target = export / str(job.scene.name) / f"{tok.node_id}.safetensors"
+                        path = export_diffusers(target, tok.text, tok.vector)
+                    rows.append(Row(file, tok.node_id, tok.source, tok.text, tok.seconds, tok.loss, path))
+            except KeyboardInterrupt:
+                rows.append(Row(file, status="interrupted"))
+                interrupted = True
+                break
+            except HmeditError as err:
+                progress.console.print(_error_line(err, file))
+                rows.append(Row(file, status="failed"))
+                user_errors += 1
+            except Exception as exc:  # a bug in one scene must not stop the others
+                if debug:
+                    import traceback
+
+                    progress.console.print(traceback.format_exc().rstrip(), markup=False)
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                progress.console.print(
+                    f"error: {file}: internal error: {type(exc).__name__}: {message} "
+                    "(run again with --debug for the traceback, and please report it)",
+                    markup=False,
+                    highlight=False,
+                )
+                rows.append(Row(file, status="failed"))
+                internal += 1
+    print_rows(console, rows)
+    if interrupted:
+        raise typer.Exit(130)
+    if user_errors or internal:
+        raise typer.Exit(2 if user_errors else 1)
+
+
+def _progress(console):
+    """One bar per node being learned, with its loss; silent when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+_STYLE = {
+    "learned": "[green]learned[/]",
+    "cached": "[dim]cached[/]",
+    "file": "[dim]loaded from file[/]",
+    "failed": "[bold red]failed[/]",
+    "interrupted": "[bold yellow]interrupted[/]",
+    "nothing to learn": "[dim]nothing to learn[/]",
+}
+
+
+def print_rows(console, rows: list[Row]) -> None:
+    """The summary table (scene, node, token, status, loss, time, file) and a count line."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hmedit.batch import wide
+
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("scene", "node", "token", "status", "loss", "time", "file"):
+        table.add_column(name, justify="right" if name in ("loss", "time") else "left", overflow="fold")
+    for r in rows:
+        table.add_row(
+            escape(str(r.file)),
+            escape(r.node),
+            escape(r.token),
+            _STYLE.get(r.status, r.status),
+            f"{r.loss:.4f}" if r.loss is not None else "",
+            f"{r.seconds:.1f}s" if r.status == "learned" else "",
+            escape(str(r.path)) if r.path is not None else "",
+        )
+    wide(console).print(table)
+    count = {s: sum(r.status == s for r in rows) for s in _STYLE}
+    tokens = count["learned"] + count["cached"] + count["file"]
+    parts = [f"{count['learned']} learned", f"{count['cached']} cached", f"{count['file']} loaded"]
+    failed = count["failed"] + count["interrupted"]
+    line = f"{tokens} token{'s' * (tokens != 1)}: " + ", ".join(parts)
+    if failed:
+        line += f"; {failed} scene{'s' * (failed != 1)} failed"
+    console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    from hmedit.cli.options import Command
+
+    app.command("learn", cls=Command)(learn_command)
