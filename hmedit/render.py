@@ -8,7 +8,7 @@ same scheduler calls, same decoding. Every extra feature is measured against tha
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -20,9 +20,14 @@ from hmedit.conditioning.encode import encode_scene
 from hmedit.errors import HmeditError
 from hmedit.masks.raster import reference_size
 from hmedit.models.load import Model, make_scheduler
+from hmedit.sampling import vae as tiled_vae
 from hmedit.sampling.loop import Denoiser, sample, step_kwargs
 from hmedit.sampling.plan import Plan, build_plan, unet_factors
+from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
 from hmedit.scene.spec import Scene
+
+OFFSET_STREAM = 0x7113  # the window offsets' random stream (seed + this), apart from the sampler's
+ENCODE_TILED_ABOVE = 1024  # image px: init images larger than this are VAE-encoded in tiles
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Settings:
     guidance: float
     scheduler: str
     record_attention: bool = True
+    tiling: TileSettings | None = None
 
     @classmethod
     def of(
@@ -57,6 +63,12 @@ class Settings:
             raise HmeditError(
                 f"size {w}x{h} is not a multiple of {f}", field="size", hint=f"use {w // f * f}x{h // f * f}"
             )
+        tiling = resolve_tiling(
+            scene.tiling,
+            (int(h) // f, int(w) // f),
+            model.native_size // f,
+            max(unet_factors(model.unet)),
+        )
         return cls(
             seed,
             int(w),
@@ -65,6 +77,7 @@ class Settings:
             float(scene.guidance if guidance is None else guidance),
             scheduler or scene.scheduler,
             record,
+            tiling,
         )
 
 
@@ -96,7 +109,20 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
 
     s = settings
     dev, dt = model.device, model.dtype
-    plan = build_plan(scene, unet_factors(model.unet), s.width, s.height, model.vae_scale_factor)
+    refine, noise_scale = None, 1.0
+    if s.tiling is not None and s.tiling.coarse:
+        refine = coarse_pass(scene, model, s)
+        noise_scale = s.tiling.refine
+        lap("coarse")
+    plan = build_plan(
+        scene,
+        unet_factors(model.unet),
+        s.width,
+        s.height,
+        model.vae_scale_factor,
+        refine=refine,
+        noise_scale=noise_scale,
+    )
     lap("plan")
     cond = encode_scene(
         model.tokenizer,
@@ -119,7 +145,11 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         # StableDiffusionImg2ImgPipeline: encode (sampling the posterior first), truncate the schedule to the
         # largest noise level, noise the source to the first remaining timestep.
         canvas = plan.canvas.to(dev, model.vae.dtype)
-        source = model.vae.encode(canvas).latent_dist.sample(gen).to(dt) * sf
+        if max(canvas.shape[-2:]) > ENCODE_TILED_ABOVE:
+            posterior = tiled_vae.encode_tiled(model.vae, canvas)
+        else:
+            posterior = model.vae.encode(canvas).latent_dist
+        source = posterior.sample(gen).to(dt) * sf
         init_t = min(int(s.steps * plan.max_noise), s.steps)
         t_start = max(s.steps - init_t, 0)
         timesteps = sched.timesteps[t_start * sched.order :]
@@ -140,12 +170,15 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         noise=noise,
         t_start=t_start,
         n_steps=s.steps,
+        tiler=Tiler(s.tiling, plan, torch.Generator("cpu").manual_seed(s.seed + OFFSET_STREAM))
+        if s.tiling is not None
+        else None,
     )
     with torch.no_grad(), regional_attention(model.unet):
         latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
     lap("sample")
     with torch.no_grad():
-        img = model.vae.decode(latents.to(model.vae.dtype) / sf, return_dict=False)[0]
+        img = tiled_vae.decode(model.vae, latents.to(model.vae.dtype) / sf)
     if not torch.isfinite(img).all():
         raise HmeditError("the VAE decoded NaN/inf pixels", hint="try --dtype fp32 (the VAE overflowed)")
     img = (img.float() / 2 + 0.5).clamp(0, 1)
@@ -158,6 +191,28 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     maps = influence_maps(plan, den.attention_maps())
     lap("influence")
     return RenderResult(image, s, maps, timings, plan)
+
+
+def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
+    """The native-size frame of a ``width`` × ``height`` render: its longer side ``native``, sides rounded to
+    ``multiple`` px."""
+    scale = native / max(width, height)
+    return (
+        max(multiple, round(width * scale / multiple) * multiple),
+        max(multiple, round(height * scale / multiple) * multiple),
+    )
+
+
+def coarse_pass(scene: Scene, model: Model, s: Settings) -> Tensor:
+    """``tiling.coarse``: the scene rendered whole at the model's native size, upscaled to the target size
+    ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window."""
+    align = model.vae_scale_factor * max(unet_factors(model.unet))
+    cw, ch = coarse_size(s.width, s.height, model.native_size, align)
+    small = replace(s, width=cw, height=ch, tiling=None, record_attention=False)
+    img = render(scene, model, small).image
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    t = F.interpolate(t, (s.height, s.width), mode="bicubic", align_corners=False).clamp(0, 1)
+    return t * 2 - 1
 
 
 def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str, Tensor]:

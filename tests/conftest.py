@@ -87,3 +87,11 @@ def one_torch_thread():
 def tiny(tiny_model_dir) -> Path:
     """The tiny random SD1-like diffusers folder (built once per session)."""
     return tiny_model_dir("sd1")
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The bundled toy model, loaded once per session."""
+    from hmedit.models.load import load
+
+    return load("toy")

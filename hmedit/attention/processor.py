@@ -41,11 +41,12 @@ def sigma_weight(sigma: float) -> float:
 class RegionCall:
     """Everything the processor needs for one UNet call (one step, one batch of windows).
 
-    The UNet batch is [uncond × W, cond × W] for W windows (W = 1 untiled).
+    The UNet batch is [uncond × W, cond × W] for W windows (W = 1 untiled), or [cond × W] without guidance.
     masks: query length N → [W, K, N] effective masks of this step's level (node 0 = root, unused).
     active: query length N → [K] bool, nodes acting at this step and level.
-    owners: [2, T] owner node per token (-1: global), for the uncond and cond branches.
-    valid: [2, T] False for padding that evens out the branches' lengths.
+    owners: [B, T] owner node per token (-1: global), for the uncond and cond branches (B = 2), or the cond
+        branch alone (B = 1).
+    valid: [B, T] False for padding that evens out the branches' lengths.
     pos, neg: [K] s_k · v_pos,k and s_k · v_neg,k.
     record: query length N → [W, K, N] accumulated attention mass per node (cond branch), or None.
     record_owner: [T] node whose mass a cond token counts towards (-1: none), e.g. the root's words → 0.
@@ -66,7 +67,7 @@ class RegionCall:
         """Additive attention bias [2W, 1, N, T] in score units (before the 1/√d scaling)."""
         masks, active = self.masks[n], self.active[n]  # [W, K, N], [K]
         out = []
-        for b in range(2):
+        for b in range(self.owners.shape[0]):
             own = self.owners[b]
             node = own >= 0
             idx = own.clamp(min=0)
@@ -120,15 +121,16 @@ class RegionAttnProcessor(AttnProcessor2_0):
             k = attn.norm_k(k)
         scale = attn.scale
         scores = q @ k.transpose(-1, -2)  # [B, h, N, T], unscaled QKᵀ as in the paper
-        valid = region.valid.repeat_interleave(batch // 2, dim=0)[:, None, None, :]
+        windows = batch // region.owners.shape[0]  # the batch is [uncond × W, cond × W], or [cond × W]
+        valid = region.valid.repeat_interleave(windows, dim=0)[:, None, None, :]
         smax = scores.masked_fill(~valid, float("-inf")).amax(dim=(1, 2, 3))
-        bias = region.bias(n, batch // 2, smax, scores.dtype)
+        bias = region.bias(n, windows, smax, scores.dtype)
         if region.record is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias * scale)
         else:
             probs = torch.softmax(scores * scale + bias * scale, dim=-1)
             out = probs @ v
-            self._record(region, probs[batch // 2 :], n)
+            self._record(region, probs[batch - windows :], n)
         out = out.transpose(1, 2).reshape(batch, -1, heads * d).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return out / attn.rescale_output_factor

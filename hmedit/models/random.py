@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 8) -> dict:
+def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -> dict:
     """Tiny SD1-like (epsilon, conv projection, 32-dim text) or SD2-like (v-prediction, linear projection,
     larger text width) components."""
     import torch
@@ -71,7 +71,7 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 8) ->
     return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched)
 
 
-def save_tiny(path: Path, family: str = "sd1", seed: int = 0, sample_size: int = 8) -> Path:
+def save_tiny(path: Path, family: str = "sd1", seed: int = 0, sample_size: int = 32) -> Path:
     """Write a tiny random SD1/SD2 diffusers folder at ``path``."""
     from diffusers import StableDiffusionPipeline
 

@@ -2,7 +2,8 @@
 
 The loop (k-diffusion style) knows nothing of masks or tiles: it calls ``denoise(x, t, i)`` and the
 scheduler, and lets ``denoise.after_step`` re-project the latents (per-node noise levels). Guidance, the
-regional attention call and (later) tiling live in :class:`Denoiser`.
+regional attention call and tiling live in :class:`Denoiser`: tiled, it denoises windows in batches and fuses
+their predictions, so the scheduler still takes one step on the global latent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from hmedit.attention.processor import RegionCall, sigma_weight
 from hmedit.conditioning.encode import Conditioning
 from hmedit.errors import HmeditError
 from hmedit.sampling.plan import Plan
+from hmedit.sampling.tiled import TiledRecord, Tiler
+from hmedit.sampling.tiling import crop
 
 
 def sample(
@@ -64,6 +67,7 @@ class Denoiser:
         noise: Tensor | None = None,
         t_start: int = 0,
         n_steps: int | None = None,
+        tiler: Tiler | None = None,
     ):
         self.unet, self.scheduler, self.plan, self.guidance = unet, scheduler, plan, guidance
         self.cfg = guidance > 1.0
@@ -72,6 +76,7 @@ class Denoiser:
             embeds, owners, valid = embeds[1:], owners[1:], valid[1:]
         dev, dt = unet.device, unet.dtype
         self.embeds = embeds.to(dev, dt)
+        self.tiler = tiler
         self.regional = plan.regional and cond.regional
         self.timesteps = timesteps
         self.n_run = len(timesteps)
@@ -87,6 +92,9 @@ class Denoiser:
                 {n: torch.zeros(1, len(plan.ids), n, device=dev) for n in self.masks} if record else None
             )
             self.record_count: dict[int, int] = {}
+            self.tiled_record = (
+                TiledRecord(len(plan.ids), plan.latent, tiler.sizes) if record and tiler is not None else None
+            )
         # per-node noise levels (Collage Diffusion eq. 2-3): position x starts denoising at global step
         # s(x) = n - floor(n * level(x)); before that it is held at the re-noised source.
         self.source, self.noise, self.t_start = source, noise, t_start
@@ -95,38 +103,48 @@ class Denoiser:
             self.start_step = (n - torch.floor(plan.noise_map.to(dev) * n)).to(dev)
             self.all_timesteps = None
 
-    def region_call(self, i: int) -> RegionCall | None:
+    def region_call(self, i: int, windows=None) -> RegionCall | None:
+        """The attention processor's data for step ``i``: untiled, or for a batch of ``windows``."""
         if not self.regional:
             return None
-        frac = i / self.n_run
-        step = self.plan.step_gate(frac).to(self.pos.device)
-        active = {n: g & step for n, g in self.level_gate.items()}
+        step = self.plan.step_gate(i / self.n_run).to(self.pos.device)
+        if windows is None:
+            masks, gate = self.masks, self.level_gate
+            record, count = self.record, self.record_count
+        else:
+            masks = {n: m.to(self.pos.device, self.pos.dtype) for n, m in self.tiler.masks(windows).items()}
+            gate = {n: g.to(self.pos.device) for n, g in self.tiler.gate.items()}
+            count = {}
+            record = None
+            if self.tiled_record is not None:
+                record = {
+                    n: torch.zeros(len(windows), m.shape[1], n, device=m.device) for n, m in masks.items()
+                }
         t = self.timesteps[i]
         ac = self.scheduler.alphas_cumprod[int(t)]
         sigma = float(((1 - ac) / ac.clamp(min=1e-12)).sqrt())
-        call = RegionCall(
-            self.masks,
-            active,
+        return RegionCall(
+            masks,
+            {n: g & step for n, g in gate.items()},
             self.owners,
             self.valid,
             self.pos,
             self.neg,
             sigma_weight(sigma),
-            record=self.record,
+            record=record,
             record_owner=self.record_owner,
-            record_count=self.record_count,
+            record_count=count,
         )
-        return call
 
-    def __call__(self, x: Tensor, t, i: int) -> Tensor:
+    def _predict(self, x: Tensor, t, region: RegionCall | None) -> Tensor:
+        """Guided noise prediction for latents ``x`` [W, C, h, w] (already scaled for the scheduler)."""
+        n = x.shape[0]
         xin = torch.cat([x] * 2) if self.cfg else x
-        xin = self.scheduler.scale_model_input(xin, t)
-        region = self.region_call(i)
         kwargs = {"region": region} if region is not None else None
         out = self.unet(
             xin,
             t,
-            encoder_hidden_states=self.embeds.expand(xin.shape[0], -1, -1),
+            encoder_hidden_states=self.embeds.repeat_interleave(n, dim=0),
             cross_attention_kwargs=kwargs,
             return_dict=False,
         )[0]
@@ -134,6 +152,25 @@ class Denoiser:
             return out
         uncond, cond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
+
+    def __call__(self, x: Tensor, t, i: int) -> Tensor:
+        xs = self.scheduler.scale_model_input(x, t)
+        if self.tiler is None:
+            return self._predict(xs, t, self.region_call(i))
+        wins, weights, norm = self.tiler.step_windows()
+        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        bs = self.tiler.ts.batch
+        for b0 in range(0, len(wins), bs):
+            batch = wins[b0 : b0 + bs]
+            xw = torch.cat([crop(xs, win) for win in batch])
+            region = self.region_call(i, batch)
+            eps = self._predict(xw, t, region)
+            wt = weights[b0 : b0 + bs].to(x.device)
+            for e, win, w_ in zip(eps, batch, wt):
+                acc[0][win.slice] += e.float() * w_
+            if region is not None and region.record is not None:
+                self.tiled_record.add(region.record, region.record_count, batch, weights[b0 : b0 + bs])
+        return (acc / norm.to(x.device).clamp(min=1e-12)).to(x.dtype)
 
     def after_step(self, x: Tensor, i: int) -> Tensor:
         if self.source is None or self.plan.noise_map is None:
@@ -152,4 +189,6 @@ class Denoiser:
         """Mean recorded attention mass per level: query length -> [K, N]."""
         if not self.regional or self.record is None:
             return None
+        if self.tiled_record is not None:
+            return self.tiled_record.maps()
         return {n: self.record[n][0] / max(self.record_count.get(n, 0), 1) for n in self.record}

@@ -83,8 +83,19 @@ def build_canvas(scene: Scene, flat: list[FlatNode], width: int, height: int) ->
 
 
 def build_plan(
-    scene: Scene, unet_factors_: list[int], width: int, height: int, vae_scale: int, init: bool | None = None
+    scene: Scene,
+    unet_factors_: list[int],
+    width: int,
+    height: int,
+    vae_scale: int,
+    init: bool | None = None,
+    *,
+    refine: Tensor | None = None,
+    noise_scale: float = 1.0,
 ) -> Plan:
+    """Everything a render of ``scene`` at ``width`` × ``height`` needs. ``refine`` [1, 3, H, W] in [-1, 1]
+    (a coarse render, upscaled) becomes the picture to edit wherever a node has noise > 0, with every node's
+    noise multiplied by ``noise_scale``; untouched regions keep the scene's own source pixels."""
     flat = scene.flat()
     ids, intrinsic = rasterize_scene(scene, width, height)
     parents = [f.parent for f in flat]
@@ -106,10 +117,14 @@ def build_plan(
     att = [f.node.attention or scene.attention for f in flat]
     pos = strengths * torch.tensor([float(a.pos) for a in att])
     neg = strengths * torch.tensor([float(a.neg) for a in att])
-    noise = torch.tensor([float(f.noise) for f in flat])
+    noise = torch.tensor([float(f.noise) for f in flat]) * noise_scale
     canvas = build_canvas(scene, flat, width, height)
     noise_map = keep_alpha = None
-    if canvas is not None:
+    if refine is not None:
+        noise_map, keep_alpha = noise_levels(effective, noise, latent)
+        keep = keep_alpha[None, None]
+        canvas = refine if canvas is None else keep * refine + (1 - keep) * canvas
+    elif canvas is not None:
         noise_map, keep_alpha = noise_levels(effective, noise, latent)
     return Plan(
         scene,

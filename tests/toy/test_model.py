@@ -53,6 +53,10 @@ def test_red_circle_on_blue_background(toy, seed):
 
 
 def test_plain_512_generation_runs(toy):
-    sc = Scene.model_validate({"size": [512, 512], "steps": 2, "root": {"prompt": "a green star"}})
-    img = render(sc, toy, Settings.of(sc, toy, seed=0, record=False)).image
+    sc = Scene.model_validate(
+        {"size": [512, 512], "steps": 2, "tiling": False, "root": {"prompt": "a green star"}}
+    )
+    settings = Settings.of(sc, toy, seed=0, record=False)
+    assert settings.tiling is None  # tiling: off renders the whole latent at once, as plain diffusers does
+    img = render(sc, toy, settings).image
     assert img.shape == (512, 512, 3) and np.isfinite(img).all()

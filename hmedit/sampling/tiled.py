@@ -1,0 +1,168 @@
+"""Tiled sampling: which windows a step denoises, their masks, and how their recordings add up.
+
+The sampler loop is the same with or without tiles: :class:`~hmedit.sampling.loop.Denoiser` asks
+:class:`Tiler` for this step's windows and weights, denoises them in batches, and fuses the noise
+predictions into one global prediction, on which the scheduler takes one step (so multistep schedulers and
+per-node noise levels work on the global latent as untiled). Each window gets its crop of the per-level
+effective masks, computed from the pixel-resolution masks exactly as the untiled ones are, so the attention
+bias means the same thing in every window; a window covering the whole latent gets exactly the untiled masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmedit.errors import HmeditError
+from hmedit.masks.levels import downsample, level_sizes
+from hmedit.sampling.plan import Plan
+from hmedit.sampling.tiling import Window, fusion_weights, random_offset, windows
+from hmedit.scene.spec import Tiling
+
+DEFAULT_OVERLAP_FRACTION = 4  # overlap = tile // 4
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """Tiling after defaults (latent px), as recorded in the provenance."""
+
+    tile: int
+    overlap: int
+    weighting: str = "gaussian"
+    batch: int = 8
+    offsets: bool = True
+    fade: bool = True
+    coarse: bool = False
+    refine: float = 0.6
+    panorama: bool = False  # diffusers' Panorama views (for parity checks): fixed grid, gaps allowed
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+
+def resolve_tiling(
+    spec: Tiling | None, latent: tuple[int, int], native_latent: int, align: int
+) -> TileSettings | None:
+    """The tiling a render uses, or None (untiled). On by default when the latent exceeds the model's
+    native latent size; ``tiling: off`` renders any size whole (as plain diffusers does); ``tiling: on``
+    tiles any size."""
+    spec = spec or Tiling()
+    h, w = latent
+    if not spec.enabled or not (max(h, w) > native_latent or spec.force):
+        return None
+    tile = spec.tile or native_latent
+    if tile % align:
+        raise HmeditError(
+            f"tile {tile} is not a multiple of {align} latent px (the UNet's coarsest level)",
+            field="tiling.tile",
+            hint=f"use {max(align, tile // align * align)}",
+        )
+    overlap = spec.overlap if spec.overlap is not None else tile // DEFAULT_OVERLAP_FRACTION
+    if overlap >= tile:
+        raise HmeditError(
+            f"overlap {overlap} must be smaller than tile {tile}",
+            field="tiling.overlap",
+            hint=f"use {tile // 4}",
+        )
+    return TileSettings(
+        tile, overlap, spec.weighting, spec.batch, spec.offsets, spec.fade, spec.coarse, float(spec.refine)
+    )
+
+
+class Tiler:
+    """Windows, weights and per-window masks for one render."""
+
+    def __init__(self, ts: TileSettings, plan: Plan, generator: torch.Generator | None = None) -> None:
+        self.ts, self.plan = ts, plan
+        self.h, self.w = plan.latent
+        self.scale = plan.height // self.h  # image px per latent px
+        self.generator = generator
+        self._weights: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._masks: dict[Window, dict[int, Tensor]] = {}
+        self.th, self.tw = min(ts.tile, self.h), min(ts.tile, self.w)
+        self.sizes = level_sizes((self.th, self.tw), plan.factors)  # factor -> (h_l, w_l) of a window
+        self.n_of = {f: hh * ww for f, (hh, ww) in self.sizes.items()}  # factor -> query length
+        self.gate = {self.n_of[f]: plan.level_gate[_global_n(plan, f)] for f in plan.factors}
+
+    def step_windows(self) -> tuple[list[Window], Tensor, Tensor]:
+        """This step's windows, their weights [W, th, tw] and the normaliser [h, w]."""
+        ts = self.ts
+        if ts.panorama:
+            from hmedit.sampling.tiling import panorama_views
+
+            wins = panorama_views(self.h, self.w, ts.tile, ts.stride)
+            wins = [Window(a.y0, min(a.y1, self.h), a.x0, min(a.x1, self.w)) for a in wins]
+        else:
+            off = (0, 0)
+            if ts.offsets and self.generator is not None:
+                off = random_offset(self.generator, ts.tile, ts.overlap)
+            wins = windows(self.h, self.w, ts.tile, ts.overlap, off)
+        key = tuple(wins)
+        if key not in self._weights:
+            self._weights[key] = fusion_weights(
+                self.h, self.w, wins, ts.weighting, fade=ts.fade and not ts.panorama, allow_gaps=ts.panorama
+            )
+        weights, norm = self._weights[key]
+        return wins, weights, norm
+
+    def masks(self, batch: list[Window]) -> dict[int, Tensor]:
+        """Per-level effective masks of a batch of windows: query length -> [Wb, K, N]."""
+        per = [self._window_masks(win) for win in batch]
+        return {n: torch.stack([p[n] for p in per]) for n in per[0]}
+
+    def _window_masks(self, win: Window) -> dict[int, Tensor]:
+        if win not in self._masks:
+            crop = self.plan.effective[win.scaled(self.scale).slice]  # [K, th·s, tw·s] pixels
+            k = crop.shape[0]
+            self._masks[win] = {
+                self.n_of[f]: downsample(crop, size, "max").reshape(k, -1) for f, size in self.sizes.items()
+            }
+        return self._masks[win]
+
+
+def _global_n(plan: Plan, factor: int) -> int:
+    h, w = plan.latent
+    return math.ceil(h / factor) * math.ceil(w / factor)
+
+
+class TiledRecord:
+    """Measured attention of tiled steps, gathered at latent resolution: per level, each window's map is
+    upsampled to the window and added with the window's fusion weight."""
+
+    def __init__(self, k: int, latent: tuple[int, int], sizes: dict[int, tuple[int, int]]) -> None:
+        self.k, self.latent, self.sizes = k, latent, sizes
+        self.by_n = {hh * ww: (hh, ww) for hh, ww in sizes.values()}
+        self.acc = {n: torch.zeros(k, *latent) for n in self.by_n}
+        self.weight = {n: torch.zeros(*latent) for n in self.by_n}
+
+    def add(
+        self, record: dict[int, Tensor], counts: dict[int, int], wins: list[Window], weights: Tensor
+    ) -> None:
+        for n, maps in record.items():  # [Wb, K, N]
+            c = counts.get(n, 0)
+            if not c:
+                continue
+            hh, ww = self.by_n[n]
+            for m, win, wt in zip(maps, wins, weights):
+                up = F.interpolate(
+                    (m / c).reshape(1, self.k, hh, ww).float().cpu(),
+                    (win.height, win.width),
+                    mode="bilinear",
+                    align_corners=False,
+                )[0]
+                wt = wt.cpu()
+                self.acc[n][win.slice] += up * wt
+                self.weight[n][win.slice] += wt
+
+    def maps(self) -> dict[int, Tensor] | None:
+        """Mean over levels of the weighted mean over windows and steps: {h·w: [K, h·w]} (one latent map)."""
+        levels = [self.acc[n] / self.weight[n].clamp(min=1e-12) for n in self.acc if self.weight[n].any()]
+        if not levels:
+            return None
+        h, w = self.latent
+        return {h * w: torch.stack(levels).mean(0).reshape(self.k, h * w)}
