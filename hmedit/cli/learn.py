@@ -59,7 +59,7 @@ def learn_command(
 
     [bold]Examples[/]
 
-      [green]hmedit learn scenes/layers_learn.yaml[/]
+      [green]hmedit learn my_collage.yaml[/]
 
       [green]hmedit learn scenes/ --model ./my-sd15 --export tokens/[/]
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal

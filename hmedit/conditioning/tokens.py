@@ -6,9 +6,11 @@ This is what ``hmedit learn`` and ``hmedit render`` call (:func:`install_tokens`
 1. The composite of layers 1..i (the init image, or mid-gray, with the layers up to and including the node
    pasted back to front) is built at the scene's reference size, and the node's alpha (its layer's alpha,
    or its mask) with it, unfeathered.
-2. Both are cropped to a square window around the node's bounding box (with some context around it) and
-   resized so that the window's longer side is the model's native size. So learning costs the same however
-   large the render is, and a small layer is seen at the resolution the model works best at.
+2. Both are cropped to a square window around the node's bounding box: its longer side plus some context, but
+   at least the model's native size (clipped to the image), and resized so that the window's longer side is
+   the native size. So learning costs the same however large (or tiled) the render is; a layer smaller than
+   the native size keeps its scale (a scene at the native size learns on the whole composite, as in the
+   paper), and a larger one is scaled down to fit.
 3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings; a
    cached embedding is installed without training, otherwise the token is learned (Collage Diffusion eq. 1,
    only its row trained) and cached in diffusers' format.
@@ -48,8 +50,9 @@ __all__ = [
 ]
 
 CONTEXT = 0.25
-"""The learning window's side is the node's bounding box's longer side times 1 + CONTEXT (clipped to the
-image): the UNet sees some of the composite around the layer, the loss only the layer's alpha."""
+"""The learning window's side is at least the node's bounding box's longer side times 1 + CONTEXT (and the
+native size; clipped to the image): the UNet sees some of the composite around the layer, the loss only the
+layer's alpha."""
 PLACEHOLDER = "<hm>"
 """The token as written in the prompt the cache key hashes: the key must not depend on the token's name."""
 
@@ -150,7 +153,8 @@ def learn_source(
 ) -> tuple[Tensor, Tensor, list[int]]:
     """What node ``flat`` learns from: the composite of layers 1..i [1, 3, h, w] in [-1, 1], the node's alpha
     [h, w] in 0..1, cropped around the node (see the module docstring) and resized so that the longer side is
-    ``native`` (the shorter a multiple of ``multiple``); and the crop [x, y, w, h] in reference pixels."""
+    ``native`` (the shorter a multiple of ``multiple``); and the crop [x, y, w, h] in reference pixels.
+    ``native``: the model's native size, in pixels at the scene's reference size."""
     from hmedit.masks.raster import rasterize_node, reference_size
     from hmedit.sampling.plan import build_canvas
 
@@ -181,7 +185,7 @@ def learn_source(
         )
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
     y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    side = math.ceil(max(x1 - x0, y1 - y0) * (1 + CONTEXT))
+    side = max(math.ceil(max(x1 - x0, y1 - y0) * (1 + CONTEXT)), native)
     ww, wh = min(width, side), min(height, side)
     x = min(max(round((x0 + x1 - ww) / 2), 0), width - ww)
     y = min(max(round((y0 + y1 - wh) / 2), 0), height - wh)

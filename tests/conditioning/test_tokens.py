@@ -113,6 +113,15 @@ def test_layers_after_the_node_are_not_in_its_composite_and_earlier_ones_are(tmp
     assert rgb[1, 1].round().tolist() == [245] * 3
 
 
+def test_a_small_layer_keeps_its_scale_up_to_the_native_size(tmp_path):
+    path = scene_files(tmp_path)
+    scene = load_scene(path)
+    image, alpha, crop = T.learn_source(scene, scene.flat()[1], native=48, multiple=4)
+    assert crop == [8, 8, 48, 48] and image.shape == (1, 3, 48, 48)  # cropped, not resized
+    image, alpha, crop = T.learn_source(scene, scene.flat()[1], native=128, multiple=4)
+    assert crop == [0, 0, 64, 64] and image.shape == (1, 3, 128, 128)  # a frame below native: upscaled
+
+
 def test_a_wide_frame_gives_a_window_of_its_height_resized_to_multiples(tmp_path):
     text = LEARN.replace("size: [64, 64]", "size: [128, 64]").replace("at: [0.25, 0.25]", "at: [0.125, 0]")
     path = scene_files(tmp_path, text, layer_size=(96, 48))
@@ -139,7 +148,9 @@ def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     assert tok.text.startswith("<hm-sq-") and tok.text == f"<hm-sq-{tok.key[:8]}>"
     assert first.prompts == {"sq": f"{tok.text} a square"}
     assert tok.path == tmp_path / "c" / tok.key / "learned_embeds.safetensors" and tok.path.is_file()
-    assert tok.learn_size == [m.native_size] * 2 and tok.crop == [12, 12, 40, 40]
+    assert tok.learn_size == [m.native_size] * 2
+    side = min(max(40, m.native_size), 64)  # 32 px * 1.25, at least the native size, within the frame
+    assert tok.crop == [(64 - side) // 2] * 2 + [side] * 2
     rewritten = first.apply(scene)
     assert rewritten.node("sq").prompt == f"{tok.text} a square" and scene.node("sq").prompt == "a square"
     assert rewritten.source == scene.source and rewritten.node("sq").layer == scene.node("sq").layer
