@@ -10,6 +10,9 @@ Suites (each a function ``suite_<name>(bench) -> dict`` of JSON-ready figures):
 - hierarchy: a circle nested in a square, rendered with each composition scheme and as a flat list.
 - locality: a rendered 3-region image edited in one region (noise 0.8 there, 0 elsewhere, feathered): the
   change outside the region (plus a margin) and inside it.
+- inversion: square layers in colours off the toy palette (teal, olive, salmon) on a plain background, re-made
+  at noise 0.8 with the generic prompt "a square", with and without the layer's learned token (same seeds):
+  the mean colour error inside the layer, the time to learn a token, and the time of a cached rerun.
 
 Scenes are plain dicts built by pure functions of a seed (``control_scene``, ``hierarchy_scene``,
 ``edit_scene``...), validated by ``Scene.model_validate``; the colours they are scored against are the palette
@@ -35,16 +38,29 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality")
+SUITES = ("cost", "control", "hierarchy", "locality", "inversion")
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
 
 COST_TARGET = 1.15  # hmedit / diffusers seconds
 OUTSIDE_TARGET = 1.0  # locality: mean change outside the region, 0..255 units, at most
 INSIDE_TARGET = 20.0  # locality: mean change inside the region, 0..255 units, at least
+DROP_TARGET = 50.0  # inversion: % by which the learned token cuts the mean colour error, at least
+LEARN_TARGET_S = 180.0  # inversion: seconds to learn one layer's token at default settings, at most
+CACHED_TARGET_S = 1.0  # inversion: seconds a cached rerun adds, at most
+
+# inversion: layer colours the toy palette has no word for, the generic prompt, the background
+INVERSION_COLOURS: dict[str, tuple[int, int, int]] = {
+    "teal": (30, 140, 140),
+    "olive": (128, 128, 0),
+    "salmon": (250, 128, 114),
+}
+INVERSION_PROMPT = "a square"
+INVERSION_BACKGROUND = "white"
+INVERSION_BOX = (0.3, 0.3, 0.4)  # the square layer: x, y, side (fractions of the image)
 
 # A different random stream per suite, so that control scene 3 and hierarchy scene 3 are unrelated.
-_STREAM = {"cost": 0, "control": 1, "hierarchy": 2, "locality": 3}
+_STREAM = {"cost": 0, "control": 1, "hierarchy": 2, "locality": 3, "inversion": 4}
 
 SHAPE_OF = {"rect": "square", "ellipse": "circle"}
 
@@ -76,6 +92,9 @@ class Config:
     edit_noise: float = 0.8
     feather: float = 2.0  # px, at the render size
     margin: float = 4.0  # px beyond the feather that the locality figure ignores
+    inversion_seeds: int = 3  # renders with and without the learned token, per layer colour
+    learn_steps: int | None = None  # inversion: None = the default learn settings
+    learn_batch: int | None = None
     quick: bool = False
 
     @classmethod
@@ -88,6 +107,9 @@ class Config:
             hierarchy_scenes=2,
             locality_scenes=2,
             repeats=1,
+            inversion_seeds=1,
+            learn_steps=2,
+            learn_batch=2,
             quick=True,
         )
 
@@ -95,7 +117,13 @@ class Config:
     def make(cls, *, quick: bool = False, seeds: int | None = None, repeats: int | None = None) -> Config:
         cfg = cls.quick_config() if quick else cls()
         if seeds is not None:
-            cfg = replace(cfg, control_scenes=seeds, hierarchy_scenes=seeds, locality_scenes=seeds)
+            cfg = replace(
+                cfg,
+                control_scenes=seeds,
+                hierarchy_scenes=seeds,
+                locality_scenes=seeds,
+                inversion_seeds=seeds,
+            )
         if repeats is not None:
             cfg = replace(cfg, repeats=repeats)
         return cfg
@@ -255,6 +283,48 @@ def edit_scene(
     return out
 
 
+def inversion_images(rgb: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inversion suite's pictures: a plain ``INVERSION_BACKGROUND`` init image [size, size, 3] and an
+    opaque square RGBA layer [s, s, 4] of colour ``rgb`` (s = the INVERSION_BOX side at ``size``)."""
+    side = round(INVERSION_BOX[2] * size)
+    init = np.empty((size, size, 3), np.uint8)
+    init[:] = PALETTE[INVERSION_BACKGROUND]
+    layer = np.empty((side, side, 4), np.uint8)
+    layer[:] = (*(int(c) for c in rgb), 255)
+    return init, layer
+
+
+def inversion_scene(
+    colour: str,
+    init_image: str,
+    layer: str,
+    seed: int,
+    *,
+    learn: dict | bool = False,
+    size: int = 128,
+    steps: int = 30,
+    guidance: float = 7.5,
+    noise: float = 0.8,
+) -> dict:
+    """The square ``layer`` (of ``inversion_images``) on ``init_image``, re-made at ``noise`` with the generic
+    prompt ``INVERSION_PROMPT``, the background kept (noise 0); ``learn``: the node's learn key (true, or a
+    mapping), False for the prompt alone."""
+    x, y, _ = INVERSION_BOX
+    node: dict[str, Any] = {
+        "id": "layer",
+        "prompt": INVERSION_PROMPT,
+        "layer": str(layer),
+        "at": [x, y],
+        "noise": noise,
+    }
+    if learn:
+        node["learn"] = learn
+    scene = _base(f"inversion-{colour}-{seed}{'-learned' if learn else ''}", size, steps, guidance, seed)
+    scene["init_image"] = str(init_image)
+    scene["root"] = {"prompt": f"a {INVERSION_BACKGROUND} background", "noise": 0.0, "children": [node]}
+    return scene
+
+
 def region_masks(scene: Scene, width: int, height: int) -> dict[str, np.ndarray]:
     """Each node's intrinsic (rasterised, feathered) mask as float32 [H, W], by id."""
     from hmedit.masks.raster import rasterize_scene
@@ -276,10 +346,13 @@ class Bench:
     tick: Callable[[str], None] = lambda label: None
     images: Path | None = None  # save every render here (<images>/<suite>/<name>.png)
 
-    def render(self, scene: dict, *, record: bool = True, suite: str = "", label: str = "") -> np.ndarray:
+    def render(
+        self, scene: dict | Scene, *, record: bool = True, suite: str = "", label: str = ""
+    ) -> np.ndarray:
+        """Render a scene (a dict, or a Scene, e.g. with prompts rewritten to use learned tokens)."""
         from hmedit.render import Settings, render
 
-        sc = Scene.model_validate(scene)
+        sc = scene if isinstance(scene, Scene) else Scene.model_validate(scene)
         result = render(sc, self.model, Settings.of(sc, self.model, sc.seed_list[0], record=record))
         if self.images is not None and suite:
             from hmedit.outputs.write import save_png
@@ -296,6 +369,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "control": 2 * cfg.control_scenes,
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
+        "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
     }[suite]
 
 
@@ -541,11 +615,137 @@ def suite_locality(b: Bench) -> dict:
     }
 
 
+def suite_inversion(b: Bench) -> dict:
+    """Per layer colour: learn its token in an empty cache (timed), install it again from the cache (timed),
+    then render each seed with the prompt alone and with the token; the mean colour error inside the layer
+    (``metrics.mean_colour_error``), averaged over the seeds, and how much the token cuts it."""
+    from PIL import Image
+
+    from hmedit.conditioning.tokens import install_tokens
+
+    cfg = b.config
+    learn: dict[str, Any] = {}
+    if cfg.learn_steps is not None:
+        learn["steps"] = cfg.learn_steps
+    if cfg.learn_batch is not None:
+        learn["batch"] = cfg.learn_batch
+    learn_key: dict | bool = learn or True
+    layers: dict[str, Any] = {}
+    learn_settings: dict | None = None
+    with tempfile.TemporaryDirectory(prefix="hmedit-bench-") as tmp:
+        for colour, rgb in INVERSION_COLOURS.items():
+            init, layer = inversion_images(rgb, cfg.size)
+            init_path, layer_path = Path(tmp) / f"{colour}-init.png", Path(tmp) / f"{colour}-layer.png"
+            Image.fromarray(init).save(init_path)
+            Image.fromarray(layer, "RGBA").save(layer_path)
+            kw = dict(size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, noise=cfg.edit_noise)
+            learned = Scene.model_validate(
+                inversion_scene(colour, str(init_path), str(layer_path), 0, learn=learn_key, **kw)
+            )
+            cache = Path(tmp) / "cache"  # empty: the first install learns
+            start = time.perf_counter()
+            tokens = install_tokens(learned, b.model, cache_dir=cache)
+            learn_s = time.perf_counter() - start
+            start = time.perf_counter()
+            again = install_tokens(learned, b.model, cache_dir=cache)
+            cached_s = time.perf_counter() - start
+            tok, hit = tokens.tokens["layer"], again.tokens["layer"]
+            learn_settings = tok.settings
+            b.tick(f"inversion learn {colour}")
+            mask = region_masks(learned, cfg.size, cfg.size)["layer"]
+            cases = []
+            for seed in range(cfg.inversion_seeds):
+                plain = inversion_scene(colour, str(init_path), str(layer_path), seed, **kw)
+                with_token = again.apply(
+                    Scene.model_validate(
+                        inversion_scene(colour, str(init_path), str(layer_path), seed, learn=learn_key, **kw)
+                    )
+                )
+                before = b.render(plain, suite="inversion", label=f"{colour}-{seed}-prompt")
+                after = b.render(with_token, suite="inversion", label=f"{colour}-{seed}-token")
+                cases.append(
+                    {
+                        "seed": seed,
+                        "error_prompt": round(metrics.mean_colour_error(before, mask, rgb), 3),
+                        "error_token": round(metrics.mean_colour_error(after, mask, rgb), 3),
+                    }
+                )
+                if seed == 0 and b.images is not None:
+                    from hmedit.outputs.write import save_png
+
+                    save_png(
+                        b.images / "inversion" / f"{colour}-compare.png",
+                        np.concatenate([init_with_layer(init, layer), before, after], axis=1),
+                    )
+            without = float(np.mean([c["error_prompt"] for c in cases]))
+            with_ = float(np.mean([c["error_token"] for c in cases]))
+            drop = 100.0 * (1.0 - with_ / without) if without > 0 else 0.0
+            layers[colour] = {
+                "rgb": list(rgb),
+                "error_prompt": without,
+                "error_token": with_,
+                "drop_pct": drop,
+                "learn_s": round(learn_s, 3),
+                "cached_s": round(cached_s, 4),
+                "learned": tok.source == "learned",
+                "cache_hit": hit.source == "cached",
+                "final_loss": tok.loss,
+                "token": tok.text,
+                "learn_size": tok.learn_size,
+                "cases": cases,
+            }
+    drops = [v["drop_pct"] for v in layers.values()]
+    learn_max = max(v["learn_s"] for v in layers.values())
+    cached_max = max(v["cached_s"] for v in layers.values())
+    passes = {
+        "pass_drop": min(drops) >= DROP_TARGET,
+        "pass_learn": learn_max <= LEARN_TARGET_S,
+        "pass_cached": cached_max <= CACHED_TARGET_S,
+    }
+    return {
+        "colours": list(INVERSION_COLOURS),
+        "size": [cfg.size, cfg.size],
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "noise": cfg.edit_noise,
+        "prompt": INVERSION_PROMPT,
+        "background": INVERSION_BACKGROUND,
+        "seeds": cfg.inversion_seeds,
+        "learn": learn_settings,
+        "error_prompt": float(np.mean([v["error_prompt"] for v in layers.values()])),
+        "error_token": float(np.mean([v["error_token"] for v in layers.values()])),
+        "drop_pct_min": min(drops),
+        "drop_pct_mean": float(np.mean(drops)),
+        "learn_s_max": learn_max,
+        "cached_s_max": cached_max,
+        "target_drop_pct": DROP_TARGET,
+        "target_learn_s": LEARN_TARGET_S,
+        "target_cached_s": CACHED_TARGET_S,
+        **passes,
+        "pass": all(passes.values()),
+        "layers": layers,
+    }
+
+
+def init_with_layer(init: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """The inversion suite's input picture: ``layer`` pasted on ``init`` at INVERSION_BOX."""
+    out = init.copy()
+    size = init.shape[0]
+    x, y = (round(v * size) for v in INVERSION_BOX[:2])
+    h, w = layer.shape[:2]
+    a = layer[..., 3:4].astype(np.float32) / 255
+    region = out[y : y + h, x : x + w]
+    blended = a * layer[..., :3] + (1 - a) * region
+    out[y : y + h, x : x + w] = blended.round().astype(np.uint8)
+    return out
+
+
 SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "cost": suite_cost,
     "control": suite_control,
     "hierarchy": suite_hierarchy,
     "locality": suite_locality,
+    "inversion": suite_inversion,
 }
 
 

@@ -53,6 +53,18 @@ def region_match(image: np.ndarray, mask: np.ndarray, colour: str, threshold: fl
     return region_colour_fraction(image, mask, colour) >= threshold
 
 
+def mean_colour_error(image: np.ndarray, mask: np.ndarray, rgb: Sequence[float]) -> float:
+    """How far the region's mean colour is from ``rgb`` (0..255 per channel): the Euclidean RGB distance
+    divided by sqrt(3), so 0..255 (255 from black to white); nan for an empty mask."""
+    image = np.asarray(image)
+    _check_pair(image, mask)
+    m = inside(mask)
+    if not m.any():
+        return float("nan")
+    mean = image[m].astype(np.float64).mean(0)
+    return float(np.linalg.norm(mean - np.asarray(rgb, np.float64)) / np.sqrt(3))
+
+
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """Boolean mask grown by every pixel within Euclidean distance ``radius`` (a disk structuring element).
 

@@ -11,7 +11,7 @@ from hmedit import bench
 from hmedit.errors import HmeditError
 from hmedit.masks.checks import check_masks
 from hmedit.scene.spec import Scene
-from hmedit.toy.world import COLOURS
+from hmedit.toy.world import COLOURS, PALETTE
 
 SEEDS = range(40)
 
@@ -159,6 +159,37 @@ def test_edit_scene_recolours_one_region_and_keeps_the_rest(seed, tmp_path):
         bench.edit_scene(raw, "nobody", colour, str(init))
 
 
+@pytest.mark.parametrize("colour", list(bench.INVERSION_COLOURS))
+def test_inversion_scenes_remake_one_layer_with_the_generic_prompt(colour, tmp_path):
+    from PIL import Image
+
+    rgb = bench.INVERSION_COLOURS[colour]
+    init, layer = bench.inversion_images(rgb, 128)
+    assert init.shape == (128, 128, 3) and (init == PALETTE[bench.INVERSION_BACKGROUND]).all()
+    assert layer.shape == (51, 51, 4) and (layer[..., :3] == rgb).all() and (layer[..., 3] == 255).all()
+    Image.fromarray(init).save(tmp_path / "init.png")
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    paths = (str(tmp_path / "init.png"), str(tmp_path / "layer.png"))
+    plain = valid(bench.inversion_scene(colour, *paths, 2))
+    learned = valid(bench.inversion_scene(colour, *paths, 2, learn={"steps": 5}))
+    assert plain.root.noise == 0 and plain.seed_list == [2] and plain.size == (128, 128)
+    (node,) = plain.root.children
+    assert node.prompt == "a square" and node.noise == 0.8 and node.learn is None and node.at == (0.3, 0.3)
+    assert learned.node("layer").learn.steps == 5 and learned.name != plain.name
+    assert bench.inversion_scene(colour, *paths, 2) == bench.inversion_scene(colour, *paths, 2)
+    mask = bench.region_masks(plain, 128, 128)["layer"]
+    assert abs(mask.sum() - 51 * 51) < 1 and mask[64, 64] == 1  # the square, in the middle
+    picture = bench.init_with_layer(init, layer)
+    assert (picture[64, 64] == rgb).all() and (picture[0, 0] == init[0, 0]).all()
+    assert bench.metrics.mean_colour_error(picture, mask, rgb) == pytest.approx(0, abs=1)
+
+
+def test_inversion_colours_are_off_the_palette():
+    for rgb in bench.INVERSION_COLOURS.values():
+        nearest = min(np.linalg.norm(np.subtract(rgb, p)) for p in PALETTE.values())
+        assert nearest > 40  # no palette word names them
+
+
 def test_place_boxes_always_succeeds_for_four():
     rng = np.random.default_rng(0)
     for _ in range(100):
@@ -169,6 +200,7 @@ def test_place_boxes_always_succeeds_for_four():
 def test_config_and_suites():
     quick = bench.Config.make(quick=True)
     assert quick.size == 64 and quick.steps == 2 and quick.control_scenes == 2 and quick.repeats == 1
+    assert quick.inversion_seeds == 1 and quick.learn_steps == 2 and bench.Config().learn_steps is None
     full = bench.Config.make(seeds=30, repeats=5)
     assert (full.size, full.cost_size, full.steps, full.guidance) == (128, 256, 30, 7.5)
     assert full.control_scenes == full.hierarchy_scenes == full.locality_scenes == 30 and full.repeats == 5
@@ -207,13 +239,13 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     model, out = tiny_model_dir("sd1"), tmp_path / "bench"
     assert run("bench", "--quick", "--model", model, "--out", out, "--device", "cpu") == 0
     printed = capsys.readouterr().out
-    for title in ("cost:", "control:", "hierarchy:", "locality:", "bench.json"):
+    for title in ("cost:", "control:", "hierarchy:", "locality:", "inversion:", "bench.json"):
         assert title in printed
     doc = json.loads((out / "bench.json").read_text())
     assert {"format", "format_version", "model", "machine", "config", "suites"} <= set(doc)
     assert doc["model"]["hash"] and doc["config"]["quick"] is True
     assert {"cpu_count", "torch", "diffusers", "device"} <= set(doc["machine"])
-    assert set(doc["suites"]) == {"cost", "control", "hierarchy", "locality"}
+    assert set(doc["suites"]) == {"cost", "control", "hierarchy", "locality", "inversion"}
 
     cost = doc["suites"]["cost"]
     assert set(cost["seconds"]) == {"diffusers", "hmedit", "hmedit_no_record"}
@@ -239,10 +271,23 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     # the edit keeps the pixels outside the region (pasted back) and repaints inside it
     assert loc["outside_mean"] < 1.0 and loc["inside_mean"] > 0
 
+    inv = doc["suites"]["inversion"]
+    assert inv["colours"] == ["teal", "olive", "salmon"] and inv["seeds"] == 1 and inv["noise"] == 0.8
+    assert inv["learn"]["steps"] == 2 and inv["learn"]["batch"] == 2
+    assert {"drop_pct_min", "learn_s_max", "cached_s_max", "pass_drop", "pass_learn", "pass_cached"} <= set(
+        inv
+    )
+    for layer in inv["layers"].values():
+        assert layer["learned"] and layer["cache_hit"] and layer["learn_s"] > 0 and layer["cached_s"] >= 0
+        assert 0 <= layer["error_prompt"] <= 255 and 0 <= layer["error_token"] <= 255
+        assert len(layer["cases"]) == 1 and layer["token"].startswith("<hm-layer-")
+    assert inv["cached_s_max"] < inv["learn_s_max"]
+
     images = out / "images"
     assert len(list((images / "control").glob("*.png"))) == 4
     assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
     assert len(list((images / "locality").glob("*.png"))) == 4
+    assert len(list((images / "inversion").glob("*.png"))) == 3 * 3  # prompt, token, comparison
 
     # rerunning one suite keeps the others' figures
     assert run("bench", "locality", "--quick", "--model", model, "--out", out, "--no-images") == 0

@@ -94,3 +94,18 @@ def test_seam_score_flags_a_step_at_a_tile_border():
     flat = np.full((16, 16, 3), 7, np.uint8)
     assert metrics.seam_score(flat, [8], [8]) == pytest.approx(1.0)
     assert metrics.seam_score(flat, [], []) == 1.0
+
+
+def test_mean_colour_error_is_the_distance_of_the_region_mean_in_0_255():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:2] = (30, 140, 140)
+    image[2:] = (255, 255, 255)
+    mask = np.zeros((4, 4), bool)
+    mask[:2] = True
+    assert metrics.mean_colour_error(image, mask, (30, 140, 140)) == 0
+    assert metrics.mean_colour_error(image, ~mask, (0, 0, 0)) == pytest.approx(255)
+    # the mean of the region, not of its pixels' errors: half black, half white is mid-gray on average
+    image[:1] = 0
+    image[1:2] = 254
+    assert metrics.mean_colour_error(image, mask, (127, 127, 127)) == pytest.approx(0)
+    assert np.isnan(metrics.mean_colour_error(image, np.zeros((4, 4)), (0, 0, 0)))

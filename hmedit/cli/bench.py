@@ -14,7 +14,7 @@ def bench_command(
     suites: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Suites to run: cost, control, hierarchy, locality (default: all).",
+            help="Suites to run: cost, control, hierarchy, locality, inversion (default: all).",
             metavar="[SUITE...]",
             show_default=False,
         ),
@@ -37,7 +37,8 @@ def bench_command(
             "--seeds",
             min=1,
             metavar="N",
-            help="Scenes per quality suite (default: control 24, hierarchy 12, locality 6).",
+            help="Scenes per quality suite (default: control 24, hierarchy 12, locality 6; inversion: 3 "
+            "seeds per layer).",
             show_default=False,
         ),
     ] = None,
@@ -54,7 +55,9 @@ def bench_command(
     quick: Annotated[
         bool,
         typer.Option(
-            "--quick", help="64x64, 2 steps, 2 scenes per suite, 1 timed run: checks the code, not the model."
+            "--quick",
+            help="64x64, 2 steps, 2 scenes per suite, 1 timed run, 2 learn steps: checks the code, not the "
+            "model.",
         ),
     ] = False,
     images: Annotated[
@@ -72,6 +75,8 @@ def bench_command(
     [bold]hierarchy[/]: a circle inside a square, with each composition scheme and as a flat list.
 
     [bold]locality[/]: re-colour one region of a rendered image (noise 0.8, feather 2 px, the rest kept). Targets: mean change outside the region (beyond a margin) <= 1/255, inside >= 20/255.
+
+    [bold]inversion[/]: teal, olive and salmon square layers (colours the toy palette has no word for) re-made at noise 0.8 with the prompt "a square", with and without the layer's learned token, same seeds. Targets: the mean colour error inside the layer drops by >= 50% for every layer; learning one token (default settings) <= 180 s; a cached rerun <= 1 s.
 
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
@@ -162,6 +167,8 @@ def table(name: str, f: dict):
         for scheme, r in f["schemes"].items():
             t.add_row(scheme, _pct(r["child"]), _pct(r["ring"]), _pct(r["both"]))
         return t
+    if name == "inversion":
+        return _inversion_table(f)
     t = Table(
         title=f"locality: {f['scenes']} edits, noise {f['noise']}, feather {f['feather_px']:g} px, "
         f"margin {f['margin_px']:g} px",
@@ -183,6 +190,36 @@ def table(name: str, f: dict):
         f">= {f['target_inside_min']:g} {_mark(in_ok)}",
     )
     t.add_row("new colour shows", _pct(f["new_colour_rate"]), "")
+    return t
+
+
+def _inversion_table(f: dict):
+    from rich.table import Table
+
+    t = Table(
+        title=f"inversion: {len(f['colours'])} layers, noise {f['noise']}, prompt '{f['prompt']}', "
+        f"{f['seeds']} seed{'s' * (f['seeds'] != 1)} each; mean colour error inside the layer (/255)",
+        title_justify="left",
+    )
+    for col in ("layer", "prompt", "token", "drop", "learn", "cached"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for colour, r in f["layers"].items():
+        t.add_row(
+            colour,
+            f"{r['error_prompt']:.1f}",
+            f"{r['error_token']:.1f}",
+            f"{r['drop_pct']:.0f}%",
+            f"{r['learn_s']:.1f} s",
+            f"{r['cached_s']:.3f} s",
+        )
+    t.add_row(
+        "target",
+        "",
+        "",
+        f">= {f['target_drop_pct']:g}% {_mark(f['pass_drop'])}",
+        f"<= {f['target_learn_s']:g} s {_mark(f['pass_learn'])}",
+        f"<= {f['target_cached_s']:g} s {_mark(f['pass_cached'])}",
+    )
     return t
 
 
