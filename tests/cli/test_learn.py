@@ -184,3 +184,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, scene, tiny, capsys):
         assert "1024 wide, made for SD 2.x" in by_file["wide"] and "wide.safetensors" in by_file["wide"]
         assert "learn needs a layer" in by_file["nolayer"]
         assert "file not found: no.pt" in by_file["missing"]
+
+
+def test_a_tiled_render_learns_at_native_size(tmp_path, tiny, trainings):
+    """A render above the model's native size is tiled; the token is still learned on a native-size crop."""
+    Image.new("RGB", (192, 192), (245, 245, 245)).save(tmp_path / "bg.png")
+    Image.new("RGBA", (40, 40), (128, 128, 0, 255)).save(tmp_path / "sq.png")
+    scene = write(tmp_path, "big.yaml", SCENE.replace("size: [64, 64]", "size: [192, 192]\ntiling: on"))
+    out_dir = tmp_path / "out"
+    assert run("render", scene, "--model", tiny, "--out", out_dir, "--cache-dir", tmp_path / "c") == 0
+    rec = json.loads((out_dir / "big" / "render.json").read_text())
+    emb = rec["embeddings"]["sq"]
+    assert trainings == [1] and emb["source"] == "learned"
+    assert emb["learn_size"] == [rec["model"]["native_size"]] * 2 and rec["model"]["native_size"] < 192
+    native = rec["model"]["native_size"]
+    x = 48 + 20 - native // 2  # the 40 px layer at 48 px, centred in a native-size window
+    assert emb["crop"] == [x, x, native, native]
+    with Image.open(out_dir / "big" / "image.png") as img:
+        assert img.size == (192, 192)
