@@ -62,23 +62,38 @@ class RegionCall:
     record: dict[int, Tensor] | None = None
     record_owner: Tensor | None = None
     record_count: dict[int, int] = field(default_factory=dict)
+    _cache: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
-    def bias(self, n: int, windows: int, scores_max: Tensor, dtype: torch.dtype) -> Tensor:
-        """Additive attention bias [2W, 1, N, T] in score units (before the 1/√d scaling)."""
-        masks, active = self.masks[n], self.active[n]  # [W, K, N], [K]
-        out = []
-        for b in range(self.owners.shape[0]):
-            own = self.owners[b]
-            node = own >= 0
-            idx = own.clamp(min=0)
-            m = masks[:, idx, :].transpose(1, 2)  # [W, N, T]
-            y = (self.y_sigma * scores_max[b * windows : (b + 1) * windows]).view(-1, 1, 1)
-            term = self.pos[idx] * m - self.neg[idx] * (1 - m)
-            bias = torch.where(node, y * term, torch.zeros((), dtype=term.dtype))
-            drop = (node & ~active[idx]) | ~self.valid[b]
-            bias = bias.masked_fill(drop, float("-inf"))
-            out.append(bias)
-        return torch.cat(out).unsqueeze(1).to(dtype)
+    def bias(self, n: int, windows: int, scores_max: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+        """Additive attention bias [B·W, 1, N, T], already multiplied by the attention ``scale`` (1/√d)."""
+        term, drop = self._terms(n)  # [B, W, N, T], [B, 1, 1, T]
+        y = (self.y_sigma * scale) * scores_max.view(term.shape[0], windows, 1, 1)
+        bias = torch.addcmul(drop, y.to(term.dtype), term)
+        return bias.flatten(0, 1).unsqueeze(1).to(dtype)
+
+    def _terms(self, n: int) -> tuple[Tensor, Tensor]:
+        """The step's bias pattern at level ``n``, shared by every layer of the level: v_pos·m − v_neg·(1 − m)
+        per (window, query, token) ([B, W, N, T], 0 for global and dropped tokens), and the additive −inf
+        of dropped tokens ([B, 1, 1, T])."""
+        cache = self._cache
+        if n not in cache:
+            masks, active = self.masks[n], self.active[n]  # [W, K, N], [K]
+            terms, drops = [], []
+            for b in range(self.owners.shape[0]):
+                own = self.owners[b]
+                node = own >= 0
+                idx = own.clamp(min=0)
+                m = masks[:, idx, :].transpose(1, 2)  # [W, N, T]
+                term = self.pos[idx] * m - self.neg[idx] * (1 - m)
+                drop = (node & ~active[idx]) | ~self.valid[b]
+                terms.append(torch.where(node & ~drop, term, torch.zeros((), dtype=term.dtype)))
+                drops.append(
+                    torch.zeros(drop.shape, dtype=term.dtype, device=term.device).masked_fill(
+                        drop, -torch.inf
+                    )
+                )
+            cache[n] = (torch.stack(terms), torch.stack(drops)[:, None, None, :])
+        return cache[n]
 
 
 class RegionAttnProcessor(AttnProcessor2_0):
@@ -122,13 +137,13 @@ class RegionAttnProcessor(AttnProcessor2_0):
         scale = attn.scale
         scores = q @ k.transpose(-1, -2)  # [B, h, N, T], unscaled QKᵀ as in the paper
         windows = batch // region.owners.shape[0]  # the batch is [uncond × W, cond × W], or [cond × W]
-        valid = region.valid.repeat_interleave(windows, dim=0)[:, None, None, :]
-        smax = scores.masked_fill(~valid, float("-inf")).amax(dim=(1, 2, 3))
-        bias = region.bias(n, windows, smax, scores.dtype)
+        valid = region.valid.repeat_interleave(windows, dim=0)  # [B, T]
+        smax = scores.amax(dim=(1, 2)).masked_fill(~valid, float("-inf")).amax(dim=-1)  # max over valid QKᵀ
+        bias = region.bias(n, windows, smax, scale, scores.dtype)
         if region.record is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias * scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
-            probs = torch.softmax(scores * scale + bias * scale, dim=-1)
+            probs = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)
             out = probs @ v
             self._record(region, probs[batch - windows :], n)
         out = out.transpose(1, 2).reshape(batch, -1, heads * d).to(q.dtype)

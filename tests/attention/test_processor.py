@@ -50,7 +50,7 @@ def test_zero_weights_leave_attention_unchanged(attn):
 def test_bias_follows_collage_formula():
     call = make_call(pos=2.0, neg=3.0)
     smax = torch.tensor([10.0, 10.0])
-    b = call.bias(4, 1, smax, torch.float32)[:, 0]  # [2, N, T]
+    b = call.bias(4, 1, smax, 1.0, torch.float32)[:, 0]  # [2, N, T]
     y = 0.5 * 10.0
     assert torch.all(b[0] == 0)  # uncond branch has no node tokens
     assert torch.all(b[1][:, [0, 1, 4]] == 0)  # global tokens untouched
@@ -61,7 +61,7 @@ def test_bias_follows_collage_formula():
 def test_inactive_nodes_leave_the_softmax(attn):
     x, ctx = torch.randn(2, 4, 16), torch.randn(2, 5, 8)
     call = make_call(active=torch.tensor([True, False]))
-    b = call.bias(4, 1, torch.ones(2), torch.float32)
+    b = call.bias(4, 1, torch.ones(2), 1.0, torch.float32)
     assert torch.isinf(b[1, 0, :, 2:4]).all()
     out = RegionAttnProcessor()(attn, x, ctx, region=call)
     # same as attending to the context without the node's tokens
