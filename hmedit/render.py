@@ -88,6 +88,7 @@ class RenderResult:
     maps: dict[str, Tensor]  # "intrinsic/<id>", "effective/<id>", "attention/<id>": float32 [H, W]
     timings: dict[str, float] = field(default_factory=dict)
     plan: Plan | None = None
+    stats: dict[str, int] = field(default_factory=dict)  # tiled: windows denoised / scheduled
 
 
 def _randn(shape, generator, device, dtype) -> Tensor:
@@ -190,7 +191,8 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     lap("decode")
     maps = influence_maps(plan, den.attention_maps())
     lap("influence")
-    return RenderResult(image, s, maps, timings, plan)
+    stats = {"windows_run": den.windows_run, "windows_total": den.windows_total} if s.tiling else {}
+    return RenderResult(image, s, maps, timings, plan, stats)
 
 
 def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:

@@ -53,6 +53,8 @@ def step_kwargs(scheduler, generator, eta: float = 0.0) -> dict:
 class Denoiser:
     """Classifier-free guided noise prediction with regional attention and per-node noise levels."""
 
+    skip_held = True  # tiled: skip windows held at the source for the whole step
+
     def __init__(
         self,
         unet,
@@ -77,6 +79,7 @@ class Denoiser:
         dev, dt = unet.device, unet.dtype
         self.embeds = embeds.to(dev, dt)
         self.tiler = tiler
+        self.windows_run = self.windows_total = 0  # tiled: windows denoised / scheduled, over all steps
         self.regional = plan.regional and cond.regional
         self.timesteps = timesteps
         self.n_run = len(timesteps)
@@ -157,26 +160,40 @@ class Denoiser:
         xs = self.scheduler.scale_model_input(x, t)
         if self.tiler is None:
             return self._predict(xs, t, self.region_call(i))
-        wins, weights, norm = self.tiler.step_windows()
+        wins, weights, _ = self.tiler.step_windows()
+        # windows held at the source for the whole step (per-node noise levels) need no prediction: after_step
+        # overwrites them; the normaliser counts the windows that ran
+        held = self.held_after(i) if self.skip_held else None
+        keep = [j for j, win in enumerate(wins) if held is None or not bool(held[win.slice].all())]
         acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        norm = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
         bs = self.tiler.ts.batch
-        for b0 in range(0, len(wins), bs):
-            batch = wins[b0 : b0 + bs]
+        for b0 in range(0, len(keep), bs):
+            idx = keep[b0 : b0 + bs]
+            batch = [wins[j] for j in idx]
             xw = torch.cat([crop(xs, win) for win in batch])
             region = self.region_call(i, batch)
             eps = self._predict(xw, t, region)
-            wt = weights[b0 : b0 + bs].to(x.device)
+            wt = weights[idx].to(x.device)
             for e, win, w_ in zip(eps, batch, wt):
                 acc[0][win.slice] += e.float() * w_
+                norm[win.slice] += w_
             if region is not None and region.record is not None:
-                self.tiled_record.add(region.record, region.record_count, batch, weights[b0 : b0 + bs])
-        return (acc / norm.to(x.device).clamp(min=1e-12)).to(x.dtype)
+                self.tiled_record.add(region.record, region.record_count, batch, weights[idx])
+        self.windows_run += len(keep)
+        self.windows_total += len(wins)
+        return (acc / norm.clamp(min=1e-12)).to(x.dtype)
+
+    def held_after(self, i: int) -> Tensor | None:
+        """[h, w] True where step ``i``'s result is replaced by the re-noised source (None: nothing held)."""
+        if self.source is None or self.plan.noise_map is None:
+            return None
+        return self.start_step[0, 0] >= self.t_start + i + 1
 
     def after_step(self, x: Tensor, i: int) -> Tensor:
         if self.source is None or self.plan.noise_map is None:
             return x
-        g = self.t_start + i + 1  # global index of the step x has now reached
-        hold = self.start_step >= g
+        hold = self.held_after(i)
         if not hold.any():
             return x
         if i + 1 < self.n_run:
