@@ -67,11 +67,28 @@ def blue_square_on_yellow(size: int = 256) -> Image.Image:
     return img
 
 
+def hires_board(size: int = 2048) -> Image.Image:
+    """A large init image for the high-resolution edit: shapes of the toy world on a green background,
+    drawn at full size (flat colours, so the PNG stays small)."""
+    green, white, purple = (50, 170, 60), (245, 245, 245), (140, 60, 190)
+    img = Image.new("RGB", (size, size), green)
+    d = ImageDraw.Draw(img)
+    s = size / 16
+    d.rectangle((1 * s, 1 * s, 7 * s - 1, 7 * s - 1), fill=BLUE)
+    d.ellipse((9 * s, 1.5 * s, 14.5 * s, 7 * s), fill=RED)
+    d.polygon(_star(4 * s, 12 * s, 3.2 * s, 1.3 * s), fill=YELLOW)
+    d.ellipse((9.5 * s, 9.5 * s, 14.5 * s, 14.5 * s), fill=white)
+    d.ellipse((10.75 * s, 10.75 * s, 13.25 * s, 13.25 * s), fill=green)
+    d.rectangle((7.4 * s, 7.4 * s, 8.6 * s - 1, 8.6 * s - 1), fill=purple)
+    return img
+
+
 def main() -> None:
     red_circle_layer().save(HERE / "red_circle_layer.png", optimize=True)
     blue_star_layer().save(HERE / "blue_star_layer.png", optimize=True)
     ring_mask().save(HERE / "ring_mask.png", optimize=True)
     blue_square_on_yellow().save(HERE / "blue_square_on_yellow.png", optimize=True)
+    hires_board().save(HERE / "hires_board.png", optimize=True)
 
 
 if __name__ == "__main__":
