@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmedit-installed
 SPEC := $(TORCH) | $(shell cat pyproject.toml | cksum)
 
-.PHONY: setup demo test lint format bench train-toy goldens clean
+.PHONY: setup demo test test-huge lint format bench train-toy goldens clean
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 	$(BIN)/hmedit check scenes/ --golden tests/golden
+
+# Full-scale checks that take minutes (the 2048 px tiled VAE against untiled decoding); not part of make test.
+test-huge: setup
+	$(BIN)/python -m pytest -q -m huge
 
 bench: setup
 	$(BIN)/hmedit bench --out bench-results

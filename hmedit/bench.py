@@ -38,7 +38,7 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality", "inversion")
+SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory")
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
 
@@ -95,6 +95,11 @@ class Config:
     inversion_seeds: int = 3  # renders with and without the learned token, per layer colour
     learn_steps: int | None = None  # inversion: None = the default learn settings
     learn_batch: int | None = None
+    tiling_size: int = 1024  # tiling: example scenes rendered at this size
+    tiling_steps: int = 10  # both contenders; Panorama needs ~1.3 s per view per step here on one CPU core
+    tiling_scenes: tuple[str, ...] = ("hires_garden", "nested_rings")
+    memory_size: int = 4096
+    memory_steps: int = 2  # memory does not grow with steps
     quick: bool = False
 
     @classmethod
@@ -110,6 +115,11 @@ class Config:
             inversion_seeds=1,
             learn_steps=2,
             learn_batch=2,
+            tiling_size=128,
+            tiling_steps=2,
+            tiling_scenes=("nested_rings",),
+            memory_size=256,
+            memory_steps=1,
             quick=True,
         )
 
@@ -219,7 +229,9 @@ def control_scene(
 
 def cost_scene(size: int = 256, steps: int = 30, guidance: float = 7.5, seed: int = 0) -> dict:
     """The cost suite's 4-node scene: a background and 3 regions."""
-    return control_scene(seed, n=3, size=size, steps=steps, guidance=guidance, suite="cost")
+    scene = control_scene(seed, n=3, size=size, steps=steps, guidance=guidance, suite="cost")
+    scene["tiling"] = False  # the same job as the plain pipeline: the whole latent at once
+    return scene
 
 
 def hierarchy_scene(
@@ -370,6 +382,8 @@ def render_count(suite: str, cfg: Config) -> int:
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
+        "tiling": 3 * len(cfg.tiling_scenes),
+        "memory": 1,
     }[suite]
 
 
@@ -746,7 +760,15 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "hierarchy": suite_hierarchy,
     "locality": suite_locality,
     "inversion": suite_inversion,
+    "tiling": lambda b: _tiled().suite_tiling(b),
+    "memory": lambda b: _tiled().suite_memory(b),
 }
+
+
+def _tiled():
+    from hmedit import bench_tiled
+
+    return bench_tiled
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

@@ -239,13 +239,22 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     model, out = tiny_model_dir("sd1"), tmp_path / "bench"
     assert run("bench", "--quick", "--model", model, "--out", out, "--device", "cpu") == 0
     printed = capsys.readouterr().out
-    for title in ("cost:", "control:", "hierarchy:", "locality:", "inversion:", "bench.json"):
+    for title in (
+        "cost:",
+        "control:",
+        "hierarchy:",
+        "locality:",
+        "inversion:",
+        "tiling:",
+        "memory:",
+        "bench.json",
+    ):
         assert title in printed
     doc = json.loads((out / "bench.json").read_text())
     assert {"format", "format_version", "model", "machine", "config", "suites"} <= set(doc)
     assert doc["model"]["hash"] and doc["config"]["quick"] is True
     assert {"cpu_count", "torch", "diffusers", "device"} <= set(doc["machine"])
-    assert set(doc["suites"]) == {"cost", "control", "hierarchy", "locality", "inversion"}
+    assert set(doc["suites"]) == {"cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory"}
 
     cost = doc["suites"]["cost"]
     assert set(cost["seconds"]) == {"diffusers", "hmedit", "hmedit_no_record"}
@@ -283,7 +292,23 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
         assert len(layer["cases"]) == 1 and layer["token"].startswith("<hm-layer-")
     assert inv["cached_s_max"] < inv["learn_s_max"]
 
+    tiling = doc["suites"]["tiling"]
+    assert tiling["size"] == [128, 128] and set(tiling["scenes"]) == {"nested_rings"}
+    row = tiling["scenes"]["nested_rings"]
+    assert row["hmedit"]["tiling"]["offsets"] and not row["hmedit_plain"]["tiling"]["offsets"]
+    assert row["hmedit"]["windows_per_step"] > 1 and row["panorama"]["views_per_step"] >= 1
+    assert row["speedup"] == pytest.approx(row["panorama"]["seconds"] / row["hmedit"]["seconds"], rel=0.01)
+    assert all(row[k]["seam"] > 0 for k in ("hmedit", "hmedit_plain", "panorama"))
+
+    memory = doc["suites"]["memory"]
+    assert (
+        memory["size"] == [256, 256]
+        and 0 < memory["peak_rss_gib"] < 64
+        and "sample" in str(memory["timings"])
+    )
+
     images = out / "images"
+    assert len(list((images / "tiling").glob("*.png"))) == 3
     assert len(list((images / "control").glob("*.png"))) == 4
     assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
     assert len(list((images / "locality").glob("*.png"))) == 4
@@ -300,3 +325,12 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
 def test_bench_unknown_suite_is_a_user_error(tmp_path, capsys):
     assert run("bench", "speed", "--out", tmp_path) == 2
     assert "unknown suite 'speed'" in capsys.readouterr().err
+
+
+def test_tile_borders_are_window_edges_inside_the_image():
+    from hmedit.bench_tiled import borders
+    from hmedit.sampling.tiling import windows
+
+    wins = windows(32, 40, 16, 4)  # latent px; starts 0, 12, 16 (y) and 0, 12, 24 (x)
+    bx, by = borders(wins, 8, 32 * 8, 40 * 8)
+    assert by == [96, 128, 224] and bx == [96, 128, 192, 224]

@@ -14,7 +14,7 @@ def bench_command(
     suites: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Suites to run: cost, control, hierarchy, locality, inversion (default: all).",
+            help="Suites: cost, control, hierarchy, locality, inversion, tiling, memory (default: all).",
             metavar="[SUITE...]",
             show_default=False,
         ),
@@ -77,6 +77,10 @@ def bench_command(
     [bold]locality[/]: re-colour one region of a rendered image (noise 0.8, feather 2 px, the rest kept). Targets: mean change outside the region (beyond a margin) <= 1/255, inside >= 20/255.
 
     [bold]inversion[/]: teal, olive and salmon square layers (colours the toy palette has no word for) re-made at noise 0.8 with the prompt "a square", with and without the layer's learned token, same seeds. Targets: the mean colour error inside the layer drops by >= 50% for every layer; learning one token (default settings) <= 180 s; a cached rerun <= 1 s.
+
+    [bold]tiling[/]: example scenes (hires_garden, nested_rings) at 1024x1024, 10 DDIM steps, by hmedit at its defaults, by hmedit with plain tiles (no offsets, no fading), and by diffusers' StableDiffusionPanoramaPipeline at its defaults with the root prompt. Targets: seam score <= 1.10 and no worse than Panorama's; hmedit >= 3x faster.
+
+    [bold]memory[/]: a 3-region 4096x4096 render through hmedit render in a child process. Target: peak RSS <= 4 GiB.
 
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
@@ -169,6 +173,15 @@ def table(name: str, f: dict):
         return t
     if name == "inversion":
         return _inversion_table(f)
+    if name == "tiling":
+        return _tiling_table(f)
+    if name == "memory":
+        t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
+        for col in ("figure", "value", "target"):
+            t.add_column(col, justify="left" if col == "figure" else "right")
+        t.add_row("peak RSS (GiB)", f"{f['peak_rss_gib']:.2f}", f"<= {f['target_gib']:g} {_mark(f['pass'])}")
+        t.add_row("seconds", f"{f['seconds']:.0f}", "")
+        return t
     t = Table(
         title=f"locality: {f['scenes']} edits, noise {f['noise']}, feather {f['feather_px']:g} px, "
         f"margin {f['margin_px']:g} px",
@@ -190,6 +203,25 @@ def table(name: str, f: dict):
         f">= {f['target_inside_min']:g} {_mark(in_ok)}",
     )
     t.add_row("new colour shows", _pct(f["new_colour_rate"]), "")
+    return t
+
+
+def _tiling_table(f: dict):
+    from rich.table import Table
+
+    t = Table(
+        title=f"tiling: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps; seam score (1 = no seam, target "
+        f"<= {f['seam_target']}) and seconds; speed-up over Panorama (target >= {f['speedup_target']:g}x)",
+        title_justify="left",
+    )
+    for col in ("scene", "hmedit", "hmedit, plain tiles", "Panorama", "speed-up"):
+        t.add_column(col, justify="left" if col == "scene" else "right")
+    for scene, r in f["scenes"].items():
+        cells = [
+            f"{r[k]['seam']:.3f} / {r[k]['seconds']:.0f} s" for k in ("hmedit", "hmedit_plain", "panorama")
+        ]
+        t.add_row(scene, *cells, f"{r['speedup']:.1f}x")
+    t.add_row("", "", "", "", _mark(f["pass"]))
     return t
 
 

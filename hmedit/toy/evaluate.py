@@ -143,7 +143,8 @@ def main(argv=None) -> None:
     )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    out = {"vae": vae_psnr(pipe.vae, a.vae_images), "text_to_image": text_to_image(pipe, a.prompts)}
+    out = {"vae": vae_psnr(pipe.vae, a.vae_images) if a.vae_images else None}
+    out["text_to_image"] = text_to_image(pipe, a.prompts)
     summary = {k: v for k, v in out["text_to_image"].items() if k != "results"}
     print(json.dumps({"vae": out["vae"], "text_to_image": summary}, indent=2))
     if a.json:

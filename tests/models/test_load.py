@@ -28,7 +28,7 @@ def test_loads_and_runs_forward(tiny, monkeypatch, tmp_path):
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
     img = m.vae.decode(torch.randn(1, 4, 8, 8)).sample
     assert img.shape == (1, 3, 16, 16)
-    assert m.native_size == 16 and m.vae_scale_factor == 2
+    assert m.native_size == 64 and m.vae_scale_factor == 2  # sample_size 32 latent px
     assert len(m.hash) == 16 and m.hash == L.model_hash(m.ref)
 
 

@@ -1,0 +1,209 @@
+"""``hmedit bench`` suites for sampling above the native size (registered in :mod:`hmedit.bench`).
+
+- tiling: example scenes rendered at ``tiling_size`` (1024) by hmedit at its defaults, by hmedit with the
+  peers' plain tiling (no window offsets, no fading weights), and by diffusers'
+  StableDiffusionPanoramaPipeline at its defaults (views of 64 latent px, stride 8, one view per UNet call)
+  with the scene's root prompt, same seed, steps, guidance and DDIM scheduler. Whole calls are timed (prompt
+  encoding, sampling, decoding); each image gets a seam score at its own tile borders
+  (:func:`hmedit.metrics.seam_score`).
+- memory: a ``memory_size`` (4096) render through ``hmedit render`` in a child process, which reports its peak
+  resident memory (ru_maxrss) at the end; the render's outputs (image, influence maps) are written as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hmedit import metrics
+from hmedit.errors import HmeditError
+from hmedit.sampling.tiling import Window, panorama_views, windows
+
+SCENES_DIR = Path(__file__).resolve().parents[1] / "scenes"
+SEAM_TARGET = 1.10
+SPEED_TARGET = 3.0  # Panorama seconds / hmedit seconds, at least
+MEMORY_TARGET_GIB = 4.0
+DTYPE_FLAG = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def borders(wins: list[Window], scale: int, height: int, width: int) -> tuple[list[int], list[int]]:
+    """Pixel coordinates (x, y) where windows start or end inside the image: the tile borders."""
+    xs = {v * scale for w in wins for v in (w.x0, w.x1) if 0 < v * scale < width}
+    ys = {v * scale for w in wins for v in (w.y0, w.y1) if 0 < v * scale < height}
+    return sorted(xs), sorted(ys)
+
+
+def _scene_path(name: str) -> Path:
+    path = Path(name) if name.endswith(".yaml") else SCENES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise HmeditError(
+            f"bench scene {path} not found", hint="run the tiling suite from a checkout of hmedit (scenes/)"
+        )
+    return path
+
+
+def suite_tiling(b) -> dict:
+    import torch
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    from hmedit.models.load import make_scheduler
+    from hmedit.render import Settings, render
+    from hmedit.scene.load import load_scene
+    from hmedit.scene.spec import Tiling
+
+    cfg, model = b.config, b.model
+    size, steps = cfg.tiling_size, cfg.tiling_steps
+    f = model.vae_scale_factor
+    pipe = StableDiffusionPanoramaPipeline(
+        **model.components(), scheduler=make_scheduler("ddim", model.scheduler_config)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    scenes: dict[str, Any] = {}
+    for name in cfg.tiling_scenes:
+        sc = load_scene(_scene_path(name))
+        seed = sc.seed_list[0]
+        row: dict[str, Any] = {"seed": seed, "prompt": sc.root.prompt}
+        plain = {"offsets": False, "fade": False}
+        variants = {
+            "hmedit": sc,
+            "hmedit_plain": sc.model_copy(
+                update={"tiling": (sc.tiling or Tiling()).model_copy(update=plain)}
+            ),
+        }
+        for label, variant in variants.items():
+            s = Settings.of(variant, model, seed, steps=steps, size=(size, size), record=False)
+            start = time.perf_counter()
+            with torch.no_grad():
+                result = render(variant, model, s)
+            seconds = time.perf_counter() - start
+            ts = s.tiling
+            grid = windows(size // f, size // f, ts.tile, ts.overlap) if ts else [Window(0, size, 0, size)]
+            bx, by = borders(grid, f, size, size)
+            row[label] = {
+                "seconds": round(seconds, 2),
+                "seam": round(metrics.seam_score(result.image, bx, by), 4),
+                "tiling": None if ts is None else asdict(ts),
+                "windows_per_step": len(grid),
+            }
+            _save(b, f"{name}-{label}", result.image)
+            b.tick(f"tiling {name} {label}")
+        start = time.perf_counter()
+        with torch.no_grad():
+            img = pipe(
+                sc.root.prompt,
+                negative_prompt=sc.root.negative or None,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=float(sc.guidance),
+                generator=torch.Generator("cpu").manual_seed(seed),
+                output_type="np",
+            ).images[0]
+        seconds = time.perf_counter() - start
+        img = (img * 255).round().astype("uint8")
+        views = panorama_views(size // 8, size // 8)  # get_views' defaults: window 64, stride 8 (latent px)
+        bx, by = borders(views, 8, size, size)
+        row["panorama"] = {
+            "seconds": round(seconds, 2),
+            "seam": round(metrics.seam_score(img, bx, by), 4),
+            "views_per_step": len(views),
+        }
+        _save(b, f"{name}-panorama", img)
+        b.tick(f"tiling {name} panorama")
+        row["speedup"] = round(row["panorama"]["seconds"] / row["hmedit"]["seconds"], 2)
+        scenes[name] = row
+    seams = [r["hmedit"]["seam"] for r in scenes.values()]
+    speedups = [r["speedup"] for r in scenes.values()]
+    no_worse = all(r["hmedit"]["seam"] <= max(r["panorama"]["seam"], SEAM_TARGET) for r in scenes.values())
+    return {
+        "size": [size, size],
+        "steps": steps,
+        "scheduler": "ddim",
+        "scenes": scenes,
+        "seam_max": max(seams),
+        "seam_target": SEAM_TARGET,
+        "speedup_min": min(speedups),
+        "speedup_target": SPEED_TARGET,
+        "pass": max(seams) <= SEAM_TARGET and min(speedups) >= SPEED_TARGET and no_worse,
+    }
+
+
+def _save(b, label: str, image) -> None:
+    if b.images is not None:
+        from hmedit.outputs.write import save_png
+
+        save_png(b.images / "tiling" / f"{label}.png", image)
+
+
+def memory_scene(size: int, steps: int) -> dict:
+    """A 3-region scene at ``size`` px, generated from noise, tiled at the defaults."""
+    return {
+        "name": f"memory-{size}",
+        "size": [size, size],
+        "steps": steps,
+        "guidance": 5.0,
+        "seed": 0,
+        "root": {
+            "prompt": "a yellow background",
+            "children": [
+                {"id": "square", "prompt": "a blue square", "mask": {"rect": [0.1, 0.1, 0.4, 0.4]}},
+                {"id": "circle", "prompt": "a red circle", "mask": {"ellipse": [0.55, 0.5, 0.35, 0.35]}},
+                {"id": "star", "prompt": "a green star", "mask": {"rect": [0.1, 0.6, 0.3, 0.3]}},
+            ],
+        },
+    }
+
+
+def suite_memory(b) -> dict:
+    import yaml
+
+    cfg, model = b.config, b.model
+    with tempfile.TemporaryDirectory(prefix="hmedit-memory-") as tmp:
+        scene = Path(tmp) / "memory.yaml"
+        scene.write_text(yaml.safe_dump(memory_scene(cfg.memory_size, cfg.memory_steps)), encoding="utf-8")
+        cmd = [sys.executable, "-m", "hmedit.bench_tiled", str(scene), str(Path(tmp) / "out"), model.ref.name]
+        dtype = DTYPE_FLAG[str(model.dtype).replace("torch.", "")]
+        cmd += ["--device", str(model.device), "--dtype", dtype]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise HmeditError(f"the {cfg.memory_size} px memory render failed: {proc.stderr.strip()[-500:]}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+    b.tick("memory")
+    gib = child["max_rss_kib"] / 2**20
+    return {
+        "size": [cfg.memory_size, cfg.memory_size],
+        "steps": cfg.memory_steps,
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(gib, 3),
+        "target_gib": MEMORY_TARGET_GIB,
+        "timings": child["timings"],
+        "pass": gib <= MEMORY_TARGET_GIB,
+    }
+
+
+def _memory_child(argv: list[str]) -> None:
+    """Render one scene as ``hmedit render`` does and print {"max_rss_kib", "timings"} as the last line."""
+    import resource
+
+    from hmedit.batch import Batch, Options
+
+    scene, out, model = argv[:3]
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "auto"
+    dtype = argv[argv.index("--dtype") + 1] if "--dtype" in argv else "auto"
+    (result,) = Batch(Options(out=Path(out), model=model, device=device, dtype=dtype)).run([Path(scene)])
+    if result.error:
+        sys.exit(f"memory render: {result.error}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"max_rss_kib": rss, "timings": (result.record or {}).get("timings")}, default=str))
+
+
+if __name__ == "__main__":
+    _memory_child(sys.argv[1:])
