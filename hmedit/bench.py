@@ -96,8 +96,9 @@ class Config:
     learn_steps: int | None = None  # inversion: None = the default learn settings
     learn_batch: int | None = None
     tiling_size: int = 1024  # tiling: example scenes rendered at this size
-    tiling_steps: int = 10  # both contenders; Panorama needs ~1.3 s per view per step here on one CPU core
-    tiling_scenes: tuple[str, ...] = ("hires_garden", "nested_rings")
+    tiling_steps: int = 6  # both contenders; Panorama needs ~1.3 s per view per step here on one CPU core
+    tiling_scenes: tuple[str, ...] | None = None  # hmedit: None = every example scene in scenes/
+    panorama_scenes: tuple[str, ...] = ("hires_garden", "nested_rings")  # also plain tiles and Panorama
     memory_size: int = 4096
     memory_steps: int = 2  # memory does not grow with steps
     quick: bool = False
@@ -117,7 +118,8 @@ class Config:
             learn_batch=2,
             tiling_size=128,
             tiling_steps=2,
-            tiling_scenes=("nested_rings",),
+            tiling_scenes=("nested_rings", "hires_edit"),
+            panorama_scenes=("nested_rings",),
             memory_size=256,
             memory_steps=1,
             quick=True,
@@ -382,7 +384,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
-        "tiling": 3 * len(cfg.tiling_scenes),
+        "tiling": len(_tiled().tiling_scene_names(cfg)) + 2 * len(cfg.panorama_scenes),
         "memory": 1,
     }[suite]
 

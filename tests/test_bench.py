@@ -293,7 +293,11 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     assert inv["cached_s_max"] < inv["learn_s_max"]
 
     tiling = doc["suites"]["tiling"]
-    assert tiling["size"] == [128, 128] and set(tiling["scenes"]) == {"nested_rings"}
+    assert tiling["size"] == [128, 128] and set(tiling["scenes"]) == {"nested_rings", "hires_edit"}
+    assert (
+        "panorama" not in tiling["scenes"]["hires_edit"]
+        and tiling["scenes"]["hires_edit"]["hmedit"]["seam"] > 0
+    )
     row = tiling["scenes"]["nested_rings"]
     assert row["hmedit"]["tiling"]["offsets"] and not row["hmedit_plain"]["tiling"]["offsets"]
     assert row["hmedit"]["windows_per_step"] > 1 and row["panorama"]["views_per_step"] >= 1
@@ -308,7 +312,7 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     )
 
     images = out / "images"
-    assert len(list((images / "tiling").glob("*.png"))) == 3
+    assert len(list((images / "tiling").glob("*.png"))) == 4
     assert len(list((images / "control").glob("*.png"))) == 4
     assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
     assert len(list((images / "locality").glob("*.png"))) == 4
