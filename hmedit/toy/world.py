@@ -239,7 +239,10 @@ def sample(seed: int, size: int = SIZE) -> WorldImage:
         used.append(colour)
         shape = str(rng.choice(SHAPES))
         texture = "solid" if rng.random() < 0.6 else str(rng.choice(TEXTURES[1:]))
-        r = float(rng.uniform(0.13, 0.26 if n_obj > 2 else 0.3)) * size
+        # a lone object is drawn large, so that "a blue star" alone fills a fair part of the frame (a star or
+        # triangle of radius 0.13 covers only 2% of it); crowded scenes keep smaller objects
+        lo, hi = (0.2, 0.36) if n_obj == 1 else (0.13, 0.26 if n_obj > 2 else 0.3)
+        r = float(rng.uniform(lo, hi)) * size
         cx, cy = (float(rng.uniform(r * 0.9, size - r * 0.9)) for _ in range(2))
         objs.append((shape, colour, texture, cx, cy, r))
     image, masks = render(background, bg_texture, objs, outlined, size)
