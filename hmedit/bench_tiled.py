@@ -87,6 +87,7 @@ def suite_tiling(b) -> dict:
             row[label] = {
                 "seconds": round(seconds, 2),
                 "seam": round(metrics.seam_score(result.image, bx, by), 4),
+                "seam_phase": round(metrics.seam_score(result.image, bx, by, period=f), 4),
                 "tiling": None if ts is None else asdict(ts),
                 "windows_per_step": len(grid),
             }
@@ -106,6 +107,7 @@ def suite_tiling(b) -> dict:
         "scheduler": "ddim",
         "scenes": scenes,
         "seam_max": max(seams),
+        "seam_phase_max": max(r["hmedit"]["seam_phase"] for r in scenes.values()),
         "seam_target": SEAM_TARGET,
         "speedup_min": min(speedups) if speedups else None,
         "speedup_target": SPEED_TARGET,
@@ -146,6 +148,7 @@ def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str) -> dict:
     return {
         "seconds": round(seconds, 2),
         "seam": round(metrics.seam_score(img, bx, by), 4),
+        "seam_phase": round(metrics.seam_score(img, bx, by, period=8), 4),
         "views_per_step": len(views),
     }
 

@@ -120,8 +120,18 @@ def _near(borders: Sequence[int], n_diffs: int, width: int) -> np.ndarray:
     return near
 
 
+def _same_phase(near: np.ndarray, period: int) -> np.ndarray:
+    """Differences whose index modulo ``period`` is that of some difference in ``near``."""
+    idx = np.arange(near.size)
+    return np.isin(idx % period, np.unique(idx[near] % period))
+
+
 def seam_score(
-    image: np.ndarray, tile_borders_x: Sequence[int], tile_borders_y: Sequence[int], width: int = 2
+    image: np.ndarray,
+    tile_borders_x: Sequence[int],
+    tile_borders_y: Sequence[int],
+    width: int = 2,
+    period: int | None = None,
 ) -> float:
     """Mean absolute image gradient across tile borders over the mean gradient elsewhere (1: no visible seam).
 
@@ -130,6 +140,11 @@ def seam_score(
     the horizontal ones, across a horizontal border the vertical ones. "On a border" means within ``width``
     px of it; every other difference of the same direction is "elsewhere". A tiny epsilon keeps a flat
     image at 1.
+
+    ``period`` (the VAE scale factor, 8 on SD): "elsewhere" keeps only differences at the same offsets modulo
+    ``period`` as the on-border ones. Tile borders always fall on latent-pixel boundaries, and a decoder draws
+    fine textures in step with its latent grid, so the plain ratio also measures that grid, not seams; with
+    ``period`` the comparison is phase for phase.
     """
     img = np.asarray(image, np.float64)
     if img.ndim == 2:
@@ -139,10 +154,17 @@ def seam_score(
     h, w = img.shape[:2]
     gx = np.abs(np.diff(img, axis=1)).mean(-1)  # [H, W-1]
     gy = np.abs(np.diff(img, axis=0)).mean(-1)  # [H-1, W]
-    on_x = np.broadcast_to(_near(tile_borders_x, w - 1, width)[None, :], gx.shape)
-    on_y = np.broadcast_to(_near(tile_borders_y, h - 1, width)[:, None], gy.shape)
+    near_x, near_y = _near(tile_borders_x, w - 1, width), _near(tile_borders_y, h - 1, width)
+    far_x, far_y = ~near_x, ~near_y
+    if period:
+        far_x &= _same_phase(near_x, period)
+        far_y &= _same_phase(near_y, period)
+    on_x = np.broadcast_to(near_x[None, :], gx.shape)
+    on_y = np.broadcast_to(near_y[:, None], gy.shape)
+    off_x = np.broadcast_to(far_x[None, :], gx.shape)
+    off_y = np.broadcast_to(far_y[:, None], gy.shape)
     on = np.concatenate([gx[on_x], gy[on_y]])
-    off = np.concatenate([gx[~on_x], gy[~on_y]])
+    off = np.concatenate([gx[off_x], gy[off_y]])
     if on.size == 0:
         return 1.0
     eps = 1e-6

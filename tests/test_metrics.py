@@ -96,6 +96,18 @@ def test_seam_score_flags_a_step_at_a_tile_border():
     assert metrics.seam_score(flat, [], []) == 1.0
 
 
+def test_seam_score_by_phase_ignores_a_texture_in_step_with_the_latent_grid():
+    rng = np.random.default_rng(1)
+    img = rng.integers(100, 110, (64, 64, 3)).astype(np.int16)
+    img[:, ::8] += 30  # a decoder's 8 px lattice: strong edges at every multiple of 8, borders or not
+    img = img.clip(0, 255).astype(np.uint8)
+    assert metrics.seam_score(img, [32], [32]) > 1.5  # the plain ratio sees the lattice at the border
+    assert metrics.seam_score(img, [32], [32], period=8) == pytest.approx(1.0, abs=0.2)
+    seamed = img.copy()
+    seamed[:, 32:] = (seamed[:, 32:].astype(int) + 40).clip(0, 255)
+    assert metrics.seam_score(seamed, [32], [], period=8) > 1.5  # a real step still shows
+
+
 def test_mean_colour_error_is_the_distance_of_the_region_mean_in_0_255():
     image = np.zeros((4, 4, 3), np.uint8)
     image[:2] = (30, 140, 140)

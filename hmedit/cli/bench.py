@@ -211,14 +211,17 @@ def _tiling_table(f: dict):
 
     t = Table(
         title=f"tiling: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps; seam score (1 = no seam, target "
-        f"<= {f['seam_target']}) and seconds; speed-up over Panorama (target >= {f['speedup_target']:g}x)",
+        f"<= {f['seam_target']}; phase-matched in brackets) and seconds; speed-up over Panorama (target >= "
+        f"{f['speedup_target']:g}x)",
         title_justify="left",
     )
     for col in ("scene", "hmedit", "hmedit, plain tiles", "Panorama", "speed-up"):
         t.add_column(col, justify="left" if col == "scene" else "right")
     for scene, r in f["scenes"].items():
         cells = [
-            f"{r[k]['seam']:.3f} / {r[k]['seconds']:.0f} s" if k in r else ""
+            f"{r[k]['seam']:.3f} ({r[k].get('seam_phase', float('nan')):.3f}) / {r[k]['seconds']:.0f} s"
+            if k in r
+            else ""
             for k in ("hmedit", "hmedit_plain", "panorama")
         ]
         t.add_row(scene, *cells, f"{r['speedup']:.1f}x" if "speedup" in r else "")
