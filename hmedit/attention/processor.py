@@ -1,4 +1,5 @@
-"""The one attention processor: diffusers' SDPA processor plus a regional bias on cross-attention.
+"""The one attention processor: diffusers' SDPA processor plus a regional bias on cross-attention (where the
+softmax is computed from the scores the bias needs anyway).
 
 Collage Diffusion §4.2: softmax((QKᵀ + w_pos·A_pos − w_neg·A_neg) / √d) V with w = v · y(σ),
 y(σ) = log(1 + log(1 + σ)) · max(QKᵀ). For an image token x at a UNet level and a token of node k:
@@ -22,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import Tensor
 
@@ -140,11 +140,11 @@ class RegionAttnProcessor(AttnProcessor2_0):
         valid = region.valid.repeat_interleave(windows, dim=0)  # [B, T]
         smax = scores.amax(dim=(1, 2)).masked_fill(~valid, float("-inf")).amax(dim=-1)  # max over valid QKᵀ
         bias = region.bias(n, windows, smax, scale, scores.dtype)
-        if region.record is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            probs = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)
-            out = probs @ v
+        # the scores are at hand (y(σ) needs their max), so the softmax is finished here rather than handing
+        # q, k, v to scaled_dot_product_attention, which would compute QKᵀ a second time
+        probs = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)
+        out = probs @ v
+        if region.record is not None:
             self._record(region, probs[batch - windows :], n)
         out = out.transpose(1, 2).reshape(batch, -1, heads * d).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
