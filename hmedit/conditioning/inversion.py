@@ -38,10 +38,10 @@ Progress = Callable[[int, int, float], None]
 
 @dataclass(frozen=True)
 class LearnSettings:
-    """How one token is learned. Defaults fit the bundled 128 px toy model on this CPU (under 3 minutes: ~0.5
-    s per batch-16 step with backward); a large model on a GPU wants more steps and a lower lr."""
+    """How one token is learned. Defaults fit the bundled 128 px toy model on 2 CPU cores (~1-2 minutes:
+    ~0.8 s per batch-16 step with backward); a large model on a GPU wants more steps and a lower lr."""
 
-    steps: int = 200
+    steps: int = 120
     lr: float = 1e-2
     batch: int = 16
     init: str | None = None  # word whose embedding starts the row; None: the mean of the vocabulary

@@ -369,7 +369,7 @@ _RANGE_HINTS = {
     "depth_gamma": "a weight falloff per tree level, e.g. 0.8",
 }
 _LEARN_HINTS = {
-    "steps": "the default is 200",
+    "steps": "the default is 120",
     "lr": "the default is 0.01",
     "batch": "the default is 16",
 }

@@ -320,7 +320,7 @@ class LearnSpec(_Spec):
     # The defaults are hmedit.conditioning.inversion.LearnSettings' (a test keeps them equal); this module
     # does not import torch.
 
-    steps: Int = Field(200, ge=1, le=100_000, description="Optimisation steps (default 200).")
+    steps: Int = Field(120, ge=1, le=100_000, description="Optimisation steps (default 120).")
     lr: Number = Field(
         1e-2, gt=0, le=10, description="Learning rate of the token's embedding (default 0.01)."
     )

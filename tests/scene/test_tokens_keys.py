@@ -55,7 +55,7 @@ def errors(path) -> dict[str, str]:
 def test_learn_and_embedding_load_typed(write_scene, assets):
     scene = load_scene(write_scene(LAYERED.format(learn="true")))
     sq, box, plain, loaded = scene.root.children
-    assert sq.learn == LearnSpec() and (sq.learn.steps, sq.learn.lr, sq.learn.batch) == (200, 0.01, 16)
+    assert sq.learn == LearnSpec() and (sq.learn.steps, sq.learn.lr, sq.learn.batch) == (120, 0.01, 16)
     assert sq.learn.init is None
     assert box.learn == LearnSpec(steps=200, lr=0.005, init="square", batch=4)
     assert plain.learn is None and scene.root.learn is None and sq.embedding is None
@@ -63,7 +63,7 @@ def test_learn_and_embedding_load_typed(write_scene, assets):
         loaded.embedding.path == assets / "tokens" / "style.pt" and loaded.embedding.raw == "tokens/style.pt"
     )
     spec = scene.model_dump(mode="json")["root"]["children"]
-    assert spec[0]["learn"]["steps"] == 200 and spec[3]["embedding"] == "tokens/style.pt"
+    assert spec[0]["learn"]["steps"] == 120 and spec[3]["embedding"] == "tokens/style.pt"
 
 
 def test_embedding_files_are_assets(write_scene, assets):
@@ -77,7 +77,7 @@ def test_learn_values_are_checked_with_hints(write_scene, assets):
     path = write_scene(LAYERED.format(learn="{steps: 0, lr: -1, init: '', batchh: 3}"))
     found = errors(path)
     assert found["root.children[0].learn.steps"].endswith(
-        "root.children[0].learn.steps: steps must be >= 1 (got 0) (the default is 200)"
+        "root.children[0].learn.steps: steps must be >= 1 (got 0) (the default is 120)"
     )
     assert "lr must be > 0 (got -1) (the default is 0.01)" in found["root.children[0].learn.lr"]
     assert "must not be empty" in found["root.children[0].learn.init"]
