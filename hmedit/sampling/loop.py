@@ -160,7 +160,7 @@ class Denoiser:
         xs = self.scheduler.scale_model_input(x, t)
         if self.tiler is None:
             return self._predict(xs, t, self.region_call(i))
-        wins, weights, _ = self.tiler.step_windows()
+        wins, weights = self.tiler.step_windows()
         # windows held at the source for the whole step (per-node noise levels) need no prediction: after_step
         # overwrites them; the normaliser counts the windows that ran
         held = self.held_after(i) if self.skip_held else None

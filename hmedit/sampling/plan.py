@@ -120,12 +120,11 @@ def build_plan(
     noise = torch.tensor([float(f.noise) for f in flat]) * noise_scale
     canvas = build_canvas(scene, flat, width, height)
     noise_map = keep_alpha = None
-    if refine is not None:
+    if canvas is not None or refine is not None:
         noise_map, keep_alpha = noise_levels(effective, noise, latent)
+    if refine is not None:
         keep = keep_alpha[None, None]
         canvas = refine if canvas is None else keep * refine + (1 - keep) * canvas
-    elif canvas is not None:
-        noise_map, keep_alpha = noise_levels(effective, noise, latent)
     return Plan(
         scene,
         width,

@@ -38,7 +38,6 @@ class TileSettings:
     fade: bool = True
     coarse: bool = False
     refine: float = 0.6
-    panorama: bool = False  # diffusers' Panorama views (for parity checks): fixed grid, gaps allowed
 
     @property
     def stride(self) -> int:
@@ -82,33 +81,25 @@ class Tiler:
         self.h, self.w = plan.latent
         self.scale = plan.height // self.h  # image px per latent px
         self.generator = generator
-        self._weights: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._weights: dict[tuple, Tensor] = {}
         self._masks: dict[Window, dict[int, Tensor]] = {}
         self.th, self.tw = min(ts.tile, self.h), min(ts.tile, self.w)
         self.sizes = level_sizes((self.th, self.tw), plan.factors)  # factor -> (h_l, w_l) of a window
         self.n_of = {f: hh * ww for f, (hh, ww) in self.sizes.items()}  # factor -> query length
         self.gate = {self.n_of[f]: plan.level_gate[_global_n(plan, f)] for f in plan.factors}
 
-    def step_windows(self) -> tuple[list[Window], Tensor, Tensor]:
-        """This step's windows, their weights [W, th, tw] and the normaliser [h, w]."""
+    def step_windows(self) -> tuple[list[Window], Tensor]:
+        """This step's windows and their fusion weights [W, th, tw]. The caller normalises by the weights of
+        the windows it actually runs (held windows are skipped)."""
         ts = self.ts
-        if ts.panorama:
-            from hmedit.sampling.tiling import panorama_views
-
-            wins = panorama_views(self.h, self.w, ts.tile, ts.stride)
-            wins = [Window(a.y0, min(a.y1, self.h), a.x0, min(a.x1, self.w)) for a in wins]
-        else:
-            off = (0, 0)
-            if ts.offsets and self.generator is not None:
-                off = random_offset(self.generator, ts.tile, ts.overlap)
-            wins = windows(self.h, self.w, ts.tile, ts.overlap, off)
+        off = (0, 0)
+        if ts.offsets and self.generator is not None:
+            off = random_offset(self.generator, ts.tile, ts.overlap)
+        wins = windows(self.h, self.w, ts.tile, ts.overlap, off)
         key = tuple(wins)
         if key not in self._weights:
-            self._weights[key] = fusion_weights(
-                self.h, self.w, wins, ts.weighting, fade=ts.fade and not ts.panorama, allow_gaps=ts.panorama
-            )
-        weights, norm = self._weights[key]
-        return wins, weights, norm
+            self._weights[key] = fusion_weights(self.h, self.w, wins, ts.weighting, fade=ts.fade)[0]
+        return wins, self._weights[key]
 
     def masks(self, batch: list[Window]) -> dict[int, Tensor]:
         """Per-level effective masks of a batch of windows: query length -> [Wb, K, N]."""

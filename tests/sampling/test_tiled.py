@@ -141,7 +141,7 @@ def test_window_masks_are_the_untiled_masks_cropped(tiny_model):
         crop = full[:, 16 // f : 48 // f, 32 // f : 64 // f].reshape(full.shape[0], -1)
         assert torch.allclose(m_win[0], crop), f
     # the small node lies in one window, the wide one spans several: both are seen where they are
-    wins, _, _ = tiler.step_windows()
+    wins, _ = tiler.step_windows()
     small = [tiler.masks([v])[32 * 32][0, 1].max() for v in wins]
     wide = [tiler.masks([v])[32 * 32][0, 2].max() for v in wins]
     assert sum(x > 0.5 for x in small) >= 1 and sum(x > 0.5 for x in wide) >= 3
