@@ -303,6 +303,7 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     assert row["hmedit"]["windows_per_step"] > 1 and row["panorama"]["views_per_step"] >= 1
     assert row["speedup"] == pytest.approx(row["panorama"]["seconds"] / row["hmedit"]["seconds"], rel=0.01)
     assert all(row[k]["seam"] > 0 for k in ("hmedit", "hmedit_plain", "panorama"))
+    assert tiling["world_reference"] is None  # only the bundled model has a world to compare with
 
     memory = doc["suites"]["memory"]
     assert (
@@ -338,3 +339,12 @@ def test_tile_borders_are_window_edges_inside_the_image():
     wins = windows(32, 40, 16, 4)  # latent px; starts 0, 12, 16 (y) and 0, 12, 24 (x)
     bx, by = borders(wins, 8, 32 * 8, 40 * 8)
     assert by == [96, 128, 224] and bx == [96, 128, 192, 224]
+
+
+def test_the_toy_world_scores_above_one_on_latent_grid_lines_without_any_tiling():
+    """The reference beside the tiling suite's seam scores: the world's textures sit on an 8 px lattice."""
+    from hmedit.bench_tiled import world_reference
+
+    ref = world_reference(12)
+    assert ref["grid_lines_px"] == [32, 64, 96] and ref["images"] == 12
+    assert ref["seam_on_latent_grid"] > 1.2 and ref["seam_on_latent_grid"] > ref["seam_off_grid"] + 0.15

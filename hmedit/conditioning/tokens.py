@@ -11,9 +11,10 @@ This is what ``hmedit learn`` and ``hmedit render`` call (:func:`install_tokens`
    the native size. So learning costs the same however large (or tiled) the render is; a layer smaller than
    the native size keeps its scale (a scene at the native size learns on the whole composite, as in the
    paper), and a larger one is scaled down to fit.
-3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings; a
-   cached embedding is installed without training, otherwise the token is learned (Collage Diffusion eq. 1,
-   only its row trained) and cached in diffusers' format.
+3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings
+   (the guidance and negative prompt among them); a cached embedding is installed without training,
+   otherwise the token is learned (Collage Diffusion eq. 1, only its row trained, under the scene's
+   classifier-free guidance: see :mod:`hmedit.conditioning.inversion`) and cached in diffusers' format.
 
 Token names are ``<hm-<node id>-<8 hex digits of the key or file hash>>``: unique per node and embedding, so
 tokens of several scenes live side by side in one loaded model, and prompts without them encode exactly as
@@ -126,9 +127,21 @@ def needs_tokens(scene: Scene) -> bool:
     return any(n.learn is not None or n.embedding is not None for n in scene.root.walk())
 
 
-def learn_settings(spec: LearnSpec) -> inv.LearnSettings:
-    """A node's ``learn:`` keys as the settings of :func:`hmedit.conditioning.inversion.learn_token`."""
-    return inv.LearnSettings(steps=spec.steps, lr=float(spec.lr), batch=spec.batch, init=spec.init)
+def learn_settings(spec: LearnSpec, guidance: float = 1.0, negative: str = "") -> inv.LearnSettings:
+    """A node's ``learn:`` keys as the settings of :func:`hmedit.conditioning.inversion.learn_token`.
+
+    ``guidance`` and ``negative``: the scene's guidance and the node's negative prompt, what the token is
+    rendered with; ``learn.guidance`` overrides the first. A guidance of 1 or less (no classifier-free
+    guidance at render time) learns by eq. 1 as written."""
+    g = float(spec.guidance if spec.guidance is not None else guidance)
+    return inv.LearnSettings(
+        steps=spec.steps,
+        lr=float(spec.lr),
+        batch=spec.batch,
+        init=spec.init,
+        guidance=max(g, 1.0),
+        negative=negative if g > 1.0 else "",
+    )
 
 
 def with_prompts(scene: Scene, prompts: dict[str, str]) -> Scene:
@@ -250,7 +263,7 @@ def _learn(
     node = flat.node
     assert node.learn is not None
     where = scene.where(f"{flat.path}.learn")
-    settings = learn_settings(node.learn)
+    settings = learn_settings(node.learn, scene.guidance, node.negative)
     image, alpha, crop = learn_source(scene, flat, native, multiple)
     key = inv.cache_key(model.hash, image, alpha, f"{PLACEHOLDER} {node.prompt}", asdict(settings))
     token = _token_name(node.id, key)

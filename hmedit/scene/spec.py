@@ -331,6 +331,13 @@ class LearnSpec(_Spec):
         "the vocabulary.",
     )
     batch: Int = Field(16, ge=1, le=1024, description="Noise samples per step (default 16).")
+    guidance: Number | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Classifier-free guidance the token is learned under: it fits the guided prediction, "
+        "as it will be rendered. Default: the scene's guidance; 1 learns as Collage Diffusion eq. 1.",
+    )
 
 
 def _learn(value: Any) -> Any:

@@ -274,12 +274,12 @@ def train_decoder(a) -> None:
     with torch.no_grad():
         held_lat = vae.encode(held).latent_dist.mode()
     g = torch.Generator().manual_seed(a.seed * 31 + step)
-    c = a.vae_crop // 8
+    c = a.dec_crop // 8
     t0 = time.time()
     while step < a.dec_steps:
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, a.dec_steps, a.dec_lr, warmup=50)
-        idx = torch.randint(0, len(pool), (a.vae_batch,), generator=g)
+        idx = torch.randint(0, len(pool), (a.dec_batch,), generator=g)
         ox, oy = torch.randint(0, world.SIZE // 8 - c + 1, (2,), generator=g).tolist()
         z = lat[idx, :, oy : oy + c, ox : ox + c]
         x = pool[idx, :, oy * 8 : (oy + c) * 8, ox * 8 : (ox + c) * 8]
@@ -488,6 +488,10 @@ def parse_args(argv=None):
     p.add_argument("--vae-pool", type=int, default=4000)
     p.add_argument("--dec-steps", type=int, default=4000)
     p.add_argument("--dec-lr", type=float, default=3e-4)
+    p.add_argument("--dec-batch", type=int, default=24)
+    p.add_argument(
+        "--dec-crop", type=int, default=64, help="decoder crops in px (128: whole images, as GroupNorm sees them at use)"
+    )
     p.add_argument("--dataset", type=int, default=24000)
     p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--unet-batch", type=int, default=64)

@@ -76,7 +76,25 @@ def count_training(monkeypatch) -> list[int]:
 def test_learn_keys_default_to_the_learn_settings():
     assert T.learn_settings(LearnSpec()) == inv.LearnSettings()
     spec = LearnSpec(steps=7, lr=0.5, init="square", batch=3)
-    assert asdict(T.learn_settings(spec)) == {"steps": 7, "lr": 0.5, "batch": 3, "init": "square", "seed": 0}
+    assert asdict(T.learn_settings(spec)) == {
+        "steps": 7,
+        "lr": 0.5,
+        "batch": 3,
+        "init": "square",
+        "seed": 0,
+        "guidance": 1.0,
+        "negative": "",
+    }
+
+
+def test_tokens_learn_under_the_scene_guidance_unless_the_learn_key_says():
+    got = T.learn_settings(LearnSpec(), guidance=7.5, negative="a red square")
+    assert (got.guidance, got.negative) == (7.5, "a red square")
+    got = T.learn_settings(LearnSpec(guidance=3), guidance=7.5, negative="blur")
+    assert (got.guidance, got.negative) == (3.0, "blur")
+    for g in (1.0, 0.5, 0.0):  # no classifier-free guidance at render time: eq. 1 as written, no negative
+        got = T.learn_settings(LearnSpec(), guidance=g, negative="blur")
+        assert (got.guidance, got.negative) == (1.0, "")
 
 
 def test_the_node_learns_from_its_crop_of_the_composite_at_native_size(tmp_path):
