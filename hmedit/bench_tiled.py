@@ -127,7 +127,9 @@ def suite_tiling(b) -> dict:
             row["speedup"] = round(row["panorama"]["seconds"] / row["hmedit"]["seconds"], 2)
         scenes[name] = row
     seams = [r["hmedit"]["seam"] for r in scenes.values()]
-    reference = world_reference(8 if cfg.quick else WORLD_REFERENCE_IMAGES) if model.ref.source == "bundled" else None
+    reference = (
+        world_reference(8 if cfg.quick else WORLD_REFERENCE_IMAGES) if model.ref.source == "bundled" else None
+    )
     compared = [r for r in scenes.values() if "panorama" in r]
     speedups = [r["speedup"] for r in compared]
     no_worse = all(r["hmedit"]["seam"] <= max(r["panorama"]["seam"], SEAM_TARGET) for r in compared)

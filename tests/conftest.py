@@ -37,6 +37,61 @@ def write_png(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+LEARN_SCENE = """
+size: [64, 64]
+steps: 2
+init_image: bg.png
+root:
+  prompt: a white background
+  noise: 0
+  children:
+    - id: sq
+      prompt: a square
+      layer: sq.png
+      at: [0.25, 0.25]
+      noise: 0.8
+      learn: LEARN
+"""
+TEAL = (30, 140, 140)
+
+
+@pytest.fixture
+def learn_scene(write_scene, write_png) -> Callable[..., Path]:
+    """A 64x64 edit of a white init image (bg.png) whose node ``sq``, a teal square layer (sq.png) at
+    (16, 16) re-made at noise 0.8, learns a token:
+    ``learn_scene(learn="{steps: 2}", edit=lambda text: text.replace(...), layer_size=(32, 32))``."""
+
+    def make(
+        learn: str = "{steps: 3, batch: 2, lr: 0.05, init: square}",
+        edit: Callable[[str], str] | None = None,
+        layer_size: tuple[int, int] = (32, 32),
+        colour: tuple[int, int, int] = TEAL,
+        bg_size: tuple[int, int] = (64, 64),
+        name: str = "scene.yaml",
+    ) -> Path:
+        write_png("bg.png", "RGB", bg_size, (245, 245, 245))
+        write_png("sq.png", "RGBA", layer_size, (*colour, 255))
+        text = LEARN_SCENE.replace("LEARN", learn)
+        return write_scene(edit(text) if edit else text, name)
+
+    return make
+
+
+@pytest.fixture
+def trainings(monkeypatch) -> list[int]:
+    """Counts calls of inversion.learn_embedding (the training), which still runs."""
+    import hmedit.conditioning.inversion as inv
+
+    real, calls = inv.learn_embedding, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inv, "learn_embedding", counted)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Callable[[str], Path]:
     """A tiny random SD1-like or SD2-like diffusers folder, built once per session:

@@ -4,15 +4,15 @@ embedding row is learned so that "<hm-sushi> sushi" reproduces the layer's look 
     a_i* = argmin_a E_eps || alpha_i · (x_target_i - D(x_target_i + eps, sigma, (a, c_i))) ||²      (eq. 1)
 
 x_target_i is the composite of layers 1..i and alpha_i the layer's alpha: the UNet sees the whole composite
-(its context), but only the layer's pixels count in the loss.
+(its context), but only the layer's pixels count in the loss. Every model weight stays frozen; only a
+separate leaf tensor for the new row is optimised and spliced into the token lookup by a forward hook, so no
+other row (nor any UNet/VAE weight) can change.
 
 Guidance-aware (``guidance`` g > 1, hmedit's default for scenes): D is the prediction the token will be
 rendered with, the classifier-free guided one u + g·(c - u), where c is the prediction with the prompt (grad
 flows through it) and u the one with the negative prompt (no grad). Eq. 1 as written fits c alone; guidance
 then multiplies the token's pull by g at render time and overshoots (on the bundled model a teal layer comes
-out nearly black: error 58 vs 30 with g = 7.5, see the README). g = 1 is eq. 1 exactly. Every model weight stays frozen; only a
-separate leaf tensor for the new row is optimised and spliced into the token lookup by a forward hook, so no
-other row (nor any UNet/VAE weight) can change.
+out nearly black: error 58 vs 30 with g = 7.5, see the README). g = 1 is eq. 1 exactly.
 
 Learned embeddings are cached by a hash of everything they depend on, in diffusers' ``learned_embeds``
 format, so they load in plain diffusers (``pipe.load_textual_inversion``). Existing embeddings load from the

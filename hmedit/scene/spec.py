@@ -349,7 +349,7 @@ def _learn(value: Any) -> Any:
         return value
     raise _error(
         "learn_type",
-        f"learn is true, false or a mapping of steps, lr, init, batch (got {value!r})",
+        f"learn is true, false or a mapping of steps, lr, init, batch, guidance (got {value!r})",
         hint="e.g. learn: true, or learn: {steps: 200, init: square}",
     )
 

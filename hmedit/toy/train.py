@@ -453,6 +453,8 @@ def export(a, out: Path, use_ema: bool = True) -> Path:
                 "unet_steps": st["step"],
                 "vae_steps": a.vae_steps,
                 "decoder_steps": a.dec_steps,
+                "decoder_batch": a.dec_batch,
+                "decoder_crop": a.dec_crop,
                 "dataset": a.dataset,
                 "seed": a.seed,
                 "unet_batch": a.unet_batch,
@@ -490,7 +492,10 @@ def parse_args(argv=None):
     p.add_argument("--dec-lr", type=float, default=3e-4)
     p.add_argument("--dec-batch", type=int, default=24)
     p.add_argument(
-        "--dec-crop", type=int, default=64, help="decoder crops in px (128: whole images, as GroupNorm sees them at use)"
+        "--dec-crop",
+        type=int,
+        default=64,
+        help="decoder crops in px (128: whole images, as GroupNorm sees them at use)",
     )
     p.add_argument("--dataset", type=int, default=24000)
     p.add_argument("--unet-steps", type=int, default=4000)

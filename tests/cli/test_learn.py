@@ -15,22 +15,6 @@ from hmedit.cli.app import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCENE = """
-size: [64, 64]
-steps: 2
-init_image: bg.png
-root:
-  prompt: a white background
-  noise: 0
-  children:
-    - id: sq
-      prompt: a square
-      layer: sq.png
-      at: [0.25, 0.25]
-      noise: 0.8
-      learn: {steps: 2, batch: 2}
-"""
-
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
@@ -49,23 +33,12 @@ def write(folder, name, text):
     return path
 
 
-@pytest.fixture
-def scene(tmp_path):
-    Image.new("RGB", (64, 64), (245, 245, 245)).save(tmp_path / "bg.png")
-    Image.new("RGBA", (32, 32), (30, 140, 140, 255)).save(tmp_path / "sq.png")
-    return write(tmp_path, "teal.yaml", SCENE)
+LEARN = "{steps: 2, batch: 2}"
 
 
 @pytest.fixture
-def trainings(monkeypatch) -> list[int]:
-    real, calls = inv.learn_embedding, []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inv, "learn_embedding", counted)
-    return calls
+def scene(learn_scene):
+    return learn_scene(LEARN, name="teal.yaml")
 
 
 def test_learn_caches_and_exports(scene, tiny, tmp_path, trainings, capsys):
@@ -186,11 +159,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path, scene, tiny, capsys):
         assert "file not found: no.pt" in by_file["missing"]
 
 
-def test_a_tiled_render_learns_at_native_size(tmp_path, tiny, trainings):
+def test_a_tiled_render_learns_at_native_size(tmp_path, tiny, trainings, learn_scene):
     """A render above the model's native size is tiled; the token is still learned on a native-size crop."""
-    Image.new("RGB", (192, 192), (245, 245, 245)).save(tmp_path / "bg.png")
-    Image.new("RGBA", (40, 40), (128, 128, 0, 255)).save(tmp_path / "sq.png")
-    scene = write(tmp_path, "big.yaml", SCENE.replace("size: [64, 64]", "size: [192, 192]\ntiling: on"))
+    scene = learn_scene(
+        LEARN,
+        edit=lambda t: t.replace("size: [64, 64]", "size: [192, 192]\ntiling: on"),
+        layer_size=(40, 40),
+        colour=(128, 128, 0),
+        bg_size=(192, 192),
+        name="big.yaml",
+    )
     out_dir = tmp_path / "out"
     assert run("render", scene, "--model", tiny, "--out", out_dir, "--cache-dir", tmp_path / "c") == 0
     rec = json.loads((out_dir / "big" / "render.json").read_text())

@@ -78,7 +78,9 @@ def test_guided_learning_fits_the_guided_prediction(fresh):
     tid = inv.add_token(m.tokenizer, m.text_encoder, TOKEN, "red")
     image, alpha = composite()
     losses: list[float] = []
-    learn(m, tid, image, alpha, steps=1, batch=2, guidance=4.0, progress=lambda i, n, loss: losses.append(loss))
+    learn(
+        m, tid, image, alpha, steps=1, batch=2, guidance=4.0, progress=lambda i, n, loss: losses.append(loss)
+    )
     latents, weight = inv._encode_target(m, image, alpha)
     sched = DDPMScheduler.from_config(m.scheduler_config)
     gen = torch.Generator().manual_seed(inv.LearnSettings.seed)

@@ -20,24 +20,6 @@ from hmedit.scene import LearnSpec, load_scene
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TEAL = (30, 140, 140)
-
-LEARN = """
-size: [64, 64]
-steps: 2
-init_image: bg.png
-root:
-  prompt: a white background
-  noise: 0
-  children:
-    - id: sq
-      prompt: a square
-      layer: sq.png
-      at: [0.25, 0.25]
-      noise: 0.8
-      learn: {steps: 3, batch: 2, lr: 0.05, init: square}
-"""
-
 
 @pytest.fixture
 def fresh(tiny_model_dir, tmp_path, monkeypatch):
@@ -48,29 +30,12 @@ def fresh(tiny_model_dir, tmp_path, monkeypatch):
     return lambda family="sd1": load(str(tiny_model_dir(family)), device="cpu")
 
 
+TEAL = (30, 140, 140)  # the colour of conftest's learn_scene layer
+
+
 def solid(path, size, colour, mode="RGB"):
     Image.new(mode, size, colour).save(path)
     return path
-
-
-def scene_files(folder, text=LEARN, layer_size=(32, 32), colour=TEAL):
-    solid(folder / "bg.png", (64, 64), (245, 245, 245))
-    solid(folder / "sq.png", layer_size, (*colour, 255), "RGBA")
-    path = folder / "scene.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
-def count_training(monkeypatch) -> list[int]:
-    """Count calls of inversion.learn_embedding (the training), still running it."""
-    real, calls = inv.learn_embedding, []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inv, "learn_embedding", counted)
-    return calls
 
 
 def test_learn_keys_default_to_the_learn_settings():
@@ -97,8 +62,8 @@ def test_tokens_learn_under_the_scene_guidance_unless_the_learn_key_says():
         assert (got.guidance, got.negative) == (1.0, "")
 
 
-def test_the_node_learns_from_its_crop_of_the_composite_at_native_size(tmp_path):
-    path = scene_files(tmp_path)
+def test_the_node_learns_from_its_crop_of_the_composite_at_native_size(learn_scene):
+    path = learn_scene()
     scene = load_scene(path)
     flat = scene.flat()[1]
     image, alpha, crop = T.learn_source(scene, flat, native=16, multiple=4)
@@ -111,15 +76,13 @@ def test_the_node_learns_from_its_crop_of_the_composite_at_native_size(tmp_path)
     assert torch.allclose(rgb[0, 0], torch.tensor([245.0] * 3), atol=1)  # context: the init image
 
 
-def test_layers_after_the_node_are_not_in_its_composite_and_earlier_ones_are(tmp_path):
-    text = LEARN.replace(
-        "      learn: {steps: 3, batch: 2, lr: 0.05, init: square}\n",
-        "      learn: {steps: 3, batch: 2, lr: 0.05, init: square}\n"
-        "    - id: top\n      prompt: a red square\n      layer: red.png\n      at: [0.25, 0.25]\n"
-        "      learn: true\n",
+def test_layers_after_the_node_are_not_in_its_composite_and_earlier_ones_are(learn_scene, write_png):
+    top = (
+        "\n    - id: top\n      prompt: a red square\n      layer: red.png\n      at: [0.25, 0.25]"
+        "\n      learn: true"
     )
-    path = scene_files(tmp_path, text)
-    solid(tmp_path / "red.png", (16, 16), (220, 40, 40, 255), "RGBA")
+    path = learn_scene(edit=lambda text: text.rstrip("\n") + top + "\n")
+    write_png("red.png", "RGBA", (16, 16), (220, 40, 40, 255))
     scene = load_scene(path)
     sq, top = scene.flat()[1:]
     image, _, _ = T.learn_source(scene, sq, native=40, multiple=4)
@@ -131,8 +94,8 @@ def test_layers_after_the_node_are_not_in_its_composite_and_earlier_ones_are(tmp
     assert rgb[1, 1].round().tolist() == [245] * 3
 
 
-def test_a_small_layer_keeps_its_scale_up_to_the_native_size(tmp_path):
-    path = scene_files(tmp_path)
+def test_a_small_layer_keeps_its_scale_up_to_the_native_size(learn_scene):
+    path = learn_scene()
     scene = load_scene(path)
     image, alpha, crop = T.learn_source(scene, scene.flat()[1], native=48, multiple=4)
     assert crop == [8, 8, 48, 48] and image.shape == (1, 3, 48, 48)  # cropped, not resized
@@ -140,9 +103,13 @@ def test_a_small_layer_keeps_its_scale_up_to_the_native_size(tmp_path):
     assert crop == [0, 0, 64, 64] and image.shape == (1, 3, 128, 128)  # a frame below native: upscaled
 
 
-def test_a_wide_frame_gives_a_window_of_its_height_resized_to_multiples(tmp_path):
-    text = LEARN.replace("size: [64, 64]", "size: [128, 64]").replace("at: [0.25, 0.25]", "at: [0.125, 0]")
-    path = scene_files(tmp_path, text, layer_size=(96, 48))
+def test_a_wide_frame_gives_a_window_of_its_height_resized_to_multiples(learn_scene):
+    path = learn_scene(
+        edit=lambda t: t.replace("size: [64, 64]", "size: [128, 64]").replace(
+            "at: [0.25, 0.25]", "at: [0.125, 0]"
+        ),
+        layer_size=(96, 48),
+    )
     scene = load_scene(path)
     image, alpha, crop = T.learn_source(scene, scene.flat()[1], native=32, multiple=8)
     assert crop == [4, 0, 120, 64]  # 96 * 1.25 = 120 wide, clipped to the frame's 64 px height
@@ -151,17 +118,16 @@ def test_a_wide_frame_gives_a_window_of_its_height_resized_to_multiples(tmp_path
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_learn_then_cache_hit_then_export_to_plain_diffusers(
-    fresh, tiny_model_dir, family, tmp_path, monkeypatch
+    fresh, tiny_model_dir, family, tmp_path, learn_scene, trainings
 ):
     from diffusers import StableDiffusionPipeline
 
-    scene = load_scene(scene_files(tmp_path))
-    trained = count_training(monkeypatch)
+    scene = load_scene(learn_scene())
     steps: list[tuple] = []
     m = fresh(family)
     first = T.install_tokens(scene, m, cache_dir=tmp_path / "c", progress=lambda *a: steps.append(a))
     tok = first.tokens["sq"]
-    assert trained == [1] and tok.source == "learned" and tok.loss is not None and tok.seconds > 0
+    assert trainings == [1] and tok.source == "learned" and tok.loss is not None and tok.seconds > 0
     assert [(s[0], s[1], s[2]) for s in steps] == [("sq", i, 3) for i in range(4)] and steps[0][3] is None
     assert tok.text.startswith("<hm-sq-") and tok.text == f"<hm-sq-{tok.key[:8]}>"
     assert first.prompts == {"sq": f"{tok.text} a square"}
@@ -181,14 +147,14 @@ def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     # a second run, on a freshly loaded model, takes the token from the cache: no training
     m2 = fresh(family)
     again = T.install_tokens(scene, m2, cache_dir=tmp_path / "c", progress=lambda *a: steps.append(a))
-    assert trained == [1] and len(steps) == 4
+    assert trainings == [1] and len(steps) == 4
     assert again.tokens["sq"].source == "cached" and again.prompts == first.prompts
     assert torch.equal(again.tokens["sq"].vector, tok.vector)
     assert "seconds" not in again.describe()["sq"]
 
     # --force learns again, and a fixed seed gives the same embedding
     forced = T.install_tokens(scene, fresh(family), cache_dir=tmp_path / "c", force=True)
-    assert trained == [1, 1] and forced.tokens["sq"].source == "learned"
+    assert trainings == [1, 1] and forced.tokens["sq"].source == "learned"
     assert torch.equal(forced.tokens["sq"].vector, tok.vector)
 
     # the cached file is diffusers' format: plain diffusers loads it under any token
@@ -200,8 +166,8 @@ def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     assert torch.equal(row, tok.vector)
 
 
-def test_other_nodes_and_settings_change_the_key(fresh, tmp_path):
-    path = scene_files(tmp_path)
+def test_other_nodes_and_settings_change_the_key(fresh, tmp_path, learn_scene):
+    path = learn_scene()
     m = fresh()
     base = T.install_tokens(load_scene(path), m, cache_dir=tmp_path / "c").tokens["sq"]
     text = path.read_text()
@@ -255,7 +221,7 @@ def test_embedding_files_in_both_formats(fresh, tmp_path):
     assert not (tmp_path / "c").exists()  # files are not cached
 
 
-def test_bad_inputs_are_one_line_errors_at_the_field(fresh, tmp_path):
+def test_bad_inputs_are_one_line_errors_at_the_field(fresh, tmp_path, learn_scene):
     m = fresh()
     inv.export_diffusers(tmp_path / "wide.safetensors", "<w>", torch.zeros(768))
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
@@ -272,17 +238,17 @@ def test_bad_inputs_are_one_line_errors_at_the_field(fresh, tmp_path):
         assert name in msg
 
     # an init word the tokenizer has no tokens for; a layer wholly outside the frame
-    path = scene_files(tmp_path, LEARN.replace("init: square", 'init: " "'))
+    path = learn_scene(edit=lambda t: t.replace("init: square", 'init: " "'))
     with pytest.raises(HmeditError, match="has no tokens") as e:
         T.install_tokens(load_scene(path), m, cache_dir=tmp_path / "c")
     assert "root.children[0].learn" in e.value.format() and "\n" not in e.value.format()
-    path = scene_files(tmp_path, LEARN.replace("at: [0.25, 0.25]", "at: [2, 2]"))
+    path = learn_scene(edit=lambda t: t.replace("at: [0.25, 0.25]", "at: [2, 2]"))
     with pytest.raises(HmeditError, match="region is empty") as e:
         T.install_tokens(load_scene(path), m, cache_dir=tmp_path / "c")
     assert "root.children[0].layer" in e.value.format()
 
 
-def test_another_scenes_tokens_leave_a_render_byte_identical(fresh, tmp_path):
+def test_another_scenes_tokens_leave_a_render_byte_identical(fresh, tmp_path, learn_scene):
     """Tokens of one scene stay in the loaded model; a scene without them renders exactly as before."""
     from hmedit.render import Settings, render
 
@@ -295,7 +261,7 @@ def test_another_scenes_tokens_leave_a_render_byte_identical(fresh, tmp_path):
     m = fresh()
     before = render(plain, m, Settings.of(plain, m, 3)).image
     n = m.text_encoder.get_input_embeddings().num_embeddings
-    learned = load_scene(scene_files(tmp_path))
+    learned = load_scene(learn_scene())
     tokens = T.install_tokens(learned, m, cache_dir=tmp_path / "c")
     assert m.text_encoder.get_input_embeddings().num_embeddings == n + 1
     after = render(plain, m, Settings.of(plain, m, 3)).image

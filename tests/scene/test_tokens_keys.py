@@ -1,4 +1,4 @@
-"""The scene keys of per-node tokens: ``learn`` (true or {steps, lr, init, batch}) and ``embedding: path``,
+"""The scene keys of per-node tokens: ``learn`` (true or {steps, lr, init, batch, guidance}) and ``embedding: path``,
 their checks (one line each, at the field) and their place in the schema and the asset list."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_learn_values_are_checked_with_hints(write_scene, assets):
 
     found = errors(write_scene(LAYERED.format(learn="5")))
     assert (
-        "learn is true, false or a mapping of steps, lr, init, batch (got 5)"
+        "learn is true, false or a mapping of steps, lr, init, batch, guidance (got 5)"
         in found["root.children[0].learn"]
     )
     found = errors(write_scene(LAYERED.format(learn="{step: 3}")))
@@ -134,6 +134,6 @@ def test_built_in_code_and_schema():
     assert {"type": "boolean"} in node["learn"]["anyOf"] and node["learn"]["description"]
     assert node["embedding"]["description"]
     learn = schema["$defs"]["LearnSpec"]
-    assert set(learn["properties"]) == {"steps", "lr", "init", "batch"}
+    assert set(learn["properties"]) == {"steps", "lr", "init", "batch", "guidance"}
     assert learn["additionalProperties"] is False
     assert json.dumps(schema)  # serialisable
