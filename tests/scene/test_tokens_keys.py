@@ -1,5 +1,6 @@
-"""The scene keys of per-node tokens: ``learn`` (true or {steps, lr, init, batch, guidance}) and ``embedding: path``,
-their checks (one line each, at the field) and their place in the schema and the asset list."""
+"""The scene keys of per-node tokens: ``learn`` (true or {steps, lr, init, batch, guidance}) and
+``embedding: path``, their checks (one line each, at the field) and their place in the schema and the asset
+list."""
 
 from __future__ import annotations
 
