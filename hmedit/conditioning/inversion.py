@@ -190,16 +190,11 @@ def learn_embedding(
     row = start.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([row], lr=lr)
     guided = guidance > 1.0
-    if guided:
+    if guided:  # encoded as a render encodes it (a negative longer than one window is not cut off)
+        from hmedit.conditioning.encode import encode_text
+
         with torch.no_grad():
-            uncond_ids = model.tokenizer(
-                negative,
-                padding="max_length",
-                max_length=model.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            uncond = text_encoder(uncond_ids.to(text_encoder.device))[0].to(unet.dtype)
+            uncond = encode_text(model.tokenizer, text_encoder, negative)[None].to(unet.dtype)
     with _frozen(vae, text_encoder, unet), torch.enable_grad(), _spliced(text_encoder, token_id, row):
         for i in range(1, steps + 1):
             t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
