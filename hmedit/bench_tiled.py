@@ -174,14 +174,15 @@ def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str) -> dict:
         ).images[0]
     seconds = time.perf_counter() - start
     img = (img * 255).round().astype("uint8")
-    views = panorama_views(size // 8, size // 8)  # get_views' defaults: window 64, stride 8 (latent px)
-    bx, by = borders(views, 8, size, size)
+    f = pipe.vae_scale_factor
+    views = panorama_views(size // f, size // f)  # get_views' defaults: window 64, stride 8 (latent px)
+    bx, by = borders(views, f, size, size)
     _save(b, f"{name}-panorama", img)
     b.tick(f"tiling {name} panorama")
     return {
         "seconds": round(seconds, 2),
         "seam": round(metrics.seam_score(img, bx, by), 4),
-        "seam_phase": round(metrics.seam_score(img, bx, by, period=8), 4),
+        "seam_phase": round(metrics.seam_score(img, bx, by, period=f), 4),
         "views_per_step": len(views),
     }
 
