@@ -38,7 +38,8 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory")
+SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale")
+DEFAULT_SUITES = SUITES[:-1]  # scale is for accelerators: asked for by name
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
 
@@ -101,6 +102,8 @@ class Config:
     panorama_scenes: tuple[str, ...] = ("hires_garden", "nested_rings")  # also plain tiles and Panorama
     memory_size: int = 4096
     memory_steps: int = 2  # memory does not grow with steps
+    scale_sizes: tuple[int, ...] = (2048, 4096)
+    scale_steps: int = 3  # seconds per step are what is compared
     quick: bool = False
 
     @classmethod
@@ -122,6 +125,8 @@ class Config:
             panorama_scenes=("nested_rings",),
             memory_size=256,
             memory_steps=1,
+            scale_sizes=(128,),
+            scale_steps=1,
             quick=True,
         )
 
@@ -386,6 +391,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
         "tiling": len(_tiled().tiling_scene_names(cfg)) + 2 * len(cfg.panorama_scenes),
         "memory": 1,
+        "scale": 2 * len(cfg.scale_sizes),
     }[suite]
 
 
@@ -764,6 +770,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "inversion": suite_inversion,
     "tiling": lambda b: _tiled().suite_tiling(b),
     "memory": lambda b: _tiled().suite_memory(b),
+    "scale": lambda b: _tiled().suite_scale(b),
 }
 
 
@@ -774,9 +781,9 @@ def _tiled():
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:
-    """The suites to run, in the canonical order; all for none named."""
+    """The suites to run, in the canonical order; all but the opt-in ``scale`` for none named."""
     if not names:
-        return list(SUITES)
+        return list(DEFAULT_SUITES)
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise HmeditError(f"unknown suite '{unknown[0]}'", hint="use one or more of " + ", ".join(SUITES))

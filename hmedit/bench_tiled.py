@@ -6,6 +6,10 @@
   with the scene's root prompt, same seed, steps, guidance and DDIM scheduler. Whole calls are timed (prompt
   encoding, sampling, decoding); each image gets a seam score at its own tile borders
   (:func:`hmedit.metrics.seam_score`).
+- scale (opt-in, for accelerators): the memory scene at each of ``scale_sizes`` (2048, 4096) by hmedit at its
+  defaults and by the Panorama pipeline at its defaults: seconds per sampling step, decoding seconds and peak
+  accelerator memory (CUDA's allocator), each contender measured alone. Runs on any model; ``--model
+  random:sd15`` is SD 1.5's published architecture with random weights (speed does not depend on them).
 - memory: a ``memory_size`` (4096) render through ``hmedit render`` in a child process, which reports its peak
   resident memory (ru_maxrss) at the end; the render's outputs (image, influence maps) are written as usual.
 """
@@ -187,11 +191,11 @@ def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str) -> dict:
     }
 
 
-def _save(b, label: str, image) -> None:
+def _save(b, label: str, image, suite: str = "tiling") -> None:
     if b.images is not None:
         from hmedit.outputs.write import save_png
 
-        save_png(b.images / "tiling" / f"{label}.png", image)
+        save_png(b.images / suite / f"{label}.png", image)
 
 
 def memory_scene(size: int, steps: int) -> dict:
@@ -211,6 +215,99 @@ def memory_scene(size: int, steps: int) -> dict:
             ],
         },
     }
+
+
+class _Meter:
+    """Wall time (synchronised on CUDA) and peak accelerator memory of what runs inside ``with``."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.torch, self.cuda = torch, getattr(device, "type", "") == "cuda"
+        self.device, self.seconds, self.peak_gib = device, 0.0, None
+
+    def __enter__(self) -> _Meter:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            self.peak_gib = round(self.torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        self.seconds = round(time.perf_counter() - self.start, 3)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+
+
+def suite_scale(b) -> dict:
+    import torch
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    from hmedit.models.load import make_scheduler
+    from hmedit.render import Settings, render
+    from hmedit.scene.spec import Scene
+
+    cfg, model = b.config, b.model
+    steps, f = cfg.scale_steps, model.vae_scale_factor
+    pipe = StableDiffusionPanoramaPipeline(
+        **model.components(), scheduler=make_scheduler("ddim", model.scheduler_config)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    sizes: dict[str, Any] = {}
+    for size in cfg.scale_sizes:
+        scene = Scene.model_validate(memory_scene(size, steps))
+        settings = Settings.of(scene, model, 0)
+        with _Meter(model.device) as m, torch.no_grad():
+            result = render(scene, model, settings)
+        hm = {
+            "seconds": m.seconds,
+            "s_per_step": round(result.timings["sample"] / steps, 3),
+            "decode_s": result.timings["decode"],
+            "peak_gib": m.peak_gib,
+            "windows_per_step": result.stats.get("windows_total", 0) // max(steps, 1),
+            "timings": result.timings,
+        }
+        _save(b, f"scale-{size}-hmedit", result.image, suite="scale")
+        b.tick(f"scale {size} hmedit")
+        sizes[str(size)] = {"hmedit": hm, "panorama": _panorama_scale(pipe, scene, size, steps, f, model)}
+        b.tick(f"scale {size} panorama")
+    return {"steps": steps, "scheduler": "ddim", "sizes": sizes}
+
+
+def _panorama_scale(pipe, scene, size: int, steps: int, f: int, model) -> dict:
+    """Panorama at its defaults: sampling (to latents) and decoding (its untiled VAE) measured apart; an
+    out-of-memory failure is a figure, not an error."""
+    import torch
+
+    row: dict[str, Any] = {"views_per_step": len(panorama_views(size // f, size // f))}
+    try:
+        with _Meter(model.device) as m, torch.no_grad():
+            latents = pipe(
+                scene.root.prompt,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=float(scene.guidance),
+                generator=torch.Generator("cpu").manual_seed(0),
+                output_type="latent",
+            ).images
+        row.update(s_per_step=round(m.seconds / steps, 3), sample_peak_gib=m.peak_gib)
+        with _Meter(model.device) as m, torch.no_grad():
+            pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor)
+        row.update(decode_s=m.seconds, decode_peak_gib=m.peak_gib)
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        row["failed"] = "out of memory"
+    finally:
+        if getattr(model.device, "type", "") == "cuda":
+            torch.cuda.empty_cache()
+    return row
 
 
 def suite_memory(b) -> dict:

@@ -104,6 +104,8 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
 
     def lap(name: str) -> None:
         nonlocal clock
+        if model.device.type == "cuda":  # kernels run asynchronously: time their end, not their launch
+            torch.cuda.synchronize(model.device)
         now = time.perf_counter()
         timings[name] = round(now - clock, 4)
         clock = now

@@ -206,7 +206,8 @@ def test_config_and_suites():
     assert full.control_scenes == full.hierarchy_scenes == full.locality_scenes == 30 and full.repeats == 5
     default = bench.Config()
     assert default.control_scenes >= 24 and default.hierarchy_scenes >= 12 and default.locality_scenes >= 6
-    assert bench.check_suites(None) == list(bench.SUITES)
+    assert bench.check_suites(None) == list(bench.SUITES)[:-1] and "scale" not in bench.check_suites(None)
+    assert bench.check_suites(["scale", "tiling"]) == ["tiling", "scale"]
     assert bench.check_suites(["locality", "cost"]) == ["cost", "locality"]
     with pytest.raises(HmeditError, match="unknown suite 'speed'"):
         bench.check_suites(["speed"])
@@ -325,6 +326,23 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     assert set(again["suites"]) == set(doc["suites"])
     assert again["suites"]["control"] == doc["suites"]["control"]
     assert again["suites"]["locality"]["finished"] >= doc["suites"]["locality"]["finished"]
+
+
+def test_bench_scale_measures_both_tools(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run("bench", "scale", "--quick", "--model", "random:tiny", "--out", out, "--device", "cpu") == 0
+    assert "scale:" in capsys.readouterr().out
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["model"]["source"] == "random" and set(doc["suites"]) == {"scale"}
+    scale = doc["suites"]["scale"]
+    assert scale["steps"] == 1 and list(scale["sizes"]) == ["128"]
+    hm, pano = scale["sizes"]["128"]["hmedit"], scale["sizes"]["128"]["panorama"]
+    # tiled above the tiny model's native 64 px; Panorama's views of 64 latent px cover 128 px once
+    assert hm["windows_per_step"] > 1 and pano["views_per_step"] == 1
+    assert hm["s_per_step"] == pytest.approx(hm["timings"]["sample"], rel=0.01)
+    assert 0 < hm["s_per_step"] < hm["seconds"] and pano["s_per_step"] > 0 and pano["decode_s"] > 0
+    assert hm["peak_gib"] is None and pano["sample_peak_gib"] is None  # CPU: see the memory suite
+    assert (out / "images" / "scale" / "scale-128-hmedit.png").exists()
 
 
 def test_bench_unknown_suite_is_a_user_error(tmp_path, capsys):

@@ -14,7 +14,8 @@ def bench_command(
     suites: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Suites: cost, control, hierarchy, locality, inversion, tiling, memory (default: all).",
+            help="Suites: cost, control, hierarchy, locality, inversion, tiling, memory, scale "
+            "(default: all but scale).",
             metavar="[SUITE...]",
             show_default=False,
         ),
@@ -25,7 +26,8 @@ def bench_command(
             "--model",
             "-m",
             help="'toy' (the quality suites describe its world), a diffusers folder, a hub id in the local "
-            "cache, or a .safetensors file.",
+            "cache, a .safetensors file, or random:sd15 / random:sd2 (published architectures, random "
+            "weights: for speed and memory).",
         ),
     ] = "toy",
     out: Annotated[
@@ -82,6 +84,8 @@ def bench_command(
 
     [bold]memory[/]: a 3-region 4096x4096 render through hmedit render in a child process. Target: peak RSS <= 4 GiB.
 
+    [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
+
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
     [bold]Examples[/]
@@ -91,6 +95,8 @@ def bench_command(
       [green]hmedit bench cost --model ./my-sd15 --repeats 5[/]
 
       [green]hmedit bench --quick --model ./tiny -o /tmp/b[/]    every code path in seconds
+
+      [green]hmedit bench scale --model random:sd15 --device cuda[/]
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
 
     from hmedit import bench
@@ -175,6 +181,8 @@ def table(name: str, f: dict):
         return _inversion_table(f)
     if name == "tiling":
         return _tiling_table(f)
+    if name == "scale":
+        return _scale_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):
@@ -203,6 +211,30 @@ def table(name: str, f: dict):
         f">= {f['target_inside_min']:g} {_mark(in_ok)}",
     )
     t.add_row("new colour shows", _pct(f["new_colour_rate"]), "")
+    return t
+
+
+def _gib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _scale_table(f: dict):
+    from rich.table import Table
+
+    t = Table(title=f"scale: {f['steps']} DDIM steps, at each tool's defaults", title_justify="left")
+    for col in ("size", "tool", "s/step", "decode s", "peak GiB (sampling / decoding)"):
+        t.add_column(col, justify="left" if col in ("size", "tool") else "right")
+    for size, row in f["sizes"].items():
+        h, p = row["hmedit"], row["panorama"]
+        t.add_row(
+            f"{size}x{size}", "hmedit", f"{h['s_per_step']:.2f}", f"{h['decode_s']:.1f}", _gib(h["peak_gib"])
+        )
+        if "failed" in p and "s_per_step" not in p:
+            t.add_row("", "Panorama", p["failed"], "", "")
+            continue
+        decode = p["failed"] if "failed" in p else f"{p['decode_s']:.1f}"
+        peaks = f"{_gib(p.get('sample_peak_gib'))} / {_gib(p.get('decode_peak_gib'))}"
+        t.add_row("", "Panorama", f"{p['s_per_step']:.2f}", decode, peaks)
     return t
 
 

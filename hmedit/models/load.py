@@ -20,6 +20,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUNDLED = {"toy": WEIGHTS_DIR / "toy"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+RANDOM_PREFIX = "random:"  # "random:sd15": the published architecture with random weights (benchmarks)
 
 
 def quiet_libraries() -> None:
@@ -51,14 +52,18 @@ class ModelRef:
 
     name: str
     path: Path
-    source: str  # "bundled" | "folder" | "hub" | "file"
+    source: str  # "bundled" | "folder" | "hub" | "file" | "random"
 
     def weight_files(self) -> list[Path]:
+        if self.source == "random":
+            return []
         if self.path.is_file():
             return [self.path]
         return sorted(p for p in self.path.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))
 
     def size_bytes(self) -> int:
+        if self.source == "random":
+            return 0
         return (
             sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
             if self.path.is_dir()
@@ -76,6 +81,18 @@ def resolve(name: str, *, base_dir: Path | None = None) -> ModelRef:
                 hint="reinstall hmedit, or train it: python -m hmedit.toy.train --out " + str(path),
             )
         return ModelRef(name, path, "bundled")
+    if name.startswith(RANDOM_PREFIX):
+        from hmedit.models.random import RANDOM_KINDS
+
+        if name[len(RANDOM_PREFIX) :] not in RANDOM_KINDS:
+            raise HmeditError(
+                f"unknown random architecture '{name}'",
+                hint="use "
+                + ", ".join(RANDOM_PREFIX + k for k in RANDOM_KINDS)
+                + " (random weights, for speed "
+                "and memory benchmarks)",
+            )
+        return ModelRef(name, Path(name), "random")
     candidates = [Path(name).expanduser()]
     if base_dir is not None and not Path(name).is_absolute():
         candidates.insert(0, base_dir / name)
@@ -117,7 +134,10 @@ def resolve(name: str, *, base_dir: Path | None = None) -> ModelRef:
 
 
 def model_hash(ref: ModelRef) -> str:
-    """sha256 of the weight files (first 16 hex digits), cached by path, size and mtime."""
+    """sha256 of the weight files (first 16 hex digits), cached by path, size and mtime; a random model's
+    name (its weights are a function of it)."""
+    if ref.source == "random":
+        return ref.name
     files = ref.weight_files()
     key = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
     store = cache_dir() / "hashes.json"
@@ -249,7 +269,12 @@ def load(
     dev, dt = pick_device(device, dtype)
     # The VAE decodes in fp32 on GPUs: fp16 VAEs overflow into NaN (black images).
     vae_dt = torch.float32 if dt == torch.float16 else dt
-    if ref.path.is_file():
+    if ref.source == "random":
+        from hmedit.models.random import sd_components
+
+        comps = sd_components(ref.name[len(RANDOM_PREFIX) :], device=dev)
+        sched_cfg = dict(comps.pop("scheduler").config)
+    elif ref.path.is_file():
         comps, sched_cfg = _load_single_file(ref, dt, config)
     else:
         comps, sched_cfg = _load_folder(ref, dt)
