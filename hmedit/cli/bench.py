@@ -266,6 +266,15 @@ def _tiling_table(f: dict):
             "",
             "",
         )
+        vae = ref.get("vae_psnr_by_offset_px")
+        if vae and vae.get("0") is not None:
+            t.add_row(
+                f"its VAE on {vae['images']} textured images",
+                f"{vae['0']:.1f} dB in step with the latent grid, {vae['4']:.1f} dB 4 px off",
+                "",
+                "",
+                "",
+            )
     t.add_row("", "", "", "", _mark(f["pass"]))
     return t
 

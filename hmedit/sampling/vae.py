@@ -21,15 +21,19 @@ How, for diffusers' AutoencoderKL (its sub-modules are called in its own order; 
   A final pass produces the output.
   A single tile needs no passes: its own statistics are the image's.
 * Passes do not start from the input: during a pass, the activations at the latest unit input before
-  GroupNorm k that fits in ``store_bytes`` are kept as one image-sized *checkpoint* map (each tile writes
-  its core), and the next pass starts there, cutting its crops from the map. With enough budget every
-  unit runs about 1.5 times in all (toy VAE: 1.6x the untiled time); with ``store_bytes=0`` every pass
-  recomputes from the head's input (memory strictly tile-bounded, about 6x the untiled time).
+  GroupNorm k are kept as one image-sized *checkpoint* map (each tile writes its core), and the next pass
+  starts there, cutting its crops from the map. A map is held in memory when it fits ``store_bytes``,
+  else *spilled* to a temporary file (one block per tile core; read back crop by crop, bit for bit) when
+  it fits ``spill_bytes`` of disk, else the pass recomputes from an earlier checkpoint. With enough budget
+  every unit runs about 1.5 times in all (toy VAE: 1.4-1.7x the untiled time); with no budget at all every
+  pass recomputes from the head's input (about 6x). At 4096 px the toy decoder's full-resolution maps
+  (2-4 GiB) do not fit the memory budget; spilling them keeps the process's memory bounded by the tile.
 * The sub-modules are called directly, so accelerate's offload hooks on ``vae.decode`` do not run.
 
 Memory: one tile crop's activations, O(B·C·((tile + 2·margin)·s)²) for a unit with C channels at scale s;
 plus at most ``store_bytes`` of checkpoint maps (the current one and the one being written); plus the trunk
-(O(h·w·C_mid)), the head's input and the result.
+(O(h·w·C_mid)), the head's input and the result. Disk: at most ``spill_bytes`` in the temporary folder
+(``TMPDIR``), removed when the decode ends.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -45,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmedit.errors import HmeditError
 from hmedit.sampling.tiling import Window
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,8 @@ log = logging.getLogger(__name__)
 DECODE_TILE = 32  # latent px
 ENCODE_TILE = 256  # image px
 AUTO_TILE = 64  # decode(): latents larger than this (latent px) are decoded in tiles
-STORE_BYTES = 1 << 30  # checkpoint maps kept between passes
+STORE_BYTES = 1 << 30  # checkpoint maps kept in memory between passes
+SPILL_FREE_FRACTION = 0.5  # spill_bytes=None: at most this share of the temporary folder's free space
 TRACE_PX = 16  # input size of the tracing run (a multiple of the encoder's downsampling factor)
 
 
@@ -245,30 +254,105 @@ class _SharedGroupNorm:
         return y.to(x.dtype)
 
 
+# ------------------------------------------------------------------------------------- checkpoint maps
+class _RamMap:
+    """An image-sized activation map [B, C, H, W] in memory."""
+
+    def __init__(self, t: Tensor) -> None:
+        self.t = t
+        self.height, self.width = t.shape[-2:]
+
+    def read(self, win: Window) -> Tensor:
+        return self.t[win.slice]
+
+    def write(self, win: Window, v: Tensor) -> None:
+        self.t[win.slice] = v
+
+    def close(self) -> None:
+        self.t = None
+
+
+class _DiskMap:
+    """An image-sized activation map in an unlinked temporary file: one block per tile core (``cores``, at
+    the map's resolution, partitioning it), laid out [B, rows, C, cols] so the rows of a crop are one read
+    per core. File I/O (not a memory map) keeps the pages out of the process's resident memory."""
+
+    def __init__(self, cores: list[Window], batch: int, channels: int, dtype: torch.dtype, device) -> None:
+        self.batch, self.channels, self.dtype, self.device = batch, channels, dtype, device
+        self.elem = torch.empty((), dtype=dtype).element_size()
+        self.cores, self.offset, off = cores, {}, 0
+        for c in cores:
+            self.offset[tuple(c)] = off
+            off += batch * c.height * channels * c.width * self.elem
+        self.nbytes = off
+        self.height, self.width = max(c.y1 for c in cores), max(c.x1 for c in cores)
+        self.dir = tempfile.gettempdir()
+        self.file = tempfile.TemporaryFile(prefix="hmedit-vae-", dir=self.dir)  # noqa: SIM115 - see close()
+
+    def write(self, win: Window, v: Tensor) -> None:
+        data = v.detach().to("cpu", self.dtype).permute(0, 2, 1, 3).contiguous().view(torch.uint8)
+        try:
+            os.pwrite(self.file.fileno(), data.numpy(), self.offset[tuple(win)])
+        except OSError as e:
+            raise HmeditError(
+                f"tiled VAE: cannot write its checkpoint file in {self.dir}: {e.strerror}",
+                hint="free disk space there, or set TMPDIR to a folder with room",
+            ) from None
+
+    def read(self, win: Window) -> Tensor:
+        out = torch.empty(self.batch, self.channels, win.height, win.width, dtype=self.dtype)
+        row = self.channels * self.elem
+        for c in self.cores:
+            y0, y1, x0, x1 = max(win.y0, c.y0), min(win.y1, c.y1), max(win.x0, c.x0), min(win.x1, c.x1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            for b in range(self.batch):
+                start = self.offset[tuple(c)] + ((b * c.height + y0 - c.y0) * c.width) * row
+                buf = bytearray((y1 - y0) * c.width * row)
+                os.preadv(self.file.fileno(), [buf], start)
+                block = torch.frombuffer(buf, dtype=torch.uint8).view(self.dtype)
+                block = block.view(y1 - y0, self.channels, c.width).permute(1, 0, 2)
+                out[b, :, y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0] = block[
+                    :, :, x0 - c.x0 : x1 - c.x0
+                ]
+        return out.to(self.device)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def default_spill_bytes() -> int:
+    """``spill_bytes=None``: a share of the free space in the temporary folder."""
+    try:
+        return int(shutil.disk_usage(tempfile.gettempdir()).free * SPILL_FREE_FRACTION)
+    except OSError:
+        return 0
+
+
 # ------------------------------------------------------------------------------------------ tiled head
 def _run_tile(
     head: _Head,
-    src: Tensor,
+    src: _RamMap | _DiskMap,
     start: int,
     core0: Window,
     gn: _SharedGroupNorm,
     *,
-    store: tuple[int, Tensor] | None = None,
+    store: tuple[int, _RamMap | _DiskMap] | None = None,
 ) -> Tensor | None:
     """Run the tile with core ``core0`` (head-input px) from the map ``src`` at unit ``start``'s input to
     the end (returns the output core) or until the measured GroupNorm stops it (returns None). ``store``
     = (unit, map): write the core of the activations at that unit's input into the map."""
     f = head.res(start)
     core = _scale(core0, f)
-    h, w = src.shape[-2:]
+    h, w = src.height, src.width
     crop = _grow(core, head.margin(start), h, w)
-    t = src[crop.slice]
+    t = src.read(crop)
     for u in range(start, len(head.units)):
         unit = head.units[u]
         keep = _grow(core, head.margin(u), h, w)
         t, crop = t[_inside(keep, crop).slice], keep
         if store is not None and store[0] == u:
-            store[1][core.slice] = t[_inside(core, crop).slice]
+            store[1].write(core, t[_inside(core, crop).slice])
         gn.core, gn.crop_hw = _inside(core, crop), (crop.height, crop.width)
         try:
             t = unit.call(t)
@@ -287,6 +371,7 @@ def _run_tiled(
     *,
     shared_stats: bool,
     store_bytes: int,
+    spill_bytes: int | None,
     report: dict | None,
 ) -> Tensor:
     """Run the head ``blocks`` over ``x`` [B, C, H, W] tile by tile (see the module docstring)."""
@@ -302,39 +387,62 @@ def _run_tiled(
         head.margin_factor = min(1.0, overlap / radius)
     cores = [Window(y0, y1, x0, x1) for y0, y1 in _spans(H, tile, a) for x0, x1 in _spans(W, tile, a)]
     norms = [m for u in units for m in u.norms]
+    if spill_bytes is None:
+        spill_bytes = default_spill_bytes()
     where = [i for i, u in enumerate(units) for _ in u.norms]  # unit holding each GroupNorm
     batch, elem = x.shape[0], x.element_size()
-    info = {"tiles": len(cores), "passes": 1, "checkpoints": [], "stored_bytes": 0, "margin": head.margin(0)}
+    info = {
+        "tiles": len(cores),
+        "passes": 1,
+        "checkpoints": [],
+        "stored_bytes": 0,
+        "spilled": [],
+        "spilled_bytes": 0,
+        "margin": head.margin(0),
+    }
     # one tile is the whole image: its own statistics are the global ones, no passes needed
     local = not shared_stats or len(cores) == 1
-    src, start = x, 0
-    with torch.no_grad(), _SharedGroupNorm(norms, local=local) as gn:
-        for k in range(0 if local else len(norms)):
-            # keep a checkpoint at the latest unit input up to GroupNorm k's unit that fits the budget
-            held = head.size(start, batch, elem) if start > 0 else 0
-            fits = [
-                u for u in range(start + 1, where[k] + 1) if held + head.size(u, batch, elem) <= store_bytes
-            ]
-            store = None
-            if fits:
-                to, r = fits[-1], head.res(fits[-1])
-                store = (to, x.new_empty(batch, units[to].channels, int(H * r), int(W * r)))
-                info["stored_bytes"] = max(info["stored_bytes"], held + head.size(to, batch, elem))
-            gn.measure(k)
+    src: _RamMap | _DiskMap = _RamMap(x)
+    start = 0
+    try:
+        with torch.no_grad(), _SharedGroupNorm(norms, local=local) as gn:
+            for k in range(0 if local else len(norms)):
+                # checkpoint at the latest unit input up to GroupNorm k's unit that fits a budget
+                held = head.size(start, batch, elem) if start > 0 else 0
+                ram, disk = (held, 0) if isinstance(src, _RamMap) else (0, held)
+                store = None
+                for u in range(where[k], start, -1):
+                    size, r = head.size(u, batch, elem), head.res(u)
+                    if ram + size <= store_bytes:
+                        store = (u, _RamMap(x.new_empty(batch, units[u].channels, int(H * r), int(W * r))))
+                        info["stored_bytes"] = max(info["stored_bytes"], ram + size)
+                    elif disk + size <= spill_bytes:
+                        at = [_scale(c, r) for c in cores]
+                        store = (u, _DiskMap(at, batch, units[u].channels, x.dtype, x.device))
+                        info["spilled"].append(u)
+                        info["spilled_bytes"] = max(info["spilled_bytes"], disk + size)
+                    if store is not None:
+                        break
+                gn.measure(k)
+                for core in cores:
+                    _run_tile(head, src, start, core, gn, store=store)
+                gn.finish()
+                if store is not None:
+                    if start > 0:
+                        src.close()
+                    start, src = store
+                    info["checkpoints"].append(start)
+                info["passes"] += 1
+            out = None
+            f = head.out_scale
             for core in cores:
-                _run_tile(head, src, start, core, gn, store=store)
-            gn.finish()
-            if store is not None:
-                start, src = store
-                info["checkpoints"].append(start)
-            info["passes"] += 1
-        out = None
-        f = head.out_scale
-        for core in cores:
-            y = _run_tile(head, src, start, core, gn)
-            if out is None:
-                out = y.new_empty(x.shape[0], y.shape[1], int(H * f), int(W * f))
-            out[_scale(core, f).slice] = y
+                y = _run_tile(head, src, start, core, gn)
+                if out is None:
+                    out = y.new_empty(x.shape[0], y.shape[1], int(H * f), int(W * f))
+                out[_scale(core, f).slice] = y
+    finally:
+        if start > 0:
+            src.close()
     log.debug("tiled VAE: %s", info)
     if report is not None:
         report.update(info)
@@ -360,6 +468,7 @@ def decode_tiled(
     *,
     shared_stats: bool = True,
     store_bytes: int = STORE_BYTES,
+    spill_bytes: int | None = None,
     report: dict | None = None,
 ) -> Tensor:
     """``vae.decode(latents).sample`` computed in tiles of ``tile`` latent px.
@@ -367,15 +476,24 @@ def decode_tiled(
     ``overlap``: context margin in latent px; None (default) uses the decoder's receptive radius, which
     makes the result equal to untiled decoding; smaller trades exactness at tile borders for speed.
     ``shared_stats=False``: per-tile GroupNorm statistics (the naive tiled VAE), for comparison.
-    ``store_bytes``: budget for checkpoint maps between passes (0: recompute, strictly tile-bounded).
-    ``report``: filled with tiles, passes, checkpoints, stored_bytes and margin."""
+    ``store_bytes``: memory for checkpoint maps between passes; ``spill_bytes``: disk for those that do not
+    fit it (None: half the temporary folder's free space; both 0: recompute, strictly tile-bounded).
+    ``report``: filled with tiles, passes, checkpoints (and which of them spilled), the bytes held in
+    memory and on disk, and the margin."""
     _, dec = _parts(vae)
     with torch.no_grad():
         z = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
         h = dec.mid_block(dec.conv_in(z), None)
         head = [*dec.up_blocks, dec.conv_norm_out, dec.conv_act, dec.conv_out]
         return _run_tiled(
-            head, h, tile, overlap, shared_stats=shared_stats, store_bytes=store_bytes, report=report
+            head,
+            h,
+            tile,
+            overlap,
+            shared_stats=shared_stats,
+            store_bytes=store_bytes,
+            spill_bytes=spill_bytes,
+            report=report,
         )
 
 
@@ -387,6 +505,7 @@ def encode_tiled(
     *,
     shared_stats: bool = True,
     store_bytes: int = STORE_BYTES,
+    spill_bytes: int | None = None,
     report: dict | None = None,
 ):
     """``vae.encode(image).latent_dist`` (a DiagonalGaussianDistribution: ``.mean``, ``.sample(generator)``)
@@ -398,7 +517,14 @@ def encode_tiled(
     with torch.no_grad():
         head = [enc.conv_in, *enc.down_blocks]
         h = _run_tiled(
-            head, image, tile, overlap, shared_stats=shared_stats, store_bytes=store_bytes, report=report
+            head,
+            image,
+            tile,
+            overlap,
+            shared_stats=shared_stats,
+            store_bytes=store_bytes,
+            spill_bytes=spill_bytes,
+            report=report,
         )
         h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
         if vae.quant_conv is not None:

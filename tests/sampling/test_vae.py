@@ -2,6 +2,7 @@
 measurably worse, working memory of the high-resolution layers bounded by the tile size."""
 
 import math
+import tempfile
 
 import pytest
 import torch
@@ -77,16 +78,50 @@ def test_naive_per_tile_groupnorm_is_measurably_worse(tiny_vae):
 def test_recompute_without_stored_maps_is_equally_exact(tiny_vae):
     z = latents(1, 32, 48, seed=3)
     report = {}
-    out = decode_tiled(tiny_vae, z, tile=16, store_bytes=0, report=report)
-    assert report["checkpoints"] == [] and report["stored_bytes"] == 0
+    out = decode_tiled(tiny_vae, z, tile=16, store_bytes=0, spill_bytes=0, report=report)
+    assert report["checkpoints"] == [] and report["stored_bytes"] == 0 == report["spilled_bytes"]
     torch.testing.assert_close(out, untiled(tiny_vae, z), rtol=0, atol=1e-4)
     small, full = {}, {}
     # room for latent-resolution maps (196 kB each) only, not for the 2x ones
-    out = decode_tiled(tiny_vae, z, tile=16, store_bytes=500_000, report=small)
+    out = decode_tiled(tiny_vae, z, tile=16, store_bytes=500_000, spill_bytes=0, report=small)
     decode_tiled(tiny_vae, z, tile=16, report=full)
     assert 0 < small["stored_bytes"] <= 500_000 < full["stored_bytes"]
     assert len(small["checkpoints"]) < len(full["checkpoints"])
     torch.testing.assert_close(out, untiled(tiny_vae, z), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny_vae", "grouped_vae"])
+def test_maps_that_do_not_fit_memory_spill_to_disk_bit_for_bit(which, request, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    vae = request.getfixturevalue(which)
+    z = latents(2, 40, 56, seed=5)
+    ram, disk, small = {}, {}, {}
+    a = decode_tiled(vae, z, tile=16, spill_bytes=0, report=ram)
+    b = decode_tiled(vae, z, tile=16, store_bytes=0, report=disk)
+    c = decode_tiled(vae, z, tile=16, store_bytes=ram["stored_bytes"] // 3, report=small)
+    assert ram["spilled"] == [] and disk["checkpoints"] == disk["spilled"] == ram["checkpoints"]
+    assert disk["stored_bytes"] == 0 < disk["spilled_bytes"]
+    assert small["checkpoints"] == ram["checkpoints"] and 0 < len(small["spilled"]) < len(
+        small["checkpoints"]
+    )
+    assert torch.equal(a, b) and torch.equal(a, c)  # the same arithmetic, whatever holds the maps
+    assert list(tmp_path.iterdir()) == []  # the files are gone
+
+
+def test_disk_map_reads_any_crop_back(tmp_path, monkeypatch):
+    from hmedit.sampling.tiling import Window
+    from hmedit.sampling.vae import _DiskMap, _spans
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    t = torch.randn(2, 5, 30, 44)
+    cores = [Window(y0, y1, x0, x1) for y0, y1 in _spans(30, 8, 2) for x0, x1 in _spans(44, 8, 2)]
+    m = _DiskMap(cores, 2, 5, torch.float32, torch.device("cpu"))
+    for c in cores:
+        m.write(c, t[c.slice])
+    assert m.nbytes == t.numel() * 4 and (m.height, m.width) == (30, 44)
+    for win in (Window(0, 30, 0, 44), Window(3, 17, 5, 40), Window(29, 30, 0, 1), Window(8, 16, 8, 16)):
+        assert torch.equal(m.read(win), t[win.slice])
+    m.close()
 
 
 def test_less_context_than_the_receptive_field_is_approximate(tiny_vae):
