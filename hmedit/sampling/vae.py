@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 DECODE_TILE = 32  # latent px
 ENCODE_TILE = 256  # image px
 AUTO_TILE = 64  # decode(): latents larger than this (latent px) are decoded in tiles
-STORE_BYTES = 1 << 30  # checkpoint maps kept in memory between passes
+STORE_BYTES = 1 << 28  # checkpoint maps kept in memory between passes (larger ones spill to disk)
 SPILL_FREE_FRACTION = 0.5  # spill_bytes=None: at most this share of the temporary folder's free space
 TRACE_PX = 16  # input size of the tracing run (a multiple of the encoder's downsampling factor)
 
@@ -403,7 +403,7 @@ def _run_tiled(
     # one tile is the whole image: its own statistics are the global ones, no passes needed
     local = not shared_stats or len(cores) == 1
     src: _RamMap | _DiskMap = _RamMap(x)
-    start = 0
+    start, store = 0, None
     try:
         with torch.no_grad(), _SharedGroupNorm(norms, local=local) as gn:
             for k in range(0 if local else len(norms)):
@@ -440,9 +440,11 @@ def _run_tiled(
                 if out is None:
                     out = y.new_empty(x.shape[0], y.shape[1], int(H * f), int(W * f))
                 out[_scale(core, f).slice] = y
-    finally:
+    finally:  # files are unlinked from the start; closing frees their space now
         if start > 0:
             src.close()
+        if store is not None and store[1] is not src:
+            store[1].close()
     log.debug("tiled VAE: %s", info)
     if report is not None:
         report.update(info)
