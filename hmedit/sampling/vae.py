@@ -534,10 +534,18 @@ def encode_tiled(
     return DiagonalGaussianDistribution(h)
 
 
-def decode(vae, latents: Tensor, tile: int | None = None, overlap: int | None = None) -> Tensor:
-    """Decode ``latents``: whole when they fit in ``tile`` latent px (default AUTO_TILE), else tiled."""
-    tile = tile or AUTO_TILE
-    if max(latents.shape[-2:]) <= tile:
+def decode(
+    vae,
+    latents: Tensor,
+    tile: int = DECODE_TILE,
+    overlap: int | None = None,
+    *,
+    whole: int = AUTO_TILE,
+    report: dict | None = None,
+) -> Tensor:
+    """Decode ``latents``: in one piece when both sides are at most ``whole`` latent px, else in tiles of
+    ``tile`` (32 latent px decode 2048 px 1.7x faster than 64 on a CPU, with less memory)."""
+    if max(latents.shape[-2:]) <= whole:
         with torch.no_grad():
             return vae.decode(latents, return_dict=False)[0]
-    return decode_tiled(vae, latents, tile, overlap)
+    return decode_tiled(vae, latents, tile, overlap, report=report)

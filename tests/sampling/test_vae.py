@@ -153,10 +153,13 @@ def test_tiled_encode_matches_untiled(which, request):
 
 def test_decode_chooses_tiling_by_size(tiny_vae):
     small = latents(1, 16, 24)
-    torch.testing.assert_close(decode(tiny_vae, small, tile=32), untiled(tiny_vae, small), rtol=0, atol=0)
-    big = latents(1, 40, 24)
-    out = decode(tiny_vae, big, tile=16)
+    torch.testing.assert_close(decode(tiny_vae, small, whole=32), untiled(tiny_vae, small), rtol=0, atol=0)
+    big, report = latents(1, 40, 24), {}
+    out = decode(tiny_vae, big, tile=16, whole=32, report=report)
+    assert report["tiles"] == 3 * 2
     torch.testing.assert_close(out, untiled(tiny_vae, big), rtol=0, atol=1e-4)
+    decode(tiny_vae, latents(1, 72, 24), report=report)  # above 64 latent px: tiles of 32
+    assert report["tiles"] == 3 * 1
 
 
 def test_original_groupnorms_are_restored(tiny_vae):
