@@ -10,7 +10,7 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
     """Tiny SD1-like (epsilon, conv projection, 32-dim text) or SD2-like (v-prediction, linear projection,
     larger text width) components."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from hmedit.toy.train import build_tokenizer
@@ -59,16 +59,22 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
         norm_num_groups=32,
         sample_size=sample_size * 2,
     )
-    sched = DDIMScheduler(
+    return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sd_scheduler(sd2))
+
+
+def sd_scheduler(v_prediction: bool):
+    """SD's DDIM scheduler (the published scheduler_config.json), epsilon or v-prediction."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
+        prediction_type="v_prediction" if v_prediction else "epsilon",
     )
-    return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched)
 
 
 def save_tiny(path: Path, family: str = "sd1", seed: int = 0, sample_size: int = 32) -> Path:
@@ -156,7 +162,7 @@ def sd_components(kind: str, seed: int = 0, device=None) -> dict:
     :func:`tiny_components`) with random weights, built on ``device``. The text encoder's vocabulary is the
     bundled tokenizer's (the only one available offline); its size does not change the cost of a step."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from hmedit.toy.train import build_tokenizer
@@ -185,13 +191,5 @@ def sd_components(kind: str, seed: int = 0, device=None) -> dict:
         )
         unet = UNet2DConditionModel(**arch["unet"])
         vae = AutoencoderKL(**arch["vae"])
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=arch["prediction_type"],
-    )
+    sched = sd_scheduler(arch["prediction_type"] == "v_prediction")
     return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched)
