@@ -109,6 +109,11 @@ def bench_command(
     console = stdout()
     console.print(f"loading {model}")
     loaded = load(model, device=device, dtype=dtype)
+    if "scale" in names and loaded.device.type == "cpu" and not quick:
+        console.print(
+            "[yellow]note:[/] the scale suite on a CPU runs the Panorama pipeline at 4096x4096 (thousands of "
+            "views a step): expect hours; it is meant for GPUs (--quick checks it in seconds)"
+        )
     progress = progress_bar(console)
     total = sum(bench.render_count(n, config) for n in names)
     with progress:
