@@ -111,9 +111,7 @@ def _scene_path(name: str) -> Path:
 
 def suite_tiling(b) -> dict:
     import torch
-    from diffusers import StableDiffusionPanoramaPipeline
 
-    from hmedit.models.load import make_scheduler
     from hmedit.render import Settings, render
     from hmedit.scene.load import load_scene
     from hmedit.scene.spec import Tiling
@@ -121,10 +119,7 @@ def suite_tiling(b) -> dict:
     cfg, model = b.config, b.model
     size, steps = cfg.tiling_size, cfg.tiling_steps
     f = model.vae_scale_factor
-    pipe = StableDiffusionPanoramaPipeline(
-        **model.components(), scheduler=make_scheduler("ddim", model.scheduler_config)
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _panorama_pipe(model)
     scenes: dict[str, Any] = {}
     names = tiling_scene_names(cfg)
     for name in [*names, *(n for n in cfg.panorama_scenes if n not in names)]:
@@ -180,6 +175,19 @@ def suite_tiling(b) -> dict:
         "world_reference": reference,
         "pass": max(seams) <= SEAM_TARGET and bool(speedups) and min(speedups) >= SPEED_TARGET and no_worse,
     }
+
+
+def _panorama_pipe(model):
+    """diffusers' Panorama pipeline on the model's own modules, with DDIM (as hmedit's contender uses)."""
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    from hmedit.models.load import make_scheduler
+
+    pipe = StableDiffusionPanoramaPipeline(
+        **model.components(), scheduler=make_scheduler("ddim", model.scheduler_config)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def tiling_scene_names(cfg) -> list[str]:
@@ -275,18 +283,13 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def suite_scale(b) -> dict:
     import torch
-    from diffusers import StableDiffusionPanoramaPipeline
 
-    from hmedit.models.load import make_scheduler
     from hmedit.render import Settings, render
     from hmedit.scene.spec import Scene
 
     cfg, model = b.config, b.model
     steps, f = cfg.scale_steps, model.vae_scale_factor
-    pipe = StableDiffusionPanoramaPipeline(
-        **model.components(), scheduler=make_scheduler("ddim", model.scheduler_config)
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _panorama_pipe(model)
     sizes: dict[str, Any] = {}
     for size in cfg.scale_sizes:
         scene = Scene.model_validate(memory_scene(size, steps))

@@ -89,8 +89,7 @@ def resolve(name: str, *, base_dir: Path | None = None) -> ModelRef:
                 f"unknown random architecture '{name}'",
                 hint="use "
                 + ", ".join(RANDOM_PREFIX + k for k in RANDOM_KINDS)
-                + " (random weights, for speed "
-                "and memory benchmarks)",
+                + " (random weights, for speed and memory benchmarks)",
             )
         return ModelRef(name, Path(name), "random")
     candidates = [Path(name).expanduser()]

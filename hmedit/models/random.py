@@ -159,7 +159,8 @@ RANDOM_KINDS = ("tiny", "tiny-sd2", *SD_ARCHITECTURES)
 
 def sd_components(kind: str, seed: int = 0, device=None) -> dict:
     """Components of the named architecture ("sd15", "sd2", or "tiny"/"tiny-sd2" for
-    :func:`tiny_components`) with random weights, built on ``device``. The text encoder's vocabulary is the
+    :func:`tiny_components`) with random weights; the SD-sized ones are built directly on ``device`` (no
+    initialisation on the CPU and copy of a billion parameters). The text encoder's vocabulary is the
     bundled tokenizer's (the only one available offline); its size does not change the cost of a step."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -167,12 +168,8 @@ def sd_components(kind: str, seed: int = 0, device=None) -> dict:
 
     from hmedit.toy.train import build_tokenizer
 
-    if kind in ("tiny", "tiny-sd2"):
-        comps = tiny_components("sd2" if kind == "tiny-sd2" else "sd1", seed)
-        return {
-            k: v.to(device) if device is not None and hasattr(v, "to") and k != "tokenizer" else v
-            for k, v in comps.items()
-        }
+    if kind in ("tiny", "tiny-sd2"):  # small enough to build on the CPU; the loader moves modules anyway
+        return tiny_components("sd2" if kind == "tiny-sd2" else "sd1", seed)
     if kind not in SD_ARCHITECTURES:
         raise ValueError(kind)
     arch = SD_ARCHITECTURES[kind]
