@@ -80,7 +80,7 @@ def learn_scene(write_scene, write_png) -> Callable[..., Path]:
 @pytest.fixture
 def trainings(monkeypatch) -> list[int]:
     """Counts calls of inversion.learn_embedding (the training), which still runs."""
-    import hmedit.conditioning.inversion as inv
+    import hmedit.conditioning.textual_inversion as inv
 
     real, calls = inv.learn_embedding, []
 

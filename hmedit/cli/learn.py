@@ -66,7 +66,7 @@ def learn_command(
     from hmedit.batch import Models, Options, _error_line, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
-    from hmedit.conditioning.inversion import export_diffusers
+    from hmedit.conditioning.textual_inversion import export_diffusers
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
     from hmedit.errors import HmeditError
     from hmedit.models.load import pick_device

@@ -14,7 +14,7 @@ This is what ``hmedit learn`` and ``hmedit render`` call (:func:`install_tokens`
 3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings
    (the guidance and negative prompt among them); a cached embedding is installed without training,
    otherwise the token is learned (Collage Diffusion eq. 1, only its row trained, under the scene's
-   classifier-free guidance: see :mod:`hmedit.conditioning.inversion`) and cached in diffusers' format.
+   classifier-free guidance: see :mod:`hmedit.conditioning.textual_inversion`) and cached in diffusers' format.
 
 Token names are ``<hm-<node id>-<8 hex digits of the key or file hash>>``: unique per node and embedding, so
 tokens of several scenes live side by side in one loaded model, and prompts without them encode exactly as
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hmedit.conditioning import inversion as inv
+from hmedit.conditioning import textual_inversion as inv
 from hmedit.errors import HmeditError
 from hmedit.scene.spec import FlatNode, LearnSpec, Node, Scene
 
@@ -128,7 +128,7 @@ def needs_tokens(scene: Scene) -> bool:
 
 
 def learn_settings(spec: LearnSpec, guidance: float = 1.0, negative: str = "") -> inv.LearnSettings:
-    """A node's ``learn:`` keys as the settings of :func:`hmedit.conditioning.inversion.learn_token`.
+    """A node's ``learn:`` keys as the settings of :func:`hmedit.conditioning.textual_inversion.learn_token`.
 
     ``guidance`` and ``negative``: the scene's guidance and the node's negative prompt, what the token is
     rendered with; ``learn.guidance`` overrides the first. A guidance of 1 or less (no classifier-free

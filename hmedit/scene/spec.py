@@ -317,7 +317,7 @@ Levels = Annotated[
 class LearnSpec(_Spec):
     """How a node's token is learned: the settings of its textual inversion (Collage Diffusion §4.3)."""
 
-    # The defaults are hmedit.conditioning.inversion.LearnSettings' (a test keeps them equal); this module
+    # The defaults are hmedit.conditioning.textual_inversion.LearnSettings' (a test keeps them equal); this module
     # does not import torch.
 
     steps: Int = Field(120, ge=1, le=100_000, description="Optimisation steps (default 120).")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import hmedit.conditioning.inversion as inv
+import hmedit.conditioning.textual_inversion as inv
 from hmedit.cli.app import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hmedit.conditioning import inversion as inv
+from hmedit.conditioning import textual_inversion as inv
 from hmedit.conditioning import tokens as T
 from hmedit.errors import HmeditError
 from hmedit.scene import LearnSpec, load_scene

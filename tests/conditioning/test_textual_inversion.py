@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hmedit.conditioning import inversion as inv
+from hmedit.conditioning import textual_inversion as inv
 from hmedit.conditioning.encode import encode_text
 from hmedit.errors import HmeditError
 
