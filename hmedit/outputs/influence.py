@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from hmedit.outputs.folder import real_dir, safe_unlink
 from hmedit.outputs.write import save_png, save_safetensors
 
 __all__ = [
@@ -183,25 +184,53 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _fit(text: str, font: Any, width: float) -> str:
-    """``text`` cut to ``width`` pixels, ending in '...' when cut."""
-    if font.getlength(text) <= width:
+    """``text`` cut to ``width`` pixels, ending in '...' when cut.
+
+    Bounded work whatever the text's length: only its first ``width`` characters can show (a glyph that
+    shows is at least a pixel wide), so the rest is dropped unmeasured (:func:`_ellipsize`).
+    """
+    limit = max(8, int(width) + 1)
+    if len(text) <= limit and font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "...") > width:
-        text = text[:-1]
-    return text.rstrip() + "..."
+    return _ellipsize(text, font, width)
+
+
+def _ellipsize(text: str, font: Any, width: float) -> str:
+    """The longest start of ``text`` that fits ``width`` pixels with '...' after it, plus '...'; the cut
+    point is found by bisection over the first ``width`` characters (O(width log width) measured)."""
+    head = text[: max(8, int(width) + 1)]
+    lo, hi = 0, len(head)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if font.getlength(head[:mid].rstrip() + "...") <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return head[:lo].rstrip() + "..."
 
 
 def _wrap(text: str, font: Any, width: float, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last cut with '...')."""
+    """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last cut with '...').
+
+    Linear in the text's length and bounded by the space it fills: at most ``max_lines`` lines of ``width``
+    characters can show, so only that much of the text is split into words and measured.
+    """
+    if max_lines <= 0:
+        return []
+    limit = max_lines * (max(8, int(width)) + 2)
+    cut = len(text) > limit
+    words = text[:limit].split()
     lines: list[str] = []
-    words = text.split()
-    while words and len(lines) < max_lines:
-        line = words.pop(0)
-        while words and font.getlength(f"{line} {words[0]}") <= width:
-            line = f"{line} {words.pop(0)}"
+    i = 0
+    while i < len(words) and len(lines) < max_lines:
+        line = words[i]
+        i += 1
+        while i < len(words) and font.getlength(f"{line} {words[i]}") <= width:
+            line = f"{line} {words[i]}"
+            i += 1
         lines.append(line)
-    if words and lines:
-        lines[-1] = _fit(f"{lines[-1]} {' '.join(words)}", font, width)
+    if lines and (i < len(words) or cut):  # more text than shows: the last line ends in '...'
+        lines[-1] = _ellipsize(" ".join([lines[-1], *words[i:]]), font, width)
     return [_fit(line, font, width) for line in lines]
 
 
@@ -385,6 +414,24 @@ def influence_tensors(ids: Sequence[str], **stacks: Any) -> dict[str, Any]:
     return out
 
 
+def _written_ids(out: Path, name: str) -> list[str]:
+    """The node ids an earlier :func:`write_influence` recorded in ``out/name`` (none if it is missing,
+    unreadable, or not a regular file), i.e. the heatmaps it wrote."""
+    import stat
+
+    from safetensors import safe_open
+
+    path = out / name
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return []
+        with safe_open(str(path), framework="numpy") as f:
+            ids = json.loads((f.metadata() or {}).get("ids", "[]"))
+    except Exception:  # any damage to an old file only means nothing is known to be stale
+        return []
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
 def _kind_order(kinds: Iterable[str]) -> list[str]:
     rank = {k: i for i, k in enumerate(KINDS)}
     return sorted(set(kinds), key=lambda k: (rank.get(k, len(rank)), k))
@@ -418,8 +465,12 @@ def write_influence(
     and a kind may have its own resolution (attention maps at a UNet level, say). Writes
     ``influence.safetensors`` (float32, metadata: ``ids`` and, with ``nodes``, ``parents`` as JSON, plus
     ``metadata``), ``influence/<id>.png`` (each node's ``heatmap_kind`` map, else its first map; over
-    ``base_image`` when given; stale PNGs of nodes no longer in ``ids`` are removed) and ``influence.png``
-    (the contact sheet; ``nodes`` as for :func:`contact_sheet`, default: ``ids`` as a flat list).
+    ``base_image`` when given) and ``influence.png`` (the contact sheet; ``nodes`` as for
+    :func:`contact_sheet`, default: ``ids`` as a flat list).
+
+    The heatmaps of nodes that the previous ``influence.safetensors`` listed and ``ids`` no longer does are
+    removed: only those files, only as regular files inside ``out_dir`` (``outputs.folder.safe_unlink``);
+    ``influence/`` must be a real folder, not a symbolic link (``HmeditError``).
     """
     import torch
 
@@ -453,10 +504,11 @@ def write_influence(
         for node_id in ids
         if node_id in by_kind[kind]
     }
+    heat_dir = real_dir(out, "influence")
+    previous = _written_ids(out, "influence.safetensors")
     tensors_path = save_safetensors(out / "influence.safetensors", ordered, meta)
 
     text = {k: v for k, v in (metadata or {}).items() if 1 <= len(k) <= 79}
-    heat_dir = out / "influence"
     heatmaps: dict[str, Path] = {}
     for node_id in ids:
         kind = heatmap_kind if node_id in by_kind.get(heatmap_kind, {}) else None
@@ -467,10 +519,9 @@ def write_influence(
         image = heatmap(m, base_image)
         info = {**text, "node": node_id, "kind": kind, "max": f"{float(m.max()):.6g}"}
         heatmaps[node_id] = save_png(heat_dir / f"{node_id}.png", image, info)
-    if heat_dir.is_dir():
-        for stale in heat_dir.glob("*.png"):
-            if stale.stem not in heatmaps and not stale.name.startswith("."):
-                stale.unlink(missing_ok=True)
+    for node_id in previous:
+        if node_id not in heatmaps:
+            safe_unlink(out, f"influence/{node_id}.png")
 
     columns = {kind: [by_kind[kind].get(node_id) for node_id in ids] for kind in kinds}
     sheet = contact_sheet(rows, base_image=base_image, extra=columns, title=title, max_width=max_width)

@@ -1,15 +1,23 @@
 """Atomic output files: a run that is interrupted or fails never leaves a half-written file behind.
 
 Every writer goes through :func:`atomic_path`: the data is written to a hidden temporary file in the target's
-folder (same file system, so the final ``os.replace`` is atomic), flushed to disk, and only then renamed onto
-the target. On any failure (an exception, Ctrl-C) the temporary file is removed and an existing target keeps
-its old content.
+folder (same file system, so the final ``os.replace`` is atomic), flushed to disk, given the ordinary mode of
+a new file (``0o666`` less the umask, whatever the writing library chose) and only then renamed onto the
+target. On any failure (an exception, Ctrl-C) the temporary file is removed and an existing target keeps its
+old content. A file system error (disk full, read-only folder) becomes one ``HmeditError`` with a hint.
+
+Temporary files are named ``.<name>.<pid>.tmp`` (:func:`temp_path_for`, :func:`temp_owner`), so that one left
+by a killed process can be told apart and removed by the next run (``hmedit.outputs.folder``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -22,13 +30,41 @@ if TYPE_CHECKING:
     from PIL import Image
     from torch import Tensor
 
-__all__ = ["atomic_path", "atomic_write", "save_json", "save_png", "save_safetensors", "temp_path_for"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "file_mode",
+    "save_json",
+    "save_png",
+    "save_safetensors",
+    "temp_owner",
+    "temp_path_for",
+]
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})\.tmp$")
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary sibling a write of ``path`` goes through: ``.<name>.<pid>.tmp`` in the same folder."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid in a temporary file's name made by :func:`temp_path_for`, or None for any other name."""
+    match = _TEMP_RE.match(name)
+    return int(match.group("pid")) if match else None
+
+
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode of a new file: ``0o666`` less the process umask (what ``open(path, "w")`` gives)."""
+    with _umask_lock:  # the only portable way to read the umask is to set it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync(path: Path, *, directory: bool = False) -> None:
@@ -60,12 +96,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_path_for(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _clear(tmp)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
         yield tmp
-        if not tmp.is_file():
+        st = os.lstat(tmp) if os.path.lexists(tmp) else None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise RuntimeError(f"nothing was written to the temporary file for {path}")
+        os.chmod(tmp, file_mode())  # one mode for every output, whatever the library created it with
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -77,17 +116,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _fsync(path.parent, directory=True)  # make the rename itself durable
 
 
+def _clear(tmp: Path) -> None:
+    """Remove whatever sits at the temporary name (a leftover, or a planted symlink that the writer would
+    otherwise follow): the name itself is unlinked, never what a link points to."""
+    try:
+        st = os.lstat(tmp)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder has the name of the temporary file", str(tmp))
+    os.unlink(tmp)
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_hint(exc: OSError) -> str:
+    """What to do about a failed write, by its errno."""
+    if exc.errno in _FULL:
+        return "the disk is full: free some space or write elsewhere with --out"
+    if exc.errno in _DENIED:
+        return "the output folder is not writable: fix its permissions or write elsewhere with --out"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is in the way of the output folder: remove it or write elsewhere with --out"
+    return "check that the output folder is writable and the disk is not full"
+
+
 def _write_error(path: Path, exc: OSError) -> HmeditError:
     reason = exc.strerror or str(exc)
-    return HmeditError(
-        f"cannot write {path}: {reason}",
-        file=path,
-        hint="check that the output folder is writable and the disk is not full",
-    )
+    return HmeditError(f"cannot write {path}: {reason}", file=path, hint=write_hint(exc))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
+    """Write ``data`` to ``path`` atomically; returns the path. The one writer of bytes: every other
+    ``save_*`` that can produce bytes in memory goes through it."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return Path(path)
@@ -133,16 +196,17 @@ def save_safetensors(
     Tensors are copied to the CPU as contiguous, unshared storage first (safetensors refuses views that
     share memory, such as the rows of one stacked [K, H, W] tensor).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if metadata is not None:
         bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
         if bad:
             raise TypeError(f"safetensors metadata must map text to text; not so for {bad}")
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=dict(metadata) if metadata is not None else None)
-    return Path(path)
+    # serialised in memory and written by Python: the library's own file writer chose mode 0600 and turned
+    # a full disk into its own exception type
+    data = save(plain, metadata=dict(metadata) if metadata is not None else None)
+    return atomic_write(path, data)
 
 
 def _json_default(value: Any) -> Any:

@@ -121,8 +121,12 @@ def test_write_influence_files(tmp_path):
     intrinsic, effective = torch.rand(3, 24, 32), torch.rand(3, 24, 32)
     tensors = influence_tensors(ids, intrinsic=intrinsic, effective=effective)
     tensors["attention/sun"] = torch.rand(3, 4)  # a later render adds maps at its own resolution
-    (tmp_path / "influence").mkdir()
-    (tmp_path / "influence" / "gone.png").write_bytes(b"stale")
+    # an earlier write had a node "gone": its heatmap goes; a PNG hmedit did not write stays
+    write_influence(
+        tmp_path, ["root", "gone"], {"effective/root": torch.rand(4, 4), "effective/gone": torch.rand(4, 4)}
+    )
+    assert (tmp_path / "influence" / "gone.png").is_file()
+    (tmp_path / "influence" / "notes.png").write_bytes(b"the user's")
 
     files = write_influence(tmp_path, ids, tensors, nodes=nodes, metadata={"scene": "s.yaml"})
 
@@ -134,7 +138,8 @@ def test_write_influence_files(tmp_path):
         assert meta["scene"] == "s.yaml"
         assert torch.equal(f.get_tensor("effective/sky"), effective[1])
         assert f.get_tensor("attention/sun").shape == (3, 4)
-    assert sorted(p.name for p in (tmp_path / "influence").iterdir()) == ["root.png", "sky.png", "sun.png"]
+    names = sorted(p.name for p in (tmp_path / "influence").iterdir())
+    assert names == ["notes.png", "root.png", "sky.png", "sun.png"]
     with Image.open(files.heatmaps["sun"]) as img:
         assert img.size == (32, 24)
         assert img.text["node"] == "sun" and img.text["kind"] == "effective"
