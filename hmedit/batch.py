@@ -234,28 +234,22 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 
 
 def _inside(folder: Path, relative: str) -> Path | None:
-    """``folder / relative`` if it stays inside ``folder`` (a record is data from disk: trust it little)."""
-    base = Path(os.path.normpath(folder.absolute()))
-    path = Path(os.path.normpath(base / relative))
-    try:
-        path.relative_to(base)
-    except ValueError:
-        return None
-    return path
+    """``folder / relative`` if it stays inside ``folder`` (a record is data from disk: trust it little);
+    see ``hmedit.outputs.folder.inside`` (lexical: no absolute name, no '..')."""
+    from hmedit.outputs.folder import inside
+
+    return inside(folder, relative)
 
 
 def up_to_date(job: Job) -> dict[str, Any] | None:
-    """The job's existing record if its key matches and every output it lists is there, else None."""
-    rec = read_record(job.target)
-    if rec is None or rec.get("key") != job.key:
+    """The job's existing record if its key matches and every output it lists is there as the record's
+    ``files`` describe it (a regular file inside the folder, same size and sha256), else None: a truncated
+    output, or one another render wrote, is rendered again (``hmedit.outputs.folder.verify_outputs``)."""
+    from hmedit.outputs.folder import read_json, verify_outputs
+
+    rec = read_json(job.target, RENDER_JSON)
+    if not isinstance(rec, dict) or rec.get("key") != job.key or not verify_outputs(job.target, rec):
         return None
-    outputs = rec.get("outputs")
-    if not isinstance(outputs, list) or not outputs:
-        return None
-    for name in outputs:
-        path = _inside(job.target, str(name))
-        if path is None or not path.is_file():
-            return None
     return rec
 
 
@@ -413,28 +407,23 @@ def render_job(
 
 def _remove_stale(target: Path, old: dict[str, Any] | None, outputs: Iterable[str]) -> None:
     """Delete what the previous render listed and this one did not write (image-<seed>.png of old seeds)."""
+    from hmedit.outputs.folder import safe_unlink
+
     if not old or not isinstance(old.get("outputs"), list):
         return
     keep = set(outputs)
     for name in old["outputs"]:
         if str(name) in keep or str(name) == RENDER_JSON:
             continue
-        path = _inside(target, str(name))
-        if path is not None:
-            with suppress(OSError):
-                path.unlink()
+        safe_unlink(target, str(name))  # only a regular file inside target, never through a symlink
 
 
 def remove_temp_files(folder: Path) -> None:
-    """Temporary files this process left in ``folder`` (outputs.write cleans its own; this is the net)."""
-    from hmedit.outputs import temp_path_for
+    """Temporary files this process left in ``folder`` (outputs.write cleans its own; this is the net).
+    Those of dead processes go when the folder is next locked (``outputs.folder.lock_folder``)."""
+    from hmedit.outputs.folder import remove_stale_temp
 
-    if not folder.is_dir():
-        return
-    suffix = temp_path_for(folder / "x").name[len(".x") :]  # ".<pid>.tmp"
-    for path in folder.rglob(f".*{suffix}"):
-        with suppress(OSError):
-            path.unlink()
+    remove_stale_temp(folder, pids=[os.getpid()])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -494,6 +483,9 @@ class Batch:
 
     def run(self, files: Sequence[Path]) -> list[Result]:
         """Results in file order; files not reached (Ctrl-C, --fail-fast) are listed as "not run"."""
+        from hmedit.outputs.folder import check_writable
+
+        check_writable(self.options.out)  # a read-only, full or mistyped --out fails before the first scene
         claimed: dict[Path, Path] = {}
         results = [Result(Path(f)) for f in files]
         self.reporter.batch_started(len(files))
@@ -506,6 +498,8 @@ class Batch:
 
     def _one(self, result: Result, claimed: dict[Path, Path]) -> bool:
         """Run one scene into ``result``; True when the batch must stop."""
+        from hmedit.outputs.folder import lock_folder, seal_record
+
         file, report = result.file, self.reporter
         report.scene_started(file)
         start = time.perf_counter()
@@ -514,11 +508,13 @@ class Batch:
             result.warnings += 1
             report.problem(_error_line(warning, file, "warning"))
 
+        lock = None  # the scene's output folder is ours alone from the up-to-date check to render.json
         try:
             job = prepare(
                 file, self.options, device=self.device, dtype=self.dtype, claimed=claimed, on_warning=warn
             )
             result.name, result.target = job.scene.name, job.target
+            lock = lock_folder(job.target)
             rec = None if self.options.force else up_to_date(job)
             if rec is not None:
                 result.status = SKIPPED
@@ -532,6 +528,7 @@ class Batch:
                     on_step=report.step,
                     on_learn=lambda node, i, n, loss: report.learning(file, node, i, n, loss),
                 )
+                rec = seal_record(job.target, rec)  # size and sha256 of each output, for up_to_date
                 result.status = OK
             result.record = rec
             result.images = {s: job.target / image_name(s, job.seeds) for s in job.seeds}
@@ -560,6 +557,8 @@ class Batch:
                 True,
             )
         finally:
+            if lock is not None:
+                lock.release()
             result.seconds = round(time.perf_counter() - start, 3)
         if result.status == FAILED and result.target is not None:
             remove_temp_files(result.target)
