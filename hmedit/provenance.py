@@ -3,8 +3,8 @@
 Two things live here, both plain data (no model, no torch at import):
 
 - :func:`render_key`: the up-to-date key of a scene's render, a sha256 over everything that decides its
-  output files. ``hmedit render`` skips a scene whose ``render.json`` holds the same key (and whose outputs
-  all exist).
+  output files. ``hmedit render`` skips a scene whose ``render.json`` holds the same key and whose outputs
+  all match the size and sha256 it records for them (``files``; ``hmedit.outputs.folder.verify_outputs``).
 - :func:`record`: the content of ``render.json``, written last into the scene's output folder.
 """
 
@@ -144,6 +144,7 @@ def record(
     outputs: Iterable[str],
     created: datetime | None = None,
     embeddings: Mapping[str, Any] | None = None,
+    files: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The content of ``render.json`` (save it with ``outputs.save_json``: sorted keys).
 
@@ -151,7 +152,9 @@ def record(
     mappings); ``key_settings``: the settings the key was computed from; ``assets``: ``{field path: {"path",
     "sha256"}}``; ``timings``: seconds per stage per seed and in total; ``outputs``: paths relative to the
     scene's output folder; ``embeddings``: the tokens of nodes with ``learn`` / ``embedding``, by node id
-    (``SceneTokens.describe()``: the cache key or file and its sha256, the learn settings).
+    (``SceneTokens.describe()``: the cache key or file and its sha256, the learn settings); ``files``: the
+    size and sha256 of each output (``hmedit.outputs.folder.describe_outputs``), which the up-to-date check
+    verifies (a record without them is never up to date).
     """
     plain = [_plain(s) for s in settings]
     when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
@@ -178,6 +181,8 @@ def record(
         "timings": dict(timings),
         "outputs": sorted(outputs),
     }
+    if files is not None:
+        out["files"] = {str(k): dict(v) for k, v in sorted(files.items())}
     if embeddings:
         out["embeddings"] = {k: dict(v) for k, v in embeddings.items()}
     return out

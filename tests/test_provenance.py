@@ -124,3 +124,34 @@ def test_record_fields(write_scene):
     assert rec["model"]["hash"] == "0123456789abcdef" and rec["key"] == "k" * 64
     assert set(rec["versions"]) == {"hmedit", "python", "torch", "diffusers", "transformers"}
     json.dumps(rec)  # plain JSON all the way down
+
+
+def test_record_carries_size_and_hash_of_each_output(write_scene, tmp_path):
+    from hmedit.outputs.folder import describe_outputs, verify_outputs
+
+    path = write_scene("root: {prompt: a red circle}\n", "s.yaml")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "image.png").write_bytes(b"pixels")
+    common = dict(
+        key="k" * 64,
+        scene=load_scene(path),
+        scene_file=path,
+        scene_bytes=path.read_bytes(),
+        assets={},
+        model={"name": "tiny"},
+        device="cpu",
+        dtype="float32",
+        settings=[{"seed": 0}],
+        key_settings=[{"seed": 0}],
+        overrides={},
+        timings={},
+        outputs=["image.png"],
+    )
+    rec = provenance.record(**common, files=describe_outputs(out, ["image.png"]))
+    assert rec["files"] == {"image.png": {"size": 6, "sha256": hashlib.sha256(b"pixels").hexdigest()}}
+    assert verify_outputs(out, rec)
+    (out / "image.png").write_bytes(b"pixelz")  # same size, other content
+    assert not verify_outputs(out, rec)
+    assert "files" not in provenance.record(**common)
+    assert not verify_outputs(out, provenance.record(**common))  # no sizes and hashes: never up to date
