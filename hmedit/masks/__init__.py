@@ -12,11 +12,10 @@ from hmedit.masks.compose import (
     hybrid,
     multiplicative,
     normalized,
-    normalized_jacobian,
     normalized_vjp,
     top_down,
 )
-from hmedit.masks.levels import LevelMasks, downsample, level_names, level_sizes
+from hmedit.masks.levels import downsample, level_names, level_sizes
 from hmedit.masks.raster import (
     ellipse,
     feather,
@@ -34,7 +33,6 @@ from hmedit.masks.raster import (
 
 __all__ = [
     "SCHEMES",
-    "LevelMasks",
     "compose",
     "depth_weighted",
     "depths",
@@ -50,7 +48,6 @@ __all__ = [
     "level_sizes",
     "multiplicative",
     "normalized",
-    "normalized_jacobian",
     "normalized_vjp",
     "place_layer",
     "polygon",

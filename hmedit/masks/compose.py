@@ -34,7 +34,6 @@ __all__ = [
     "hybrid",
     "multiplicative",
     "normalized",
-    "normalized_jacobian",
     "normalized_vjp",
     "top_down",
 ]
@@ -148,25 +147,6 @@ def normalized(
         return NormalizedComposition.apply(masks, s.reshape(-1), eps)
     c = s * masks  # c^k = s^k m^k (§3)
     return c / (c.sum(0, keepdim=True) + eps)
-
-
-def normalized_jacobian(masks: Tensor, strengths: StrengthsLike = None, *, eps: float = 1e-6) -> Tensor:
-    """The per-pixel Jacobian of :func:`normalized` in the masks, as written in §4:
-
-        dM~_il / dM_ik = delta_kl s_k / d_i - s_k s_l M_il / d_i^2
-
-    Returned as J [l, k, ...] (output node, input node, then the spatial axes). Pixels do not interact, so
-    this is the whole Jacobian (it is block diagonal over pixels).
-    """
-    _check_masks(masks)
-    s = _strengths(strengths, masks)
-    d = (s * masks).sum(0) + eps  # d_i
-    k = masks.shape[0]
-    eye = torch.eye(k, dtype=masks.dtype, device=masks.device).reshape(k, k, *([1] * (masks.ndim - 1)))
-    s_k = s.unsqueeze(0)  # varies along the input axis k
-    s_l = s.unsqueeze(1)  # varies along the output axis l
-    m_l = masks.unsqueeze(1)
-    return eye * s_k / d - s_k * s_l * m_l / d**2
 
 
 def normalized_vjp(

@@ -1,16 +1,17 @@
 """Tiling geometry for sampling above the model's native size: windows over the latent, their blending
-weights, per-step random offsets, and the crop/fuse pair. Plain torch, no model.
+weights and per-step random offsets. Plain torch, no model; the denoise step crops and fuses with them.
 
 All sizes are latent pixels. A render is denoised window by window and the windows' noise predictions are
-fused with per-pixel weights that sum to one (MultiDiffusion, Bar-Tal et al. 2023, eq. 5 with uniform
-weights; Mixture of Diffusers, Jiménez 2023, with separable Gaussian weights). Seams are controlled by
+fused with per-pixel weights that sum to one (MultiDiffusion: Fusing Diffusion Paths for Controlled Image
+Generation, Bar-Tal et al., arXiv:2302.08113, eq. 5 with uniform weights; Mixture of Diffusers for scene
+composition and high resolution image generation, Jiménez, arXiv:2302.02412, with separable Gaussian
+weights). Seams are controlled by
 shifting the window grid every step (:func:`random_offset`) and by weights that fall to zero at window
 borders that lie inside the image (``fade``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -159,15 +160,13 @@ def fusion_weights(
     ramp: int | None = None,
     var: float = GAUSSIAN_VAR,
     floor: float = WEIGHT_FLOOR,
-    allow_gaps: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-window weights [W, h, w] and the normaliser [H, W] (their scattered sum) for fusing window
     predictions: Σ_w weight_w(x) / norm(x) = 1 at every pixel.
 
     ``fade``: weights fall to zero at window sides inside the image, not at image borders (seam control).
     Weights are floored at ``floor`` so every covered pixel has a positive normaliser. Windows must all be
-    the same size and lie inside the image; pixels no window covers raise ValueError, unless
-    ``allow_gaps`` (their normaliser is then 1 and they fuse to 0, as diffusers' Panorama pipeline does)."""
+    the same size and lie inside the image; pixels no window covers raise ValueError."""
     if not wins:
         raise ValueError("no windows")
     h, w = wins[0].height, wins[0].width
@@ -185,38 +184,13 @@ def fusion_weights(
         norm[win.slice] += wt
     gaps = norm <= 0
     if gaps.any():
-        if not allow_gaps:
-            raise ValueError(f"the windows leave {int(gaps.sum())} pixels of {height}x{width} uncovered")
-        norm = torch.where(gaps, torch.ones_like(norm), norm)
+        raise ValueError(f"the windows leave {int(gaps.sum())} pixels of {height}x{width} uncovered")
     return weights, norm
 
 
 def crop(tensor: Tensor, window: Window) -> Tensor:
     """``tensor[..., y0:y1, x0:x1]`` (a view)."""
     return tensor[window.slice]
-
-
-def fuse(
-    preds: Tensor,
-    wins: Sequence[Window],
-    weights: Tensor,
-    out_shape: Sequence[int],
-    norm: Tensor | None = None,
-) -> Tensor:
-    """Blend window predictions ``preds`` [W, ..., h, w] into one [..., H, W] tensor: Σ_w weight_w·pred_w
-    / norm, accumulated in float32 at least. ``norm`` defaults to the scattered sum of ``weights``; pixels
-    no window covers come out 0."""
-    acc_dtype = torch.promote_types(preds.dtype, torch.float32)
-    out = torch.zeros(tuple(out_shape), dtype=acc_dtype, device=preds.device)
-    weights = weights.to(preds.device, acc_dtype)
-    if norm is None:
-        norm = torch.zeros(tuple(out_shape[-2:]), dtype=acc_dtype, device=preds.device)
-        for win, wt in zip(wins, weights):
-            norm[win.slice] += wt
-    for pred, win, wt in zip(preds, wins, weights):
-        out[win.slice] += pred.to(acc_dtype) * wt
-    norm = norm.to(preds.device, acc_dtype).clamp(min=torch.finfo(acc_dtype).tiny)
-    return (out / norm).to(preds.dtype)
 
 
 def panorama_views(height: int, width: int, window: int = 64, stride: int = 8) -> list[Window]:
@@ -232,13 +206,3 @@ def panorama_views(height: int, width: int, window: int = 64, stride: int = 8) -
         x0 = int((i % nw) * stride)
         out.append(Window(y0, y0 + window, x0, x0 + window))
     return out
-
-
-def n_windows(height: int, width: int, tile: int, overlap: int) -> int:
-    """Number of windows without offset (for cost estimates)."""
-    stride = _check(tile, overlap)
-
-    def n(dim: int) -> int:
-        return 1 if dim <= tile else math.ceil((dim - tile) / stride) + 1
-
-    return n(height) * n(width)

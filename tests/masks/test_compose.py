@@ -17,7 +17,6 @@ from hmedit.masks.compose import (
     hybrid,
     multiplicative,
     normalized,
-    normalized_jacobian,
     normalized_vjp,
     top_down,
 )
@@ -241,17 +240,14 @@ def test_analytic_normalized_gradient_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda m, s: NormalizedComposition.apply(m, s, 1e-6), (masks, s))
 
 
-def test_analytic_normalized_jacobian_equals_autograd():
+def test_normalized_couples_nodes_not_pixels():
     masks = _positive_masks(k=4, h=2, w=2, seed=1)
     s = torch.tensor([0.3, 1.0, 2.0, 0.7], dtype=torch.float64)
     auto = torch.autograd.functional.jacobian(lambda m: normalized(m, s), masks)  # [K,H,W, K,H,W]
-    analytic = normalized_jacobian(masks, s)  # [l, k, H, W], block diagonal over pixels
-    for i in range(2):
-        for j in range(2):
-            torch.testing.assert_close(analytic[:, :, i, j], auto[:, i, j, :, i, j])
     off_pixel = auto.clone()
     for i in range(2):
         for j in range(2):
+            assert auto[:, i, j, :, i, j].abs().max() > 0  # nodes couple within a pixel
             off_pixel[:, i, j, :, i, j] = 0
     assert off_pixel.abs().max() == 0  # pixels do not couple, only nodes do (Table 4)
 

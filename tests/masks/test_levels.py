@@ -1,13 +1,11 @@
-"""Per-level and per-step masks."""
+"""Masks at each UNet level: resampling, names, sizes (per-render tables: tests/sampling/test_plan.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from hmedit.masks.levels import LevelMasks, downsample, level_names, level_sizes
+from hmedit.masks.levels import downsample, level_names, level_sizes
 
 
 def test_max_pool_keeps_a_one_pixel_region_that_area_averaging_dilutes():
@@ -42,50 +40,3 @@ def test_level_names_and_sizes():
     assert level_names([1]) == {1: "fine"}
     assert level_sizes((64, 96), [1, 2, 4, 8]) == {1: (64, 96), 2: (32, 48), 4: (16, 24), 8: (8, 12)}
     assert level_sizes((9, 7), [1, 2, 4]) == {1: (9, 7), 2: (5, 4), 4: (3, 2)}
-
-
-def _level_masks(active=None, levels=None):
-    masks = torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(0))
-    return masks, LevelMasks(masks, (8, 6), (1, 2, 4, 8), active=active, levels=levels, mode="area")
-
-
-def test_level_masks_are_keyed_by_query_length_and_precomputed():
-    masks, lm = _level_masks()
-    assert lm.query_lens == [48, 12, 4, 1]  # 8x6, 4x3, 2x2, 1x1
-    for n, f in zip(lm.query_lens, (1, 2, 4, 8), strict=True):
-        h, w = lm.sizes[f]
-        assert lm.factor(n) == f
-        torch.testing.assert_close(lm.at(0.5, n), downsample(masks, (h, w), "area").reshape(3, n))
-    with pytest.raises(KeyError, match="query length 49"):
-        lm.at(0.5, 49)
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.floats(0.0, 0.999), st.sampled_from([48, 12, 4, 1]))
-def test_level_masks_honour_active_ranges_and_levels(t, n):
-    active = [None, (0.2, 0.6), (0.5, 1.0)]
-    levels = [None, ["fine", "coarse"], [2, "coarse"]]  # names or factors
-    _, lm = _level_masks(active, levels)
-    _, plain = _level_masks()
-    name = lm.names[lm.factor(n)]
-    got, full = lm.at(t, n), plain.at(t, n)
-    expect_on = [
-        True,
-        0.2 <= t < 0.6 and name in ("fine", "coarse"),
-        t >= 0.5 and (lm.factor(n) == 2 or name == "coarse"),
-    ]
-    for k, on in enumerate(expect_on):
-        torch.testing.assert_close(got[k], full[k] if on else torch.zeros_like(full[k]))
-
-
-def test_level_masks_step_boundaries_are_half_open():
-    _, lm = _level_masks(active=[(0.0, 0.5), (0.5, 1.0), None])
-    assert float(lm.at(0.5, 48)[0].abs().sum()) == 0.0  # end excluded
-    assert float(lm.at(0.5, 48)[1].abs().sum()) > 0.0  # start included
-    assert float(lm.at(0.99, 48)[1].abs().sum()) > 0.0
-
-
-def test_level_masks_to_moves_the_tables():
-    _, lm = _level_masks()
-    lm.to(dtype=torch.float64)
-    assert lm.at(0.1, 12).dtype == torch.float64

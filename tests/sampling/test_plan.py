@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmedit.masks.levels import downsample
 from hmedit.sampling.plan import build_plan, noise_levels
 from hmedit.scene.spec import Scene
 
@@ -54,6 +55,11 @@ def test_build_plan_levels_gates_and_canvas(tmp_path):
     assert p.level_gate[4].tolist() == [True, True] and p.level_gate[64].tolist() == [True, False]
     assert p.pos.tolist() == [1.0, 1.0] and p.neg.tolist() == [1.0, 6.0]
     assert p.step_gate(0.25).tolist() == [True, True] and p.step_gate(0.75).tolist() == [True, False]
+    assert p.step_gate(0.5).tolist() == [True, False]  # active ranges are half-open: the end is excluded
+    assert p.step_gate(0.0).tolist() == [True, True]  # and the start included
+    for n, hw in ((4, (2, 2)), (16, (4, 4)), (64, (8, 8))):
+        # max-pooled, so small regions survive at coarse levels
+        torch.testing.assert_close(p.level_masks[n], downsample(p.effective, hw, "max").reshape(2, n))
     canvas = (p.canvas[0] + 1) / 2
     assert torch.allclose(canvas[:, 12, 12], torch.tensor([0.0, 0.0, 1.0]), atol=1e-3)  # layer pasted
     assert torch.allclose(canvas[:, 40, 40], torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # init elsewhere
