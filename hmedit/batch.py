@@ -2,11 +2,13 @@
 
 The pieces, in the order a batch uses them:
 
-- :func:`prepare`: a scene file -> a :class:`Job` (validated scene, resolved model, asset hashes, the
-  up-to-date key). Cheap: no model is loaded, so a batch of finished scenes is checked in moments.
+- :func:`prepare`: a scene file -> a :class:`~hmedit.jobs.Job` (planned on the driver by
+  :func:`hmedit.jobs.plan_job`: validated scene, resolved model and preset, asset hashes, the up-to-date key).
+  Cheap: no model is loaded, so a batch of finished scenes is checked in moments.
 - :func:`up_to_date`: the job's ``render.json`` has the same key and every output it lists exists.
-- :func:`render_job`: render every seed and write the outputs, each file atomically, ``render.json`` last,
-  so that an interrupted scene has no key and is rendered again on the next run.
+- :func:`render_job`: :func:`hmedit.jobs.run_job` (a function of the job, which a remote worker can call),
+  then the outputs, each file atomically, ``render.json`` last, so that an interrupted scene has no key and
+  is rendered again on the next run.
 - :class:`Batch`: the loop over scene files; one failing scene is recorded and the batch goes on (unless
   ``fail_fast``); Ctrl-C stops it after the current file's temporary files are gone.
 - :class:`ConsoleReporter` and :func:`print_summary`: the progress bars and the summary table.
@@ -26,27 +28,25 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hmedit import provenance
 from hmedit.errors import HmeditError
+from hmedit.jobs import RENDER_JSON, Job, ModelCache, default_models, image_name, plan_job, run_job
+from hmedit.scene.settings import Overrides
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
     from rich.text import Text
 
-    from hmedit.models.load import Model, ModelRef
-    from hmedit.scene import Scene
 
 __all__ = [
     "RENDER_JSON",
     "Batch",
     "ConsoleReporter",
     "Job",
-    "Models",
     "Options",
     "Reporter",
     "Result",
@@ -59,7 +59,6 @@ __all__ = [
     "up_to_date",
 ]
 
-RENDER_JSON = "render.json"
 
 # statuses of a Result
 OK, SKIPPED, FAILED, INTERRUPTED, NOT_RUN = "ok", "skipped", "failed", "interrupted", "not run"
@@ -76,6 +75,7 @@ class Options:
     guidance: float | None = None
     scheduler: str | None = None
     size: tuple[int, int] | None = None
+    preset: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     attention: bool = True
@@ -83,35 +83,11 @@ class Options:
     fail_fast: bool = False
     cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
 
-    def overrides(self) -> dict[str, Any]:
-        """The options that change a render, for the provenance."""
-        return {
-            "model": self.model,
-            "seed": self.seed,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "scheduler": self.scheduler,
-            "size": list(self.size) if self.size else None,
-            "record_attention": None if self.attention else False,
-        }
-
-
-@dataclass
-class Job:
-    """One scene, ready to render: everything known before a model is loaded."""
-
-    file: Path
-    scene: Scene
-    scene_bytes: bytes
-    target: Path
-    model_ref: ModelRef
-    model_hash: str
-    seeds: list[int]
-    assets: dict[str, dict[str, str]]  # field path -> {"path", "sha256"}
-    key_settings: list[dict[str, Any]]
-    device: str
-    dtype: str
-    key: str
+    def overrides(self) -> Overrides:
+        """The options that change a render."""
+        return Overrides(
+            self.seed, self.steps, self.guidance, self.scheduler, self.size, self.preset, self.attention
+        )
 
 
 @dataclass
@@ -130,44 +106,20 @@ class Result:
     warnings: int = 0
 
 
-def image_name(seed: int, seeds: Sequence[int]) -> str:
-    """``image.png`` for a scene with one seed, ``image-<seed>.png`` for each of several."""
-    return "image.png" if len(seeds) == 1 else f"image-{seed}.png"
-
-
 # ------------------------------------------------------------------------------------------------
 # Jobs and the up-to-date check
-
-
-def _key_settings(scene: Scene, seed: int, options: Options) -> dict[str, Any]:
-    """The settings of one seed after defaults and overrides, as ``render.Settings.of`` will make them;
-    a size left to the model (its native size) is None, which the model hash pins."""
-    size = options.size or scene.size
-    return {
-        "seed": int(seed),
-        "size": list(size) if size else None,
-        "steps": int(options.steps or scene.steps),
-        "guidance": float(scene.guidance if options.guidance is None else options.guidance),
-        "scheduler": options.scheduler or scene.scheduler,
-        "record_attention": bool(options.attention),
-    }
 
 
 def prepare(
     file: Path,
     options: Options,
     *,
-    device: str,
-    dtype: str,
     claimed: dict[Path, Path] | None = None,
     on_warning: Callable[[HmeditError], None] | None = None,
 ) -> Job:
-    """Validate a scene file and gather what its render depends on; raises ``HmeditError`` for a problem.
-
-    ``device`` / ``dtype``: as resolved for the batch (``"cpu"``, ``"float32"``). ``claimed``: output
-    folders already written in this batch (two scenes with one name would overwrite each other).
-    """
-    from hmedit.models.load import model_hash, resolve
+    """Validate a scene file and plan its render (:func:`hmedit.jobs.plan_job`); raises ``HmeditError`` for
+    a problem. ``claimed``: output folders already written in this batch (two scenes with one name would
+    overwrite each other)."""
     from hmedit.scene import validate
 
     try:
@@ -191,37 +143,18 @@ def prepare(
                 hint="give one of the scenes another name: ...",
             )
         claimed[key] = file
-
-    if options.model is not None:  # a command-line path is relative to the working folder
-        ref = resolve(options.model)
-    else:  # a scene's path is relative to the scene's folder
-        try:
-            ref = resolve(scene.model, base_dir=scene.base_dir)
-        except HmeditError as err:
-            if err.location.file is None:  # point at the scene's model key, or name the file (default)
-                given = "model" in scene.model_fields_set
-                where = scene.where("model") if given else {"file": scene.source, "field": "model"}
-                err = HmeditError(err.problem, **where, hint=err.hint)
-            raise err from None
-    digest = model_hash(ref)
-
-    assets = {}
-    for where, path in provenance.asset_paths(scene).items():
-        try:
-            assets[where] = {"path": str(path), "sha256": provenance.file_sha256(path)}
-        except OSError as exc:
-            raise HmeditError(f"cannot read {path}: {exc.strerror or exc}", **scene.where(where)) from None
-    seeds = [options.seed] if options.seed is not None else scene.seed_list
-    key_settings = [_key_settings(scene, seed, options) for seed in seeds]
-    key = provenance.render_key(
+    job = plan_job(
+        scene,
+        overrides=options.overrides(),
+        model=options.model,
+        device=options.device,
+        dtype=options.dtype,
+        file=file,
         scene_bytes=scene_bytes,
-        assets={k: v["sha256"] for k, v in assets.items()},
-        model_hash=digest,
-        settings=key_settings,
-        device=device,
-        dtype=dtype,
+        cache_dir=options.cache_dir,
     )
-    return Job(file, scene, scene_bytes, target, ref, digest, seeds, assets, key_settings, device, dtype, key)
+    job.target = target
+    return job
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -257,151 +190,29 @@ def up_to_date(job: Job) -> dict[str, Any] | None:
 # Rendering one job
 
 
-class Models:
-    """Loaded models, each loaded once per batch (by place on disk, device and dtype); a model that failed
-    to load fails again at once for the next scene that names it."""
-
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
-        self.device, self.dtype = device, dtype
-        self._loaded: dict[tuple, Model | HmeditError] = {}
-
-    def get(self, ref: ModelRef) -> tuple[Model, float]:
-        """The model and the seconds spent loading it now (0 when it was loaded before)."""
-        from hmedit.models.load import load
-
-        key = (str(ref.path), ref.source, self.device, self.dtype)
-        if key not in self._loaded:
-            start = time.perf_counter()
-            try:
-                self._loaded[key] = load(ref, device=self.device, dtype=self.dtype)
-            except HmeditError as err:
-                self._loaded[key] = err
-                raise
-            return self._loaded[key], round(time.perf_counter() - start, 4)  # type: ignore[return-value]
-        got = self._loaded[key]
-        if isinstance(got, HmeditError):
-            raise got
-        return got, 0.0
-
-
-def _png_text(job: Job, settings: Any) -> dict[str, str]:
-    return {
-        "hmedit:scene": job.scene_bytes.decode("utf-8", errors="replace"),
-        "hmedit:settings": json.dumps(asdict(settings), sort_keys=True),
-        "hmedit:model": json.dumps({"name": job.model_ref.name, "hash": job.model_hash}, sort_keys=True),
-        "Software": f"hmedit {provenance.versions()['hmedit']}",
-    }
-
-
 def render_job(
     job: Job,
-    models: Models,
-    options: Options,
+    models: ModelCache | None = None,
     *,
     on_seed: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     on_learn: Callable[[str, int, int, float | None], None] | None = None,
 ) -> dict[str, Any]:
-    """Render every seed of ``job`` and write its outputs; returns the record written to ``render.json``.
-
-    Nodes with ``learn`` / ``embedding`` get their tokens first (learned ones from the cache, or learned
-    now: ``on_learn(node_id, i, n, loss)`` reports the steps), and the model renders the scene with its
-    prompts rewritten to use them.
+    """Run ``job`` (:func:`hmedit.jobs.run_job`) and write its outputs into ``target``; returns the record
+    written to ``render.json``.
 
     The old ``render.json`` goes first and the new one comes last: until every output is written, the
     folder holds no key, so an interrupted or failed scene is rendered again by the next run. Outputs of
     an earlier render that this one does not write again (other seeds) are removed.
     """
-    import hmedit.render as R
-    from hmedit.conditioning.tokens import install_tokens, needs_tokens
-    from hmedit.outputs import save_json, save_png, write_influence
-
-    start = time.perf_counter()
-    model, load_seconds = models.get(job.model_ref)
-    scene, target = job.scene, job.target
+    target = job.target
+    assert target is not None
     old = read_record(target)
     with suppress(FileNotFoundError):
         (target / RENDER_JSON).unlink()
-
-    tokens = None
-    learn_clock = time.perf_counter()
-    if needs_tokens(scene):
-        tokens = install_tokens(scene, model, cache_dir=options.cache_dir, progress=on_learn)
-    learn_seconds = round(time.perf_counter() - learn_clock, 4)
-    model_scene = tokens.apply(scene) if tokens is not None else scene
-
-    flats = scene.flat()
-    ids = [f.node.id for f in flats]
-    outputs: list[str] = []
-    all_settings = []
-    per_seed: dict[str, dict[str, float]] = {}
-    for index, seed in enumerate(job.seeds):
-        settings = R.Settings.of(
-            scene,
-            model,
-            seed,
-            steps=options.steps,
-            guidance=options.guidance,
-            scheduler=options.scheduler,
-            size=options.size,
-            record=options.attention,
-        )
-        if on_seed is not None:
-            on_seed(index, seed)
-        result = R.render(model_scene, model, settings, progress=on_step)
-        clock = time.perf_counter()
-        name = image_name(seed, job.seeds)
-        save_png(target / name, result.image, _png_text(job, settings))
-        outputs.append(name)
-        if index == 0:
-            w, h = settings.width, settings.height
-            files = write_influence(
-                target,
-                ids,
-                result.maps,
-                nodes=flats,
-                base_image=result.image,
-                metadata={
-                    "scene": str(job.file),
-                    "name": str(scene.name),
-                    "composition": scene.composition,
-                    "depth_gamma": f"{scene.depth_gamma:g}",
-                    "size": f"{w}x{h}",
-                    "seed": str(seed),
-                    "model": job.model_hash,
-                },
-                title=f"{scene.name}: {scene.composition}, {w}x{h}, seed {seed}",
-            )
-            outputs += ["influence.safetensors", "influence.png"]
-            outputs += [p.relative_to(target).as_posix() for p in files.heatmaps.values()]
-        timings = dict(result.timings)
-        timings["write"] = round(time.perf_counter() - clock, 4)
-        per_seed[str(seed)] = timings
-        all_settings.append(settings)
-
-    _remove_stale(target, old, outputs)
-    rec = provenance.record(
-        key=job.key,
-        scene=scene,
-        scene_file=job.file,
-        scene_bytes=job.scene_bytes,
-        assets=job.assets,
-        model=model.describe(),
-        device=job.device,
-        dtype=job.dtype,
-        settings=all_settings,
-        key_settings=job.key_settings,
-        overrides=options.overrides(),
-        timings={
-            "load": load_seconds,
-            **({"tokens": learn_seconds} if tokens is not None else {}),
-            "seeds": per_seed,
-            "total": round(time.perf_counter() - start, 4),
-        },
-        outputs=outputs,
-        embeddings=tokens.describe() if tokens is not None else None,
-    )
-    save_json(target / RENDER_JSON, rec)
+    out = run_job(job, models, on_seed=on_seed, on_step=on_step, on_learn=on_learn)
+    rec = out.save(target)
+    _remove_stale(target, old, out.outputs)
     return rec
 
 
@@ -470,15 +281,21 @@ def _error_line(err: HmeditError, file: Path, severity: str = "error") -> Text:
 class Batch:
     """Render scene files one after another; see the module docstring."""
 
-    def __init__(self, options: Options, reporter: Reporter | None = None, *, debug: bool = False) -> None:
+    def __init__(
+        self,
+        options: Options,
+        reporter: Reporter | None = None,
+        *,
+        debug: bool = False,
+        models: ModelCache | None = None,
+    ) -> None:
         from hmedit.models.load import pick_device
 
         self.options = options
         self.reporter = reporter or Reporter()
         self.debug = debug
-        dev, dt = pick_device(options.device, options.dtype)  # a bad --device fails the whole batch
-        self.device, self.dtype = str(dev), str(dt).replace("torch.", "")
-        self.models = Models(options.device, options.dtype)
+        pick_device(options.device, options.dtype)  # a bad --device or --dtype fails the whole batch
+        self.models = models if models is not None else default_models
         self.interrupted = False
 
     def run(self, files: Sequence[Path]) -> list[Result]:
@@ -510,9 +327,7 @@ class Batch:
 
         lock = None  # the scene's output folder is ours alone from the up-to-date check to render.json
         try:
-            job = prepare(
-                file, self.options, device=self.device, dtype=self.dtype, claimed=claimed, on_warning=warn
-            )
+            job = prepare(file, self.options, claimed=claimed, on_warning=warn)
             result.name, result.target = job.scene.name, job.target
             lock = lock_folder(job.target)
             rec = None if self.options.force else up_to_date(job)
@@ -523,7 +338,6 @@ class Batch:
                 rec = render_job(
                     job,
                     self.models,
-                    self.options,
                     on_seed=lambda i, seed: report.seed_started(file, i, seed, len(job.seeds)),
                     on_step=report.step,
                     on_learn=lambda node, i, n, loss: report.learning(file, node, i, n, loss),

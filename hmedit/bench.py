@@ -370,7 +370,7 @@ class Bench:
         self, scene: dict | Scene, *, record: bool = True, suite: str = "", label: str = ""
     ) -> np.ndarray:
         """Render a scene (a dict, or a Scene, e.g. with prompts rewritten to use learned tokens)."""
-        from hmedit.render import Settings, render
+        from hmedit.pipeline import Settings, render
 
         sc = scene if isinstance(scene, Scene) else Scene.model_validate(scene)
         result = render(sc, self.model, Settings.of(sc, self.model, sc.seed_list[0], record=record))
@@ -412,7 +412,7 @@ def suite_cost(b: Bench) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from hmedit.models.load import make_scheduler
-    from hmedit.render import Settings, render
+    from hmedit.pipeline import Settings, render
 
     cfg, model = b.config, b.model
     raw = cost_scene(cfg.cost_size, cfg.steps, cfg.guidance)

@@ -112,7 +112,7 @@ def _scene_path(name: str) -> Path:
 def suite_tiling(b) -> dict:
     import torch
 
-    from hmedit.render import Settings, render
+    from hmedit.pipeline import Settings, render
     from hmedit.scene.load import load_scene
     from hmedit.scene.spec import Tiling
 
@@ -284,7 +284,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def suite_scale(b) -> dict:
     import torch
 
-    from hmedit.render import Settings, render
+    from hmedit.pipeline import Settings, render
     from hmedit.scene.spec import Scene
 
     cfg, model = b.config, b.model

@@ -1,8 +1,9 @@
 """Render one scene with one seed: plan -> conditioning -> sampler -> decode -> paste-back -> influence maps.
 
-With a root-only scene this is, step for step, diffusers' StableDiffusionPipeline (no init image) or
-StableDiffusionImg2ImgPipeline (init image, strength = the root's noise): same random draws in the same order,
-same scheduler calls, same decoding. Every extra feature is measured against that baseline.
+With a root-only scene this is, step for step, the family's diffusers pipeline: StableDiffusion(XL)Pipeline
+(no init image) or StableDiffusion(XL)Img2ImgPipeline (init image, strength = the root's noise): same random
+draws in the same order, same scheduler calls, same decoding. Every extra feature is measured against that
+baseline.
 """
 
 from __future__ import annotations
@@ -18,21 +19,29 @@ from torch import Tensor
 from hmedit.attention.processor import regional_attention
 from hmedit.conditioning.encode import encode_scene
 from hmedit.errors import HmeditError
-from hmedit.masks.raster import reference_size
 from hmedit.models.load import Model, make_scheduler
 from hmedit.sampling import vae as tiled_vae
-from hmedit.sampling.loop import Denoiser, sample, step_kwargs
-from hmedit.sampling.plan import Plan, build_plan, unet_factors
+from hmedit.sampling.denoise import (
+    AddedConditioning,
+    Denoiser,
+    Guidance,
+    NoiseHolds,
+    RegionalAttention,
+    TextEmbeddings,
+)
+from hmedit.sampling.loop import sample, step_kwargs
+from hmedit.sampling.plan import Plan, build_plan
 from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
+from hmedit.scene.presets import Preset
+from hmedit.scene.settings import Request
 from hmedit.scene.spec import Scene
 
 OFFSET_STREAM = 0x7113  # the window offsets' random stream (seed + this), apart from the sampler's
-ENCODE_TILED_ABOVE = 1024  # image px: init images larger than this are VAE-encoded in tiles
 
 
 @dataclass
 class Settings:
-    """Every setting of a render after defaults and overrides (recorded in the provenance)."""
+    """Every setting of a render after the preset, the scene and the overrides (kept in the provenance)."""
 
     seed: int
     width: int
@@ -42,22 +51,43 @@ class Settings:
     scheduler: str
     record_attention: bool = True
     tiling: TileSettings | None = None
+    preset: str = ""
+    decode_tile: int = tiled_vae.DECODE_TILE  # latent px
+    encode_tiled_above: int = 1024  # image px: init images larger than this are VAE-encoded in tiles
 
     @classmethod
     def of(
         cls,
         scene: Scene,
         model: Model,
-        seed: int,
+        seed: int | None = None,
         *,
         steps: int | None = None,
         guidance: float | None = None,
         scheduler: str | None = None,
         size: tuple[int, int] | None = None,
         record: bool = True,
+        preset: str | None = None,
     ) -> Settings:
-        # the scene's size, else its init image's, else the model's native size
-        w, h = size or reference_size(scene, default=(model.native_size, model.native_size))
+        """The settings one seed of ``scene`` renders with on ``model``, planned as ``hmedit render`` plans
+        them (:func:`hmedit.jobs.plan_job`): the scene's values, else its preset's, overridden by these."""
+        from hmedit.jobs import DTYPE_NAMES, plan_job
+        from hmedit.scene.settings import Overrides
+
+        job = plan_job(
+            scene,
+            overrides=Overrides(seed, steps, guidance, scheduler, size, preset, record),
+            model=model.ref,
+            device=str(model.device),
+            dtype=DTYPE_NAMES[str(model.dtype).replace("torch.", "")],
+        )
+        return cls.from_request(scene, model, job.requests[0], job.preset)
+
+    @classmethod
+    def from_request(cls, scene: Scene, model: Model, request: Request, preset: Preset) -> Settings:
+        """The settings of ``request`` on ``model``: a size left to the model is its native size, and the
+        tiling follows from the size (latent px, aligned to the UNet's coarsest level)."""
+        w, h = request.size or (model.native_size, model.native_size)
         f = model.vae_scale_factor
         if w % f or h % f:
             raise HmeditError(
@@ -67,17 +97,21 @@ class Settings:
             scene.tiling,
             (int(h) // f, int(w) // f),
             model.native_size // f,
-            max(unet_factors(model.unet)),
+            max(model.family.factors(model.unet)),
+            preset.tiling,
         )
         return cls(
-            seed,
+            request.seed,
             int(w),
             int(h),
-            int(steps or scene.steps),
-            float(scene.guidance if guidance is None else guidance),
-            scheduler or scene.scheduler,
-            record,
+            request.steps,
+            request.guidance,
+            request.scheduler,
+            request.record_attention,
             tiling,
+            preset.name,
+            preset.vae.decode_tile,
+            preset.vae.encode_tiled_above,
         )
 
 
@@ -111,6 +145,7 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         clock = now
 
     s = settings
+    fam = model.family
     dev, dt = model.device, model.dtype
     refine, noise_scale = None, 1.0
     if s.tiling is not None and s.tiling.coarse:
@@ -119,19 +154,20 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         lap("coarse")
     plan = build_plan(
         scene,
-        unet_factors(model.unet),
+        fam.factors(model.unet),
         s.width,
         s.height,
         model.vae_scale_factor,
         refine=refine,
         noise_scale=noise_scale,
+        cross_attention=fam.cross_attention_factors(model.unet),
     )
     lap("plan")
     cond = encode_scene(
-        model.tokenizer,
-        model.text_encoder,
+        fam.text(model),
         [f.node.prompt for f in plan.flat],
         [f.node.negative for f in plan.flat],
+        zero_empty_negative=fam.zero_empty_negative(model),
     )
     lap("encode")
     sched = make_scheduler(s.scheduler, model.scheduler_config)
@@ -143,12 +179,12 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     t_start = 0
     timesteps = sched.timesteps
     if plan.canvas is None:
-        latents = _randn((1, 4, h, w), gen, dev, dt) * sched.init_noise_sigma
+        latents = _randn((1, model.latent_channels, h, w), gen, dev, dt) * sched.init_noise_sigma
     else:
-        # StableDiffusionImg2ImgPipeline: encode (sampling the posterior first), truncate the schedule to the
-        # largest noise level, noise the source to the first remaining timestep.
+        # StableDiffusion(XL)Img2ImgPipeline: encode (sampling the posterior first), truncate the schedule to
+        # the largest noise level, noise the source to the first remaining timestep.
         canvas = plan.canvas.to(dev, model.vae.dtype)
-        if max(canvas.shape[-2:]) > ENCODE_TILED_ABOVE:
+        if max(canvas.shape[-2:]) > s.encode_tiled_above:
             posterior = tiled_vae.encode_tiled(model.vae, canvas)
         else:
             posterior = model.vae.encode(canvas).latent_dist
@@ -161,27 +197,40 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         noise = _randn(source.shape, gen, dev, dt)
         latents = sched.add_noise(source, noise, timesteps[:1]) if len(timesteps) else source
     lap("prepare")
-    den = Denoiser(
-        model.unet,
-        sched,
-        plan,
-        cond,
-        s.guidance,
-        record=s.record_attention,
-        timesteps=timesteps,
-        source=source,
-        noise=noise,
-        t_start=t_start,
-        n_steps=s.steps,
-        tiler=Tiler(s.tiling, plan, torch.Generator("cpu").manual_seed(s.seed + OFFSET_STREAM))
+    guidance = Guidance(s.guidance)
+    embeds = cond.batch()[0]
+    parts: list = [TextEmbeddings(guidance.select(embeds).to(dev, dt))]
+    tiler = (
+        Tiler(s.tiling, plan, torch.Generator("cpu").manual_seed(s.seed + OFFSET_STREAM))
         if s.tiling is not None
-        else None,
+        else None
     )
+    region = None
+    if plan.regional and cond.regional:
+        region = RegionalAttention(
+            plan,
+            cond,
+            guidance,
+            sched,
+            timesteps,
+            device=dev,
+            dtype=dt,
+            record=s.record_attention,
+            tiler=tiler,
+        )
+        parts.append(region)
+    if fam.uses_time_ids:
+        pooled = guidance.select(cond.pooled).to(dev, dt)
+        parts.append(AddedConditioning(fam, pooled, (s.height, s.width), model.vae_scale_factor))
+    holds = None
+    if source is not None and plan.noise_map is not None:
+        holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
+    den = Denoiser(model.unet, sched, parts, guidance, tiler=tiler, holds=holds)
     with torch.no_grad(), regional_attention(model.unet):
         latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
     lap("sample")
     with torch.no_grad():
-        img = tiled_vae.decode(model.vae, latents.to(model.vae.dtype) / sf)
+        img = tiled_vae.decode(model.vae, latents.to(model.vae.dtype) / sf, s.decode_tile)
     if not torch.isfinite(img).all():
         raise HmeditError("the VAE decoded NaN/inf pixels", hint="try --dtype fp32 (the VAE overflowed)")
     img = (img.float() / 2 + 0.5).clamp(0, 1)
@@ -191,9 +240,9 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         img = keep * img + (1 - keep) * (plan.canvas.to(img.device).float() / 2 + 0.5)
     image = (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     lap("decode")
-    maps = influence_maps(plan, den.attention_maps())
+    maps = influence_maps(plan, region.attention_maps() if region is not None else None)
     lap("influence")
-    stats = {"windows_run": den.windows_run, "windows_total": den.windows_total} if s.tiling else {}
+    stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
     return RenderResult(image, s, maps, timings, plan, stats)
 
 
@@ -210,7 +259,7 @@ def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[in
 def coarse_pass(scene: Scene, model: Model, s: Settings) -> Tensor:
     """``tiling.coarse``: the scene rendered whole at the model's native size, upscaled to the target size
     ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window."""
-    align = model.vae_scale_factor * max(unet_factors(model.unet))
+    align = model.vae_scale_factor * max(model.family.factors(model.unet))
     cw, ch = coarse_size(s.width, s.height, model.native_size, align)
     small = replace(s, width=cw, height=ch, tiling=None, record_attention=False)
     img = render(scene, model, small).image

@@ -145,6 +145,7 @@ def record(
     created: datetime | None = None,
     embeddings: Mapping[str, Any] | None = None,
     files: Mapping[str, Mapping[str, Any]] | None = None,
+    preset: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of ``render.json`` (save it with ``outputs.save_json``: sorted keys).
 
@@ -183,6 +184,8 @@ def record(
     }
     if files is not None:
         out["files"] = {str(k): dict(v) for k, v in sorted(files.items())}
+    if preset:
+        out["preset"] = dict(preset)
     if embeddings:
         out["embeddings"] = {k: dict(v) for k, v in embeddings.items()}
     return out

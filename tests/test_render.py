@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hmedit.render import Settings, render
+from hmedit.pipeline import Settings, render
 from hmedit.scene.spec import Scene
 
 
@@ -175,10 +175,20 @@ def test_inactive_node_matches_scene_without_it(tiny_model):
 
 
 def test_long_prompts_are_chunked_not_cut(tiny_model):
+    """Words past the tokenizer's 75-token window still steer the render, the root's and a node's alike:
+    leaving them out changes the image."""
     m = tiny_model("sd1")
-    words = " ".join(["a red circle and a blue square"] * 20)
-    sc = scene(
-        root={"prompt": words, "children": [{"id": "a", "mask": {"rect": [0, 0, 0.5, 0.5]}, "prompt": words}]}
-    )
-    r = render(sc, m, Settings.of(sc, m, seed=0))
-    assert r.image.shape == (64, 64, 3)
+    head = " ".join(["a red circle"] * 20)
+    assert len(m.tokenizer(head, add_special_tokens=False).input_ids) <= 75  # the head fits one window
+    words = head + " and a blue square" * 10
+
+    def image(root: str, child: str):
+        sc = scene(
+            root={"prompt": root, "children": [{"id": "a", "mask": {"rect": [0, 0, 0.5, 0.5]}, "prompt": child}]}
+        )
+        return render(sc, m, Settings.of(sc, m, seed=0, record=False)).image
+
+    full = image(words, words)
+    assert full.shape == (64, 64, 3)
+    assert max_diff(full, image(head, words)) > 0  # the root's words past the window count
+    assert max_diff(full, image(words, head)) > 0  # and the node's

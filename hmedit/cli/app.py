@@ -8,12 +8,15 @@ inside their functions, never at the top, so that ``hmedit --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +27,7 @@ from hmedit.errors import HmeditError
 _ORDER = ("render", "learn", "batch", "validate", "masks", "check", "bench", "schema")
 _NOT_COMMANDS = frozenset({"app", "options"})
 
-_state = {"debug": False}
+_state = {"debug": False, "terminated": False}
 
 app = typer.Typer(
     name="hmedit",
@@ -87,6 +90,7 @@ def _quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
         ("DIFFUSERS_VERBOSITY", "error"),
         ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),
         ("TF_CPP_MIN_LOG_LEVEL", "3"),
     ):
@@ -111,39 +115,113 @@ def _print_traceback() -> None:
     traceback.print_exc(file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the CLI; exits with 0 (fine), 2 (a user mistake or failed checks), 1 (a bug), 130 (interrupted)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    _state["debug"] = "--debug" in args  # the callback sets it too; this covers errors before it runs
-    if not _state["debug"]:
-        _quiet_libraries()
+def _finite(param: Any) -> None:
+    """Make ``param`` refuse a number that is not finite (``inf``, ``nan``): no option of hmedit means one."""
+    process = param.process_value
+
+    def process_value(ctx: Any, value: Any) -> Any:
+        value = process(ctx, value)
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise typer.BadParameter(f"{item} is not a finite number", ctx=ctx, param=param)
+        return value
+
+    param.process_value = process_value
+
+
+def _check_numbers(command: Any) -> None:
+    """Every option and argument of ``command`` and its subcommands refuses non-finite numbers."""
+    for param in getattr(command, "params", ()):
+        _finite(param)
+    for sub in getattr(command, "commands", {}).values():
+        _check_numbers(sub)
+
+
+def _usage_error(err: Any) -> None:
+    """A command-line mistake (unknown option, bad value) as one line, naming where the help is."""
+    ctx = getattr(err, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    message = " ".join(str(err.format_message()).split())
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else " (see hmedit --help)"
+    print(f"error: {where}{message}{hint}", file=sys.stderr)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM is handled as Ctrl-C: the current scene's temporary files go, the summary is printed."""
+    _state["terminated"] = True
+    raise KeyboardInterrupt
+
+
+def _run(args: list[str]) -> int:
+    """Run the command line; returns the exit code, having printed any error in one line."""
+    from typer._click import exceptions as click_errors
+
     command = typer.main.get_command(app)
+    _check_numbers(command)
     try:
-        # Standalone mode: typer prints usage errors and help itself and exits; our errors come through.
-        command.main(args=args, prog_name="hmedit", standalone_mode=True)
+        # Not standalone: usage errors come here, so that they print in one line as every other error.
+        rv = command.main(args=args, prog_name="hmedit", standalone_mode=False)
     except SystemExit as exit_:
-        if exit_.code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
-            print("error: interrupted", file=sys.stderr)
-        raise
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+    except click_errors.NoArgsIsHelpError as err:  # the help is printed already
+        return err.exit_code
+    except click_errors.ClickException as err:
+        _usage_error(err)
+        return 2
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
     except HmeditError as err:
         if _state["debug"]:
             _print_traceback()
         _print_error(err)
-        sys.exit(err.exit_code)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except Exception as exc:  # a bug: say so in one line; the traceback is one flag away
         if _state["debug"]:
             _print_traceback()
-            sys.exit(1)
+            return 1
         message = str(exc).splitlines()[0] if str(exc) else ""
         print(
             f"error: internal error: {type(exc).__name__}: {message} "
             "(run again with --debug for the traceback, and please report it)",
             file=sys.stderr,
         )
-        sys.exit(1)
+        return 1
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; exits with 0 (fine), 2 (a user mistake or failed checks), 1 (a bug), 130 (interrupted by
+    Ctrl-C) or 143 (stopped by SIGTERM, 128 + 15: handled as Ctrl-C, so a batch removes the current scene's
+    temporary files and prints its summary first)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args  # the callback sets it too; this covers errors before it runs
+    _state["terminated"] = False
+    if not _state["debug"]:
+        _quiet_libraries()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = _run(args)
+    except KeyboardInterrupt:  # one that arrived between the command and here
+        code = 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+        if _state["terminated"]:
+            print("error: terminated (SIGTERM)", file=sys.stderr)
+            code = 143
+        else:
+            print("error: interrupted", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -63,18 +63,18 @@ def learn_command(
 
       [green]hmedit learn scenes/ --model ./my-sd15 --export tokens/[/]
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
-    from hmedit.batch import Models, Options, _error_line, prepare
+    from hmedit.batch import Options, _error_line, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
     from hmedit.conditioning.textual_inversion import export_diffusers
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
     from hmedit.errors import HmeditError
+    from hmedit.jobs import default_models as models
     from hmedit.models.load import pick_device
 
     files = scene_files(paths)
-    dev, dt = pick_device(device, dtype)
+    pick_device(device, dtype)  # a bad --device or --dtype fails before the first scene
     options = Options(model=model, device=device, dtype=dtype)
-    models = Models(device, dtype)
     console = stdout()
     debug = bool(ctx.find_root().params.get("debug"))
     rows: list[Row] = []
@@ -95,15 +95,21 @@ def learn_command(
                 job = prepare(
                     file,
                     options,
-                    device=str(dev),
-                    dtype=str(dt).replace("torch.", ""),
                     on_warning=lambda w, f=file: progress.console.print(_error_line(w, f, "warning")),
                 )
                 if not needs_tokens(job.scene):
                     rows.append(Row(file, status="nothing to learn"))
                     continue
-                loaded, _ = models.get(job.model_ref)
-                tokens = install_tokens(job.scene, loaded, cache_dir=cache_dir, progress=on_step, force=force)
+                loaded, _ = models.get(job.model_ref, job.device, job.dtype)
+                tokens = install_tokens(
+                    job.scene,
+                    loaded,
+                    cache_dir=cache_dir,
+                    progress=on_step,
+                    force=force,
+                    guidance=job.requests[0].guidance,
+                    defaults=job.preset.learn,
+                )
                 for tok in tokens.tokens.values():
                     path = tok.path
                     if export is not None and tok.source != "file" and tok.vector is not None:

@@ -64,6 +64,7 @@ def options_from(
     force: bool = False,
     fail_fast: bool = False,
     cache_dir: Path | None = None,
+    preset: str | None = None,
 ):
     """The batch options from the command line (shared with ``hmedit check``)."""
     from hmedit.batch import Options
@@ -77,6 +78,7 @@ def options_from(
         guidance=guidance,
         scheduler=scheduler,
         size=parse_size(size),
+        preset=preset,
         device=device,
         dtype=dtype,
         attention=attention,
@@ -126,6 +128,15 @@ def render_command(
         bool, typer.Option("--no-attention", help="Do not record attention maps (a little faster).")
     ] = False,
     cache_dir: CacheDirOpt = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Defaults for the model (steps, scheduler, guidance, dtype, tiling, ...): toy, sd15, sd21, "
+            "sdxl or a preset YAML file. Default: the scene's preset, else the model family's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Render scenes: one image per seed, plus influence maps and provenance.
 
@@ -170,6 +181,7 @@ def render_command(
         force=force,
         fail_fast=fail_fast,
         cache_dir=cache_dir,
+        preset=preset,
     )
     files = scene_files(paths)
     console = stdout()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hmedit.models.family import TextStack
+
 
 @dataclass
 class Branch:
@@ -35,6 +37,7 @@ class Conditioning:
     uncond: Branch
     ranges: dict[int, tuple[int, int]]  # node index -> [start, end) of its tokens in cond
     root_words: int = 0  # the root's word tokens (after its start token) in the first chunk
+    pooled: Tensor | None = None  # [2, P] (uncond, cond) pooled embeddings of the root (SDXL), else None
 
     def record_owner(self) -> Tensor:
         """[T_cond] the node each cond token's attention counts towards in influence maps: the root's words
@@ -65,61 +68,42 @@ def _token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, truncation=False).input_ids
 
 
-@torch.no_grad()
 def encode_text(tokenizer, text_encoder, text: str) -> Tensor:
-    """[77·n, D] embeddings for one prompt: identical to diffusers for prompts that fit the window."""
-    n = tokenizer.model_max_length
-    device = text_encoder.device
-    ids = _token_ids(tokenizer, text)
-    if len(ids) <= n - 2:
-        batch = tokenizer(
-            text, padding="max_length", max_length=n, truncation=True, return_tensors="pt"
-        ).input_ids
-    else:
-        body = n - 2
-        chunks = [ids[i : i + body] for i in range(0, len(ids), body)]
-        pad = tokenizer.pad_token_id
-        batch = torch.tensor(
-            [[tokenizer.bos_token_id, *c, tokenizer.eos_token_id] + [pad] * (body - len(c)) for c in chunks]
-        )
-    return text_encoder(batch.to(device))[0].reshape(-1, text_encoder.config.hidden_size)
+    """[77·n, D] embeddings for one prompt with one CLIP encoder (its last hidden state): identical to
+    diffusers for prompts that fit the window."""
+    return TextStack([(tokenizer, text_encoder)]).encode_window(text)[0]
 
 
-@torch.no_grad()
 def encode_words(tokenizer, text_encoder, text: str) -> Tensor:
-    """A non-root node's tokens: its words and end token, [n_words + 1, D] (chunked if long). CLIP's text
-    attention is causal, so these equal the same positions of the padded 77-token encoding."""
-    ids = _token_ids(tokenizer, text)
-    if not ids:
-        return text_encoder.get_input_embeddings().weight.new_zeros(0, text_encoder.config.hidden_size)
-    n = tokenizer.model_max_length - 2
-    out = []
-    for i in range(0, len(ids), n):
-        chunk = ids[i : i + n]
-        batch = torch.tensor(
-            [[tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]], device=text_encoder.device
-        )
-        out.append(text_encoder(batch)[0][0, 1:])
-    return torch.cat(out)
+    """A non-root node's tokens with one CLIP encoder: its words and end token, [n_words + 1, D]."""
+    return TextStack([(tokenizer, text_encoder)]).encode_words(text).to(text_encoder.dtype)
 
 
-def encode_scene(tokenizer, text_encoder, prompts: Sequence[str], negatives: Sequence[str]) -> Conditioning:
-    """Embeddings for the flat node list (index 0 = root)."""
+def encode_scene(
+    text: TextStack, prompts: Sequence[str], negatives: Sequence[str], *, zero_empty_negative: bool = False
+) -> Conditioning:
+    """Embeddings for the flat node list (index 0 = root) through the model's text encoders (``text``, from
+    its family). ``zero_empty_negative`` (SDXL's ``force_zeros_for_empty_prompt``): an empty root negative
+    is all zeros, its pooled embedding too."""
 
-    def branch(texts: Sequence[str]) -> tuple[Branch, dict[int, tuple[int, int]]]:
-        parts = [encode_text(tokenizer, text_encoder, texts[0])]
-        owner = [torch.full((parts[0].shape[0],), -1, dtype=torch.long)]
-        ranges, pos = {}, parts[0].shape[0]
-        for k, text in enumerate(texts[1:], start=1):
-            e = encode_words(tokenizer, text_encoder, text)
+    def branch(texts: Sequence[str], zero: bool) -> tuple[Branch, dict[int, tuple[int, int]], Tensor | None]:
+        root, pooled = text.encode_window(texts[0])
+        if zero:
+            root, pooled = torch.zeros_like(root), (torch.zeros_like(pooled) if pooled is not None else None)
+        parts = [root]
+        owner = [torch.full((root.shape[0],), -1, dtype=torch.long)]
+        ranges, pos = {}, root.shape[0]
+        for k, t in enumerate(texts[1:], start=1):
+            e = text.encode_words(t).to(root)
             if e.shape[0]:
                 parts.append(e)
                 owner.append(torch.full((e.shape[0],), k, dtype=torch.long))
                 ranges[k] = (pos, pos + e.shape[0])
                 pos += e.shape[0]
-        return Branch(torch.cat(parts), torch.cat(owner)), ranges
+        return Branch(torch.cat(parts), torch.cat(owner)), ranges, pooled
 
-    cond, ranges = branch(prompts)
-    uncond, _ = branch(negatives)
-    root_words = min(len(_token_ids(tokenizer, prompts[0])), tokenizer.model_max_length - 2)
-    return Conditioning(cond, uncond, ranges, root_words)
+    cond, ranges, pooled = branch(prompts, False)
+    uncond, _, upooled = branch(negatives, zero_empty_negative and not negatives[0])
+    root_words = min(len(text.word_ids(prompts[0])[0]), text.window - 2)
+    both = torch.stack([upooled, pooled]) if pooled is not None else None
+    return Conditioning(cond, uncond, ranges, root_words, both)

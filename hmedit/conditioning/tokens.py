@@ -14,7 +14,8 @@ This is what ``hmedit learn`` and ``hmedit render`` call (:func:`install_tokens`
 3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings
    (the guidance and negative prompt among them); a cached embedding is installed without training,
    otherwise the token is learned (Collage Diffusion eq. 1, only its row trained, under the scene's
-   classifier-free guidance: see :mod:`hmedit.conditioning.textual_inversion`) and cached in diffusers' format.
+   classifier-free guidance: see :mod:`hmedit.conditioning.textual_inversion`) and cached in diffusers'
+   format.
 
 Token names are ``<hm-<node id>-<8 hex digits of the key or file hash>>``: unique per node and embedding, so
 tokens of several scenes live side by side in one loaded model, and prompts without them encode exactly as
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from hmedit.conditioning import textual_inversion as inv
 from hmedit.errors import HmeditError
+from hmedit.scene.presets import LearnDefaults
 from hmedit.scene.spec import FlatNode, LearnSpec, Node, Scene
 
 __all__ = [
@@ -127,17 +129,21 @@ def needs_tokens(scene: Scene) -> bool:
     return any(n.learn is not None or n.embedding is not None for n in scene.root.walk())
 
 
-def learn_settings(spec: LearnSpec, guidance: float = 1.0, negative: str = "") -> inv.LearnSettings:
+def learn_settings(
+    spec: LearnSpec, guidance: float = 1.0, negative: str = "", defaults: LearnDefaults | None = None
+) -> inv.LearnSettings:
     """A node's ``learn:`` keys as the settings of :func:`hmedit.conditioning.textual_inversion.learn_token`.
 
     ``guidance`` and ``negative``: the scene's guidance and the node's negative prompt, what the token is
     rendered with; ``learn.guidance`` overrides the first. A guidance of 1 or less (no classifier-free
-    guidance at render time) learns by eq. 1 as written."""
+    guidance at render time) learns by eq. 1 as written. Keys the node leaves out come from the preset's
+    ``learn:`` ``defaults``."""
+    d = defaults or LearnDefaults()
     g = float(spec.guidance if spec.guidance is not None else guidance)
     return inv.LearnSettings(
-        steps=spec.steps,
-        lr=float(spec.lr),
-        batch=spec.batch,
+        steps=spec.steps or d.steps,
+        lr=float(spec.lr or d.lr),
+        batch=spec.batch or d.batch,
         init=spec.init,
         guidance=max(g, 1.0),
         negative=negative if g > 1.0 else "",
@@ -226,11 +232,16 @@ def install_tokens(
     progress: Progress | None = None,
     force: bool = False,
     on_token: Callable[[NodeToken], None] | None = None,
+    guidance: float | None = None,
+    defaults: LearnDefaults | None = None,
 ) -> SceneTokens:
     """Install every node's token into ``model.tokenizer`` / ``model.text_encoder`` and return them with the
     rewritten prompts. Learned tokens come from the cache under ``cache_dir`` (default: hmedit's cache folder,
     ``embeddings/``) or are learned and cached there (``force``: learned again). ``on_token`` is called as
-    each node's token is ready. Problems are ``HmeditError`` pointing at the node's field."""
+    each node's token is ready. ``guidance``: the render's (default: the scene's, else 7.5); ``defaults``: the
+    preset's learn defaults. Problems are ``HmeditError`` pointing at the node's field."""
+    if guidance is None:
+        guidance = float(scene.guidance) if scene.guidance is not None else 7.5
     cache = inv.EmbeddingCache(cache_dir)
     out = SceneTokens()
     native = model.native_size
@@ -240,7 +251,7 @@ def install_tokens(
         if node.embedding is not None:
             tok = _load_file(scene, flat, model)
         elif node.learn is not None:
-            tok = _learn(scene, flat, model, cache, native, multiple, progress, force)
+            tok = _learn(scene, flat, model, cache, native, multiple, progress, force, guidance, defaults)
         else:
             continue
         out.tokens[node.id] = tok
@@ -259,11 +270,13 @@ def _learn(
     multiple: int,
     progress: Progress | None,
     force: bool,
+    guidance: float,
+    defaults: LearnDefaults | None,
 ) -> NodeToken:
     node = flat.node
     assert node.learn is not None
     where = scene.where(f"{flat.path}.learn")
-    settings = learn_settings(node.learn, scene.guidance, node.negative)
+    settings = learn_settings(node.learn, guidance, node.negative, defaults)
     image, alpha, crop = learn_source(scene, flat, native, multiple)
     key = inv.cache_key(model.hash, image, alpha, f"{PLACEHOLDER} {node.prompt}", asdict(settings))
     token = _token_name(node.id, key)

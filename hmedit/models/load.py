@@ -1,8 +1,10 @@
 """Where weights come from: the bundled toy model, a local diffusers folder, a hub id found in the local
 Hugging Face cache, or a single .safetensors / .ckpt file. Nothing else in hmedit knows.
 
-SD 1.x (epsilon) and SD 2.x (v-prediction, linear projection) load the same way; SDXL is recognised and
-refused.
+SD 1.x, SD 2.x and SDXL load the same way; what differs between them is the family object
+(:mod:`hmedit.models.family`) the loaded :class:`Model` carries. Models load as diffusers recommends (with
+accelerate: weights straight into place, no random initialisation first), without touching global logging or
+environment variables.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hmedit.errors import HmeditError
+from hmedit.models.family import FAMILIES, Family, detect
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUNDLED = {"toy": WEIGHTS_DIR / "toy"}
@@ -24,10 +27,8 @@ RANDOM_PREFIX = "random:"  # "random:sd15": the published architecture with rand
 
 
 def quiet_libraries() -> None:
-    """Silence third-party chatter (progress bars, import-time notices) that would drown hmedit's output."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Silence third-party chatter (progress bars, notices) for the command line; only the CLI and the toy
+    evaluation call this, never the loader."""
     import diffusers
     import transformers
 
@@ -164,8 +165,8 @@ def model_hash(ref: ModelRef) -> str:
     return digest
 
 
-def pick_device(device: str = "auto", dtype: str = "auto"):
-    """CUDA if present (fp16 by default), else CPU fp32."""
+def pick_device(device: str = "auto", dtype: str = "auto", preset=None):
+    """CUDA if present, else CPU; ``dtype`` auto: the preset's for the device (fp16 on CUDA without one)."""
     import torch
 
     if device == "auto":
@@ -181,25 +182,69 @@ def pick_device(device: str = "auto", dtype: str = "auto"):
     if dtype not in DTYPES:
         raise HmeditError(f"unknown dtype '{dtype}'", hint="use one of " + ", ".join(DTYPES))
     if dtype == "auto":
-        dtype = "fp16" if dev.type == "cuda" else "fp32"
+        dtype = (
+            preset.dtype_for(dev.type) if preset is not None else ("fp16" if dev.type == "cuda" else "fp32")
+        )
     return dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+RANDOM_PRESETS = {"sd15": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+
+
+def default_preset(ref: ModelRef) -> str:
+    """The preset of a model's family, found without loading it: the bundled model's own; a folder's from its
+    configs; a single file's from its tensor names (safetensors header only). Random tiny models and
+    unreadable configs get 'toy' / 'sd15' (the defaults then only miss, the render still loads the model)."""
+    if ref.source == "bundled":
+        return ref.name
+    if ref.source == "random":
+        return RANDOM_PRESETS.get(ref.name[len(RANDOM_PREFIX) :], "toy")
+    if ref.path.is_dir():
+        try:
+            unet = json.loads((ref.path / "unet" / "config.json").read_text())
+            index = json.loads((ref.path / "model_index.json").read_text())
+        except (OSError, ValueError):
+            return "sd15"
+        return detect(unet, index).preset
+    if ref.path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(ref.path), "pt") as f:
+                keys = list(f.keys())
+        except Exception:  # noqa: BLE001 - the loader reports an unreadable file
+            return "sd15"
+        if any(k.startswith("conditioner.embedders.1") for k in keys):
+            return FAMILIES["sdxl"].preset
+        if any(k.startswith("cond_stage_model.model.") for k in keys):
+            return FAMILIES["sd2"].preset
+    return "sd15"
 
 
 @dataclass
 class Model:
-    """The loaded components of an SD-family model, ready for hmedit's sampler."""
+    """The loaded components of a model, ready for hmedit's sampler; ``family`` says how to use them."""
 
     ref: ModelRef
     vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    text_encoders: list
+    tokenizers: list
     unet: Any
     scheduler_config: dict
     device: Any
     dtype: Any
-    family: str  # "sd1" | "sd2"
+    family: Family
     hash: str = ""
-    extras: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # model_index.json (e.g. force_zeros_for_empty_prompt)
+
+    @property
+    def text_encoder(self):
+        """The first text encoder (the only one of SD 1.x/2.x)."""
+        return self.text_encoders[0]
+
+    @property
+    def tokenizer(self):
+        return self.tokenizers[0]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -210,20 +255,23 @@ class Model:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
     def components(self) -> dict:
-        """Keyword arguments for a diffusers StableDiffusion pipeline built from these same modules."""
-        return dict(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        """Keyword arguments for the family's diffusers pipeline built from these same modules."""
+        out = dict(vae=self.vae, unet=self.unet)
+        for (tok, enc), t, e in zip(self.family.text_components, self.tokenizers, self.text_encoders):
+            out[tok], out[enc] = t, e
+        if self.family.name == "sdxl":
+            out["force_zeros_for_empty_prompt"] = self.family.zero_empty_negative(self)
+        else:
+            out.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return out
 
     def describe(self) -> dict:
         return {
@@ -231,24 +279,12 @@ class Model:
             "path": str(self.ref.path),
             "source": self.ref.source,
             "hash": self.hash,
-            "family": self.family,
+            "family": self.family.name,
             "prediction_type": self.prediction_type,
             "native_size": self.native_size,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
         }
-
-
-def _refuse_sdxl(what: str) -> None:
-    raise HmeditError(
-        f"{what} is an SDXL model, which hmedit does not support yet",
-        hint="use an SD 1.x or 2.x checkpoint (or 'toy')",
-    )
-
-
-def _family(unet) -> str:
-    cfg = unet.config
-    return "sd2" if cfg.cross_attention_dim == 1024 or cfg.get("use_linear_projection") else "sd1"
 
 
 def load(
@@ -259,70 +295,93 @@ def load(
     base_dir: Path | None = None,
     config: str | None = None,
 ) -> Model:
-    """Load a model by name (see ``resolve``). ``config``: a diffusers folder or hub id to take the
-    architecture from when loading a single checkpoint file offline."""
-    import torch
-
-    quiet_libraries()
+    """Load a model by name (see ``resolve``). ``config``: a diffusers folder (or a hub id in the local cache)
+    to take the architecture from when loading a single checkpoint file offline."""
     ref = name if isinstance(name, ModelRef) else resolve(name, base_dir=base_dir)
     dev, dt = pick_device(device, dtype)
-    # The VAE decodes in fp32 on GPUs: fp16 VAEs overflow into NaN (black images).
-    vae_dt = torch.float32 if dt == torch.float16 else dt
+    index: dict = {}
     if ref.source == "random":
         from hmedit.models.random import sd_components
 
         comps = sd_components(ref.name[len(RANDOM_PREFIX) :], device=dev)
         sched_cfg = dict(comps.pop("scheduler").config)
     elif ref.path.is_file():
-        comps, sched_cfg = _load_single_file(ref, dt, config)
+        comps, sched_cfg, index = _load_single_file(ref, dt, config)
     else:
-        comps, sched_cfg = _load_folder(ref, dt)
-    vae = comps["vae"].to(dev, vae_dt).eval().requires_grad_(False)
-    text = comps["text_encoder"].to(dev, dt).eval().requires_grad_(False)
-    unet = comps["unet"].to(dev, dt).eval().requires_grad_(False)
-    return Model(ref, vae, text, comps["tokenizer"], unet, sched_cfg, dev, dt, _family(unet), model_hash(ref))
+        comps, sched_cfg, index = _load_folder(ref, dt)
+    fam = detect(comps["unet"].config, index)
+    vae = _place(comps["vae"], dev, fam.vae_dtype(dt, comps["vae"].config))
+    unet = _place(comps["unet"], dev, dt)
+    tokenizers, encoders = [], []
+    for tok, enc in fam.text_components:
+        if tok not in comps or enc not in comps:
+            raise HmeditError(f"{ref.path} is an {fam.label} model without its {enc}", hint="is it complete?")
+        tokenizers.append(comps[tok])
+        encoders.append(_place(comps[enc], dev, dt))
+    return Model(ref, vae, encoders, tokenizers, unet, sched_cfg, dev, dt, fam, model_hash(ref), index)
 
 
-def _load_folder(ref: ModelRef, dt) -> tuple[dict, dict]:
+def _place(module, device, dtype):
+    """``module`` on ``device`` in ``dtype``, frozen, in eval mode (cast only when it is not already)."""
+    if module.dtype != dtype:
+        module = module.to(dtype=dtype)
+    if module.device != device:
+        module = module.to(device)
+    return module.eval().requires_grad_(False)
+
+
+def _text_class(index: dict, name: str):
+    """The transformers class model_index.json names for component ``name`` (CLIPTextModel by default)."""
+    import transformers
+
+    entry = index.get(name)
+    cls = entry[1] if isinstance(entry, list) and len(entry) == 2 else "CLIPTextModel"
+    return getattr(transformers, str(cls), transformers.CLIPTextModel)
+
+
+def _load_folder(ref: ModelRef, dt) -> tuple[dict, dict, dict]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     try:
         index = json.loads((ref.path / "model_index.json").read_text())
+        unet_cfg = json.loads((ref.path / "unet" / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise HmeditError(
-            f"cannot read {ref.path / 'model_index.json'}: {e}", hint="is the model folder complete?"
+            f"cannot read the model's configuration: {e}", hint="is the model folder complete?"
         ) from None
-    if "XL" in index.get("_class_name", "") or "text_encoder_2" in index:
-        _refuse_sdxl(str(ref.path))
-    missing = [
-        p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (ref.path / p).is_dir()
-    ]
+    fam = detect(unet_cfg, index)
+    needed = ["unet", "vae", "scheduler"] + [p for pair in fam.text_components for p in pair]
+    missing = [p for p in needed if not (ref.path / p).is_dir()]
     if missing:
         raise HmeditError(
             f"{ref.path} lacks {', '.join(missing)}",
-            hint="a Stable Diffusion folder needs unet/, vae/, text_encoder/, tokenizer/ and scheduler/",
+            hint=f"an {fam.label} folder needs " + ", ".join(p + "/" for p in needed),
         )
     try:
+        vae_cfg = json.loads((ref.path / "vae" / "config.json").read_text())
         comps = {
-            "vae": AutoencoderKL.from_pretrained(ref.path, subfolder="vae", torch_dtype=dt),
+            "vae": AutoencoderKL.from_pretrained(
+                ref.path, subfolder="vae", torch_dtype=fam.vae_dtype(dt, vae_cfg)
+            ),
             "unet": UNet2DConditionModel.from_pretrained(ref.path, subfolder="unet", torch_dtype=dt),
-            "text_encoder": CLIPTextModel.from_pretrained(ref.path, subfolder="text_encoder", dtype=dt),
-            "tokenizer": CLIPTokenizer.from_pretrained(ref.path, subfolder="tokenizer"),
         }
+        for tok, enc in fam.text_components:
+            comps[tok] = CLIPTokenizer.from_pretrained(ref.path, subfolder=tok)
+            comps[enc] = _text_class(index, enc).from_pretrained(ref.path, subfolder=enc, dtype=dt)
         sched_cfg = json.loads((ref.path / "scheduler" / "scheduler_config.json").read_text())
     except HmeditError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken folder is a user problem, said in one line
         raise HmeditError(
             f"cannot load the model in {ref.path}: {str(e).splitlines()[0]}",
-            hint="is it a complete diffusers Stable Diffusion folder?",
+            hint=f"is it a complete diffusers {fam.label} folder?",
         ) from None
-    return comps, sched_cfg
+    return comps, sched_cfg, index
 
 
-def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict]:
-    from diffusers import StableDiffusionPipeline
+def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict, dict]:
+    import diffusers
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
     try:
@@ -333,21 +392,24 @@ def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict
             hint="is the file complete? .safetensors is preferred over .ckpt",
         ) from None
     kind = infer_diffusers_model_type(ckpt)
-    if "xl" in kind:
-        _refuse_sdxl(str(ref.path))
+    xl = "xl" in kind
+    fam = FAMILIES["sdxl" if xl else "sd1"]
+    pipe_cls = getattr(diffusers, fam.pipeline)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(ref.path), config=config, local_files_only=True, torch_dtype=dt, load_safety_checker=False
+        kwargs = {} if xl else {"load_safety_checker": False}
+        pipe = pipe_cls.from_single_file(
+            str(ref.path), config=config, local_files_only=True, torch_dtype=dt, **kwargs
         )
     except Exception as e:  # noqa: BLE001
         raise HmeditError(
             f"cannot build the {kind} architecture for {ref.path} offline: {str(e).splitlines()[0]}",
-            hint="convert it to a diffusers folder (diffusers' convert_original_stable_diffusion_to_diffusers"
-            ".py) "
-            "or put the matching SD 1.x/2.x config in the local Hugging Face cache",
+            hint="pass the architecture as a local diffusers folder of the same family (--config DIR, or "
+            "`config:` next to `model:` in the scene), or put its config in the local Hugging Face cache",
         ) from None
-    comps = {k: getattr(pipe, k) for k in ("vae", "unet", "text_encoder", "tokenizer")}
-    return comps, dict(pipe.scheduler.config)
+    names = ["vae", "unet"] + [p for pair in fam.text_components for p in pair]
+    comps = {k: getattr(pipe, k) for k in names}
+    index = {"_class_name": fam.pipeline, **dict(pipe.config)}
+    return comps, dict(pipe.scheduler.config), index
 
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc")

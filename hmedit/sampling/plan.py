@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hmedit.errors import HmeditError
 from hmedit.masks.compose import compose
 from hmedit.masks.levels import downsample, level_names, level_sizes
 from hmedit.masks.raster import feather, place_layer, rasterize_scene, reference_size
@@ -52,11 +53,6 @@ class Plan:
         return float(self.noise_map.max()) if self.noise_map is not None else 1.0
 
 
-def unet_factors(unet) -> list[int]:
-    """The latent downsampling factor of each UNet level (SD 1.x/2.x: 1, 2, 4, 8)."""
-    return [2**i for i in range(len(unet.config.block_out_channels))]
-
-
 def build_canvas(scene: Scene, flat: list[FlatNode], width: int, height: int) -> Tensor | None:
     """The source picture to edit: init_image (resized) with layer images pasted back to front; None to
     generate from noise. Without init_image, layers are pasted on mid-gray."""
@@ -92,6 +88,7 @@ def build_plan(
     *,
     refine: Tensor | None = None,
     noise_scale: float = 1.0,
+    cross_attention: list[int] | None = None,
 ) -> Plan:
     """Everything a render of ``scene`` at ``width`` × ``height`` needs. ``refine`` [1, 3, H, W] in [-1, 1]
     (a coarse render, upscaled) becomes the picture to edit wherever a node has noise > 0, with every node's
@@ -105,14 +102,25 @@ def build_plan(
         intrinsic, parents, strengths, scene.composition, gamma=float(scene.depth_gamma), node_schemes=schemes
     )
     latent = (height // vae_scale, width // vae_scale)
-    names = level_names(unet_factors_)
+    xattn = sorted(cross_attention or unet_factors_)
+    names = level_names(xattn)
     sizes = level_sizes(latent, unet_factors_)
     level_masks, level_gate = {}, {}
     for f, (h, w) in sizes.items():
         n = h * w
         # max-pool so that small regions survive at coarse levels (InvokeAI, peers.md)
         level_masks[n] = downsample(effective, (h, w), "max").reshape(len(ids), n)
-        level_gate[n] = torch.tensor([names[f] in f_.node.levels or f in f_.node.levels for f_ in flat])
+        level_gate[n] = torch.tensor(
+            [f in names and (names[f] in f_.node.levels or f in f_.node.levels) for f_ in flat]
+        )
+    for k, f_ in enumerate(flat):
+        if k and not any(bool(level_gate[h * w][k]) for h, w in sizes.values()):
+            have = ", ".join(f"{names[f]} ({f})" for f in xattn)
+            raise HmeditError(
+                f"levels {list(f_.node.levels)} select none of this model's cross-attention levels",
+                **scene.where(f"{f_.path}.levels"),
+                hint=f"this model has {have}; use names or factors among them, or all",
+            )
     active = torch.tensor([[float(a) for a in f.node.active] for f in flat])
     att = [f.node.attention or scene.attention for f in flat]
     pos = strengths * torch.tensor([float(a.pos) for a in att])

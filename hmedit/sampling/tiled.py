@@ -1,16 +1,18 @@
 """Tiled sampling: which windows a step denoises, their masks, and how their recordings add up.
 
-The sampler loop is the same with or without tiles: :class:`~hmedit.sampling.loop.Denoiser` asks
-:class:`Tiler` for this step's windows and weights, denoises them in batches, and fuses the noise
-predictions into one global prediction, on which the scheduler takes one step (so multistep schedulers and
-per-node noise levels work on the global latent as untiled). Each window gets its crop of the per-level
-effective masks, computed from the pixel-resolution masks exactly as the untiled ones are, so the attention
-bias means the same thing in every window; a window covering the whole latent gets exactly the untiled masks.
+The sampler loop is the same with or without tiles: :class:`~hmedit.sampling.denoise.Denoiser` calls
+:func:`fuse_windows`, which asks :class:`Tiler` for this step's windows and weights, denoises them in batches,
+and fuses the noise predictions into one global prediction, on which the scheduler takes one step (so
+multistep schedulers and per-node noise levels work on the global latent as untiled). Each window gets its
+crop of the per-level effective masks, computed from the pixel-resolution masks exactly as the untiled ones
+are, so the attention bias means the same thing in every window; a window covering the whole latent gets
+exactly the untiled masks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from hmedit.errors import HmeditError
 from hmedit.masks.levels import downsample, level_sizes
 from hmedit.sampling.plan import Plan
 from hmedit.sampling.tiling import Window, fusion_weights, random_offset, windows
+from hmedit.scene.presets import TilingDefaults
 from hmedit.scene.spec import Tiling
 
 DEFAULT_OVERLAP_FRACTION = 4  # overlap = tile // 4
@@ -45,31 +48,33 @@ class TileSettings:
 
 
 def resolve_tiling(
-    spec: Tiling | None, latent: tuple[int, int], native_latent: int, align: int
+    spec: Tiling | None, latent: tuple[int, int], native_latent: int, align: int, defaults: TilingDefaults
 ) -> TileSettings | None:
     """The tiling a render uses, or None (untiled). On by default when the latent exceeds the model's
     native latent size; ``tiling: off`` renders any size whole (as plain diffusers does); ``tiling: on``
-    tiles any size."""
+    tiles any size. Keys the scene leaves out come from the preset's ``defaults``."""
     spec = spec or Tiling()
     h, w = latent
     if not spec.enabled or not (max(h, w) > native_latent or spec.force):
         return None
-    tile = spec.tile or native_latent
+    tile = spec.tile or defaults.tile or native_latent
     if tile % align:
         raise HmeditError(
             f"tile {tile} is not a multiple of {align} latent px (the UNet's coarsest level)",
             field="tiling.tile",
             hint=f"use {max(align, tile // align * align)}",
         )
-    overlap = spec.overlap if spec.overlap is not None else tile // DEFAULT_OVERLAP_FRACTION
+    overlap = spec.overlap if spec.overlap is not None else defaults.overlap
+    overlap = overlap if overlap is not None else tile // DEFAULT_OVERLAP_FRACTION
     if overlap >= tile:
         raise HmeditError(
             f"overlap {overlap} must be smaller than tile {tile}",
             field="tiling.overlap",
             hint=f"use {tile // 4}",
         )
+    batch = spec.batch or defaults.batch
     return TileSettings(
-        tile, overlap, spec.weighting, spec.batch, spec.offsets, spec.fade, spec.coarse, float(spec.refine)
+        tile, overlap, spec.weighting, batch, spec.offsets, spec.fade, spec.coarse, float(spec.refine)
     )
 
 
@@ -87,6 +92,7 @@ class Tiler:
         self.sizes = level_sizes((self.th, self.tw), plan.factors)  # factor -> (h_l, w_l) of a window
         self.n_of = {f: hh * ww for f, (hh, ww) in self.sizes.items()}  # factor -> query length
         self.gate = {self.n_of[f]: plan.level_gate[_global_n(plan, f)] for f in plan.factors}
+        self.windows_run = self.windows_total = 0  # windows denoised / scheduled, over all steps
 
     def step_windows(self) -> tuple[list[Window], Tensor]:
         """This step's windows and their fusion weights [W, th, tw]. The caller normalises by the weights of
@@ -114,6 +120,31 @@ class Tiler:
                 self.n_of[f]: downsample(crop, size, "max").reshape(k, -1) for f, size in self.sizes.items()
             }
         return self._masks[win]
+
+
+def fuse_windows(
+    tiler: Tiler, x: Tensor, predict: Callable[[list[Window], Tensor], Tensor], held: Tensor | None = None
+) -> Tensor:
+    """One global prediction for latents ``x`` [1, C, h, w] from this step's windows, denoised in batches by
+    ``predict(windows, weights)`` -> [Wb, C, th, tw] and fused with the tiler's weights. Windows entirely
+    ``held`` ([h, w] True: replaced by the re-noised source after the step) are skipped; the normaliser
+    counts the windows that ran."""
+    wins, weights = tiler.step_windows()
+    keep = [j for j, win in enumerate(wins) if held is None or not bool(held[win.slice].all())]
+    acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    norm = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
+    bs = tiler.ts.batch
+    for b0 in range(0, len(keep), bs):
+        idx = keep[b0 : b0 + bs]
+        batch = [wins[j] for j in idx]
+        eps = predict(batch, weights[idx])
+        wt = weights[idx].to(x.device)
+        for e, win, w_ in zip(eps, batch, wt):
+            acc[0][win.slice] += e.float() * w_
+            norm[win.slice] += w_
+    tiler.windows_run += len(keep)
+    tiler.windows_total += len(wins)
+    return (acc / norm.clamp(min=1e-12)).to(x.dtype)
 
 
 def _global_n(plan: Plan, factor: int) -> int:

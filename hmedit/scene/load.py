@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from hmedit.errors import Diagnostics, HmeditError
+from hmedit.scene.limits import limit, raise_hint
 from hmedit.scene.spec import (
     MASK_KINDS,
     MASK_TAGS,
@@ -33,6 +35,8 @@ from hmedit.scene.spec import (
 )
 
 SCENE_SUFFIXES = (".yaml", ".yml")
+MAX_REPORTED = 100
+"""Problems listed per scene file; the rest are counted."""
 FieldPath = tuple[str | int, ...]
 Positions = dict[FieldPath, tuple[int, int]]
 
@@ -88,19 +92,40 @@ def find_scenes(paths: Iterable[str | os.PathLike]) -> list[Path]:
 # Loading
 
 
-def _load(file: Path, *, deep: bool) -> tuple[Scene | None, Diagnostics]:
+def load_text(text: str, *, base_dir: str | os.PathLike | None = None, deep: bool = False) -> Scene:
+    """A scene from YAML text (the API's ``load_scene`` of a string); relative paths are taken from
+    ``base_dir`` (default: the working folder), a missing ``name`` is "scene". Errors name ``<text>``."""
+    scene, diags = _load(TEXT_SOURCE, deep=deep, text=text, base_dir=Path(base_dir or "."))
+    diags.raise_if_errors()
+    assert scene is not None
+    return scene
+
+
+TEXT_SOURCE = Path("<text>")
+
+
+def _load(
+    file: Path, *, deep: bool, text: str | None = None, base_dir: Path | None = None
+) -> tuple[Scene | None, Diagnostics]:
     diags = Diagnostics()
-    scene = _load_spec(file, diags)
+    scene = _load_spec(file, diags, text, base_dir)
     if scene is not None and deep and not diags.errors:
+        check_inputs(scene, diags)
         _check_masks(scene, diags)
+        diags.errors = list({err.format(): err for err in diags.errors}.values())
     if scene is not None:
         scene._warnings = list(diags.warnings)
     return (scene if not diags.errors else None), diags
 
 
-def _load_spec(file: Path, diags: Diagnostics) -> Scene | None:
+def _load_spec(
+    file: Path, diags: Diagnostics, text: str | None = None, base_dir: Path | None = None
+) -> Scene | None:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _read_text(file) if text is None else text
+    except HmeditError as exc:
+        diags.errors.append(exc)
+        return None
     except FileNotFoundError:
         diags.error("file not found", file=file, hint="check the path")
         return None
@@ -138,21 +163,28 @@ def _load_spec(file: Path, diags: Diagnostics) -> Scene | None:
         )
         return None
 
-    context = {"base_dir": file.parent.absolute()}
+    context = {"base_dir": (base_dir or file.parent).absolute()}
     try:
         scene = Scene.model_validate(data, context=context)
     except ValidationError as exc:
         seen: set[str] = set()
-        for err in exc.errors(include_url=False):
+        errors = exc.errors(include_url=False)
+        for err in errors[:MAX_REPORTED]:
             problem = translate_error(err, data, positions, file)
             if problem.format() not in seen:
                 seen.add(problem.format())
                 diags.errors.append(problem)
         diags.errors.sort(key=lambda e: (e.location.line or 0, e.location.column or 0))
+        if len(errors) > MAX_REPORTED:
+            diags.error(
+                f"{len(errors) - MAX_REPORTED} more problems not shown",
+                file=file,
+                hint="fix the ones above and validate again",
+            )
         return None
 
     if scene.name is None:
-        stem = file.stem
+        stem = "scene" if file == TEXT_SOURCE else file.stem
         if not is_safe_name(stem):
             diags.error(
                 f"the file name {stem!r} is not a safe folder name and the scene sets no name",
@@ -167,6 +199,70 @@ def _load_spec(file: Path, diags: Diagnostics) -> Scene | None:
     scene._source = SourceInfo(file, positions)
     _warn(scene, data, diags)
     return scene
+
+
+def _read_text(file: Path) -> str:
+    """The file's text, refusing files above ``HMEDIT_MAX_SCENE_BYTES`` before reading them."""
+    allowed = limit("MAX_SCENE_BYTES")
+    with open(file, "rb") as fh:
+        if not file.is_file():
+            raise IsADirectoryError(str(file))
+        raw = fh.read(allowed + 1)
+    if len(raw) > allowed:
+        raise HmeditError(
+            f"the scene file is larger than the limit of {allowed} bytes",
+            file=file,
+            hint=f"scenes are a few KiB; {raise_hint('MAX_SCENE_BYTES')}",
+        )
+    return raw.decode("utf-8")
+
+
+CHECK_DECODE_SIDE = 1024
+"""Validation decodes images reduced to a long side of 1024 to 2048 px: every byte is read (a truncated or
+corrupt file fails), but memory stays small."""
+
+
+def check_inputs(scene: Scene, diags: Diagnostics) -> None:
+    """Open every file the scene reads, with the loaders a render uses, and check the render's size against
+    the memory plan (``hmedit.scene.limits.check_render_size``): what passes here does not fail later.
+
+    Images are checked from their header first (``HMEDIT_MAX_IMAGE_PIXELS``); the init image is then
+    decoded reduced (layers and mask images are decoded by the mask checks); embedding files are read with the loader a render uses (safetensors, or torch with weights only).
+    """
+    from hmedit.scene.assets import image_size, open_image
+    from hmedit.scene.limits import check_render_size
+
+    def attempt(path: str, check: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except HmeditError as exc:
+            diags.error(exc.problem, **scene.where(path), hint=exc.hint)
+            return None
+
+    init_size = None
+    if scene.init_image is not None:
+        init_size = attempt("init_image", image_size, scene.init_image, field="init_image")
+        if init_size is not None:
+            attempt("init_image", open_image, scene.init_image, max_side=CHECK_DECODE_SIDE)
+    for flat in scene.flat():
+        node = flat.node
+        # layers and mask images: the header here, the pixels in the mask checks (they decode them)
+        for key, ref in (("layer", node.layer), ("mask.image", getattr(node.mask, "image", None))):
+            if ref is not None:
+                attempt(f"{flat.path}.{key}", image_size, ref)
+        if node.embedding is not None:
+            attempt(f"{flat.path}.embedding", _check_embedding, node.embedding)
+
+    size, where = (scene.size, "size") if scene.size is not None else (init_size, "init_image")
+    if size is not None:
+        tiled = scene.tiling is None or scene.tiling.enabled
+        attempt(where, check_render_size, size[0], size[1], len(scene.flat()), tiled=tiled)
+
+
+def _check_embedding(path: os.PathLike) -> None:
+    from hmedit.conditioning.textual_inversion import load_embedding
+
+    load_embedding(path)
 
 
 def _check_masks(scene: Scene, diags: Diagnostics) -> None:
@@ -204,7 +300,7 @@ def _warn(scene: Scene, data: dict, diags: Diagnostics) -> None:
                     hint="set composition: hybrid at the top of the file",
                 )
     if scene.seeds is not None:
-        repeats = sorted({s for s in scene.seeds if scene.seeds.count(s) > 1})
+        repeats = sorted(seed for seed, n in Counter(scene.seeds).items() if n > 1)
         if repeats:
             diags.warn(
                 f"seeds repeat {', '.join(map(str, repeats))}: the same image is rendered twice",
@@ -217,12 +313,145 @@ def _warn(scene: Scene, data: dict, diags: Diagnostics) -> None:
 # YAML with positions
 
 
+class SceneYAMLError(yaml.MarkedYAMLError):
+    """A YAML file that parses but is out of bounds (too deep, too many values, an endless alias, a number
+    too long): reported as is, with its own hint, instead of as a syntax error."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None, hint: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+# YAML 1.2 reads 1e6 and 2.5e-3 as numbers; PyYAML (YAML 1.1) wants a dot and a signed exponent (1.0e+6)
+# and reads the rest as text, which a scene author never means.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_MAX_INT_DIGITS = 40
+
+
+class _SceneLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: nesting depth, values after alias expansion (counted on the node
+    graph, never expanded), no alias inside its own anchor, no number longer than 40 digits."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.max_depth = limit("MAX_YAML_DEPTH")
+        self._depth = 0
+        self._open_anchors: list[str] = []
+        self.first_alias: yaml.Mark | None = None
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise SceneYAMLError(
+                    f"the alias *{event.anchor} is inside its own anchor &{event.anchor} (it never ends)",
+                    event.start_mark,
+                    hint="an alias can only repeat a value that is complete before it",
+                )
+            self.first_alias = self.first_alias or event.start_mark
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > self.max_depth:
+            raise SceneYAMLError(
+                f"the YAML is nested more than {self.max_depth} levels deep",
+                event.start_mark,
+                hint=f"a scene is a few levels deep; {raise_hint('MAX_YAML_DEPTH')}",
+            )
+        anchor = getattr(event, "anchor", None)
+        if anchor:
+            self._open_anchors.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor:
+                self._open_anchors.pop()
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = len(node.value.replace("_", "").lstrip("+-"))
+        if digits > _MAX_INT_DIGITS:
+            raise SceneYAMLError(
+                f"a number {digits} digits long is out of range",
+                node.start_mark,
+                hint=f"numbers in a scene fit in {_MAX_INT_DIGITS} digits; seeds are 0 to 2^63 - 1",
+            )
+        return super().construct_yaml_int(node)
+
+
+_SceneLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+_SceneLoader.add_constructor("tag:yaml.org,2002:int", _SceneLoader.construct_yaml_int)
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(values, depth) of the document with every alias expanded, computed on the node graph (each node
+    once, iteratively): what a walk over the loaded data will meet."""
+    memo: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in memo:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        else:
+            kids = []
+        if not ready:
+            stack.append((node, True))
+            stack.extend((kid, False) for kid in kids if id(kid) not in memo)
+            continue
+        values = 1 + sum(memo[id(kid)][0] for kid in kids)
+        depth = 1 + max((memo[id(kid)][1] for kid in kids), default=0)
+        memo[id(node)] = (min(values, 1 << 62), depth)
+    return memo[id(root)]
+
+
 def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Positions] | None:
-    """One YAML document: (data, positions of every field path), or None after reporting a syntax error."""
-    loader = yaml.SafeLoader(text)
+    """One YAML document: (data, positions of every field path), or None after reporting a problem.
+
+    Bounded in time and memory: see ``_SceneLoader`` and ``hmedit.scene.limits``."""
+    allowed = limit("MAX_SCENE_BYTES")
+    if len(text) > allowed:  # a file is refused before it is read; text given directly, here
+        diags.error(
+            f"the scene is larger than the limit of {allowed} bytes",
+            file=file,
+            hint=f"scenes are a few KiB; {raise_hint('MAX_SCENE_BYTES')}",
+        )
+        return None
+    loader = _SceneLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            values, depth = _expanded_size(node)
+            max_values, max_depth = limit("MAX_YAML_VALUES"), loader.max_depth
+            aliases = loader.first_alias is not None
+            if values > max_values or depth > max_depth:
+                what = (
+                    f"more than {max_values} values" if values > max_values else f"deeper than {max_depth} levels"
+                )
+                name = "MAX_YAML_VALUES" if values > max_values else "MAX_YAML_DEPTH"
+                raise SceneYAMLError(
+                    f"the YAML expands to {what}" + (" through its aliases (*name)" if aliases else ""),
+                    loader.first_alias if aliases else node.start_mark,
+                    hint=(
+                        "an alias repeats all its anchor holds: do not nest them"
+                        if aliases
+                        else "split the scene into several files"
+                    )
+                    + f", or {raise_hint(name)}",
+                )
         data = loader.construct_document(node) if node is not None else None
+    except SceneYAMLError as exc:
+        mark = exc.problem_mark
+        diags.error(
+            exc.problem or "out of bounds",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+            hint=exc.hint,
+        )
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "not valid YAML"
@@ -235,7 +464,7 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
         )
         return None
     except yaml.YAMLError as exc:
-        diags.error(f"invalid YAML: {exc}", file=file)
+        diags.error(f"invalid YAML: {' '.join(str(exc).split())}", file=file)
         return None
     finally:
         loader.dispose()
@@ -415,12 +644,16 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
         bound = ctx.get(_BOUND_KEYS[kind])
         hints = _LEARN_HINTS if "learn" in names else _RANGE_HINTS
         return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", hints.get(name)
-    unquote = "write a plain number, without quotes" if isinstance(value, str) else None
+    unquote = _number_hint(value)
     if kind in ("float_type", "float_parsing"):
         return f"expected a number (got {_show(value)})", unquote
     if kind == "finite_number":
         return f"expected a finite number (got {_show(value)})", None
     if kind in ("int_type", "int_parsing", "int_from_float"):
+        if isinstance(value, float):
+            whole = value.is_integer() and abs(value) < 1e18
+            hint = f"write {int(value)}, without a decimal point or exponent" if whole else None
+            return f"expected a whole number (got {value!r})", hint
         return f"expected a whole number (got {_show(value)})", unquote
     if kind in ("string_type", "string_too_short"):
         if kind == "string_too_short":
@@ -445,6 +678,17 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
         return f"expected a mapping of keys (got {_show(value)})", hint
     # Our own errors carry their final message; anything else keeps pydantic's words.
     return err["msg"], ctx.get("hint")
+
+
+def _number_hint(value: Any) -> str | None:
+    """For text where a number belongs: say to drop the quotes only when the text is a number."""
+    if not isinstance(value, str):
+        return None
+    try:
+        float(value.strip().replace("_", ""))
+    except ValueError:
+        return None
+    return "write a plain number, without quotes"
 
 
 def _unknown_key_hint(key: str, parent: FieldPath, data: Any) -> str:

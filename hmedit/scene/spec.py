@@ -153,8 +153,21 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-Box = tuple[Number, Number, Number, Number]
-Point = tuple[Number, Number]
+COORD_RANGE = 10.0
+"""Coordinates (fractions of the image) lie in -10..10: far beyond the frame, still finite arithmetic."""
+MAX_POLYGON_POINTS = 1000
+SEED_MAX = 2**63 - 1
+"""Seeds are 0..2^63 - 1: torch generators take 64 bits, and hmedit derives streams as seed + a constant."""
+MAX_NAME_CHARS = 100
+"""Names and ids become file names (with a prefix and a suffix): well under every file system's 255 bytes."""
+
+Coord = Annotated[float, Strict(), Field(ge=-COORD_RANGE, le=COORD_RANGE)]
+Box = tuple[Coord, Coord, Coord, Coord]
+Point = tuple[Coord, Coord]
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+MAX_SIDE = 65536
+Side = Annotated[int, Strict(), Field(le=MAX_SIDE)]
+MAX_FEATHER = 1000.0
 
 
 def _check_box(box: Box) -> Box:
@@ -169,8 +182,12 @@ def _check_box(box: Box) -> Box:
 class AttentionWeights(_Spec):
     """How strongly a node's prompt is pushed into (pos) and its region kept out of other prompts (neg)."""
 
-    pos: Number = Field(1.0, ge=0, description="Boost of the node's own tokens inside its region (>= 0).")
-    neg: Number = Field(1.0, ge=0, description="Suppression of the node's tokens outside its region (>= 0).")
+    pos: Number = Field(
+        1.0, ge=0, le=10, description="Boost of the node's own tokens inside its region, 0..10."
+    )
+    neg: Number = Field(
+        1.0, ge=0, le=10, description="Suppression of the node's tokens outside its region, 0..10."
+    )
 
 
 class Tiling(_Spec):
@@ -180,16 +197,24 @@ class Tiling(_Spec):
     enabled: bool = Field(True, description="false (or tiling: off): render any size whole, untiled.")
     force: bool = Field(False, description="Tile even at or below the native size (tiling: on).")
     tile: Int | None = Field(
-        None, ge=8, description="Window size in latent px. Default: the native latent size (64 on SD)."
+        None,
+        ge=8,
+        le=1024,
+        description="Window size in latent px, 8..1024. Default: the native latent size (64 on SD).",
     )
     overlap: Int | None = Field(
-        None, ge=0, description="Overlap of neighbouring windows, latent px. Default: a quarter of the tile."
+        None,
+        ge=0,
+        le=1023,
+        description="Overlap of neighbouring windows, latent px, 0..1023. Default: a quarter of the tile.",
     )
     weighting: Literal["gaussian", "uniform"] = Field(
         "gaussian",
         description="How windows blend: gaussian (Mixture of Diffusers) or uniform (MultiDiffusion).",
     )
-    batch: Int = Field(8, ge=1, le=256, description="Windows per UNet call (cond and uncond together).")
+    batch: Int | None = Field(
+        None, ge=1, le=256, description="Windows per UNet call, 1..256. Default: the preset's."
+    )
     offsets: bool = Field(True, description="Shift the window grid randomly every step (hides seams).")
     fade: bool = Field(True, description="Window weights fall to zero at window borders inside the image.")
     coarse: bool = Field(
@@ -214,7 +239,7 @@ class Tiling(_Spec):
 class RectMask(_Spec):
     """An axis-aligned rectangle."""
 
-    rect: Box = Field(description="[x, y, width, height] as fractions of the image size.")
+    rect: Box = Field(description="[x, y, width, height] as fractions of the image size (-10..10).")
 
     _check = field_validator("rect")(_check_box)
 
@@ -222,7 +247,9 @@ class RectMask(_Spec):
 class EllipseMask(_Spec):
     """An ellipse, given by its bounding box."""
 
-    ellipse: Box = Field(description="Bounding box [x, y, width, height] as fractions of the image size.")
+    ellipse: Box = Field(
+        description="Bounding box [x, y, width, height] as fractions of the image size (-10..10)."
+    )
 
     _check = field_validator("ellipse")(_check_box)
 
@@ -231,7 +258,8 @@ class PolygonMask(_Spec):
     """A filled polygon."""
 
     polygon: tuple[Point, ...] = Field(
-        description="At least 3 points [[x, y], ...], as fractions of the image size."
+        max_length=MAX_POLYGON_POINTS,
+        description="3 to 1000 points [[x, y], ...], as fractions of the image size (-10..10).",
     )
 
     @field_validator("polygon")
@@ -317,12 +345,13 @@ Levels = Annotated[
 class LearnSpec(_Spec):
     """How a node's token is learned: the settings of its textual inversion (Collage Diffusion §4.3)."""
 
-    # The defaults are hmedit.conditioning.textual_inversion.LearnSettings' (a test keeps them equal); this module
-    # does not import torch.
+    # Unset keys take the preset's ``learn:`` defaults (configs/).
 
-    steps: Int = Field(120, ge=1, le=100_000, description="Optimisation steps (default 120).")
-    lr: Number = Field(
-        1e-2, gt=0, le=10, description="Learning rate of the token's embedding (default 0.01)."
+    steps: Int | None = Field(
+        None, ge=1, le=100_000, description="Optimisation steps, 1..100000. Default: the preset's."
+    )
+    lr: Number | None = Field(
+        None, gt=0, le=10, description="Learning rate of the token's embedding. Default: the preset's."
     )
     init: str | None = Field(
         None,
@@ -330,7 +359,9 @@ class LearnSpec(_Spec):
         description="A word whose embedding the token starts from, e.g. 'square'. Default: the mean of "
         "the vocabulary.",
     )
-    batch: Int = Field(16, ge=1, le=1024, description="Noise samples per step (default 16).")
+    batch: Int | None = Field(
+        None, ge=1, le=1024, description="Noise samples per step, 1..1024. Default: the preset's."
+    )
     guidance: Number | None = Field(
         None,
         ge=0,
@@ -412,7 +443,8 @@ class Node(_Spec):
 
     id: str = Field(
         "root",
-        description="Unique name, also used for output files: letters, digits, '_', '.', '-'. "
+        max_length=MAX_NAME_CHARS,
+        description="Unique name, also used for output files: up to 100 letters, digits, '_', '.', '-'. "
         "Required on every node but the root.",
     )
     prompt: str = Field("", description="What this region should show.")
@@ -427,16 +459,18 @@ class Node(_Spec):
         description="An RGBA image instead of a mask: alpha is the region, RGB is pasted into the canvas.",
     )
     at: Point = Field(
-        (0.0, 0.0), description="Top-left position [x, y] of the layer, as fractions of the image size."
+        (0.0, 0.0),
+        description="Top-left position [x, y] of the layer, as fractions of the image size (-10..10).",
     )
     scale: Number | None = Field(
         None,
         gt=0,
-        description="Layer width as a fraction of the image width. Default: the layer's pixel size "
-        "relative to the scene's size.",
+        le=COORD_RANGE,
+        description="Layer width as a fraction of the image width, in (0, 10]. Default: the layer's pixel "
+        "size relative to the scene's size.",
     )
     strength: Number = Field(
-        1.0, ge=0, description="How strongly the node's prompt acts in its region (>= 0)."
+        1.0, ge=0, le=10, description="How strongly the node's prompt acts in its region, 0..10."
     )
     noise: Number | None = Field(
         None,
@@ -446,7 +480,10 @@ class Node(_Spec):
         "pure noise). Default: the parent's; the root's default is 1.",
     )
     feather: Number = Field(
-        0.0, ge=0, description="Soft edge of the region: Gaussian sigma in pixels (>= 0)."
+        0.0,
+        ge=0,
+        le=MAX_FEATHER,
+        description="Soft edge of the region: Gaussian sigma in pixels at the reference size, 0..1000.",
     )
     active: tuple[Number, Number] = Field(
         (0.0, 1.0),
@@ -610,26 +647,42 @@ class Scene(_Spec):
     )
     name: str | None = Field(
         None,
-        description="Output folder name (letters, digits, '_', '.', '-'). Default: the scene file's name.",
+        max_length=MAX_NAME_CHARS,
+        description="Output folder name (up to 100 letters, digits, '_', '.', '-'). Default: the scene "
+        "file's name.",
     )
     model: str = Field(
         "toy",
         description="The diffusion model: 'toy' (bundled), a local diffusers folder, a Hugging Face hub id, "
         "or a .safetensors file.",
     )
-    size: tuple[Int, Int] | None = Field(
+    size: tuple[Side, Side] | None = Field(
         None,
-        description="[width, height] in pixels: multiples of 8, at least 64. "
-        "Default: the model's native size (or the init image's size).",
+        description="[width, height] in pixels: multiples of 8, 64..65536 (the memory plan limits width x "
+        "height further). Default: the model's native size (or the init image's size).",
     )
-    seed: Int | None = Field(None, description="Random seed (default 0). Use either seed or seeds.")
-    seeds: tuple[Int, ...] | None = Field(
-        None, min_length=1, description="Several seeds: one output per seed. Use either seed or seeds."
+    seed: Seed | None = Field(
+        None, description="Random seed, 0..2^63 - 1 (default 0). Use either seed or seeds."
     )
-    steps: Int = Field(30, ge=1, le=1000, description="Number of sampling steps, 1..1000.")
-    guidance: Number = Field(7.5, ge=0, description="Classifier-free guidance scale (>= 0).")
-    scheduler: Scheduler = Field(
-        "ddim", description="Sampler: ddim, euler, euler_a, dpmpp_2m, pndm or unipc."
+    seeds: tuple[Seed, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Several seeds, each 0..2^63 - 1: one output per seed. Use either seed or seeds.",
+    )
+    preset: str | None = Field(
+        None,
+        max_length=256,
+        description="Defaults for the model: toy, sd15, sd21, sdxl (configs/), or a path to a preset YAML "
+        "file relative to the scene. Default: the model family's preset.",
+    )
+    steps: Int | None = Field(
+        None, ge=1, le=1000, description="Number of sampling steps, 1..1000. Default: the preset's."
+    )
+    guidance: Number | None = Field(
+        None, ge=0, le=100, description="Classifier-free guidance scale, 0..100. Default: the preset's."
+    )
+    scheduler: Scheduler | None = Field(
+        None, description="Sampler: ddim, euler, euler_a, dpmpp_2m, pndm or unipc. Default: the preset's."
     )
     init_image: AssetRef | None = Field(
         None,
@@ -716,6 +769,9 @@ class Scene(_Spec):
     def _cross_fields(cls, data: Any, handler: Any) -> Any:
         extra: list[InitErrorDetails] = []
         if isinstance(data, dict):
+            too_big = _tree_bounds(data)
+            if too_big is not None:  # before pydantic walks the tree (recursively)
+                raise ValidationError.from_exception_data(cls.__name__, [too_big])
             if "seed" in data and "seeds" in data:
                 extra.append(
                     _detail(
@@ -815,6 +871,33 @@ class Scene(_Spec):
             "column": pos[1] if pos else None,
             "field": text,
         }
+
+
+def _tree_bounds(data: dict) -> InitErrorDetails | None:
+    """The tree's depth and node count against ``HMEDIT_MAX_TREE_DEPTH`` / ``HMEDIT_MAX_NODES``, walked
+    iteratively over the raw data: an error for the first node past a bound, else None."""
+    from hmedit.scene.limits import limit, raise_hint
+
+    max_depth, max_nodes = limit("MAX_TREE_DEPTH"), limit("MAX_NODES")
+    stack: list[tuple[Any, tuple, int]] = [(data.get("root"), ("root",), 0)]
+    count = 0
+    while stack:
+        node, path, depth = stack.pop()
+        if not isinstance(node, (dict, Node)):
+            continue
+        count += 1
+        if depth > max_depth:
+            problem = f"the tree of nodes is more than {max_depth} levels deep"
+            return _detail(path, data, "tree_depth", problem, hint=raise_hint("MAX_TREE_DEPTH"))
+        if count > max_nodes:
+            problem = f"the scene has more than {max_nodes} nodes"
+            return _detail(path, data, "tree_nodes", problem, hint=raise_hint("MAX_NODES"))
+        children = _given(node, "children")
+        if isinstance(children, (list, tuple)):
+            stack.extend(
+                (child, (*path, "children", i), depth + 1) for i, child in reversed(list(enumerate(children)))
+            )
+    return None
 
 
 def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 import hmedit.outputs
-import hmedit.render
+import hmedit.pipeline
 from hmedit.cli.app import main
 from hmedit.models.load import model_hash, resolve
 
@@ -91,8 +91,8 @@ def disc_mask(path, fill=255):
 
 
 def count_renders(monkeypatch, fail_on=None, exc=KeyboardInterrupt):
-    """Wrap hmedit.render.render: count its calls; raise ``exc`` on call number ``fail_on``."""
-    real = hmedit.render.render
+    """Wrap hmedit.pipeline.render: count its calls; raise ``exc`` on call number ``fail_on``."""
+    real = hmedit.pipeline.render
     calls = []
 
     def wrapped(scene, *args, **kwargs):
@@ -101,7 +101,7 @@ def count_renders(monkeypatch, fail_on=None, exc=KeyboardInterrupt):
             raise exc("stop here")
         return real(scene, *args, **kwargs)
 
-    monkeypatch.setattr(hmedit.render, "render", wrapped)
+    monkeypatch.setattr(hmedit.pipeline, "render", wrapped)
     return calls
 
 

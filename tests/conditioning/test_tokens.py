@@ -250,7 +250,7 @@ def test_bad_inputs_are_one_line_errors_at_the_field(fresh, tmp_path, learn_scen
 
 def test_another_scenes_tokens_leave_a_render_byte_identical(fresh, tmp_path, learn_scene):
     """Tokens of one scene stay in the loaded model; a scene without them renders exactly as before."""
-    from hmedit.render import Settings, render
+    from hmedit.pipeline import Settings, render
 
     plain_path = tmp_path / "plain.yaml"
     plain_path.write_text(

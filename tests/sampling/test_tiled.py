@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from hmedit.errors import HmeditError
-from hmedit.render import Settings, coarse_size, render
-from hmedit.sampling.plan import build_plan, unet_factors
+from hmedit.pipeline import Settings, coarse_size, render
+from hmedit.models.family import Family
+from hmedit.sampling.plan import build_plan
 from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
 from hmedit.sampling.tiling import Window, panorama_views
 from hmedit.scene.spec import Scene, Tiling
@@ -128,7 +129,7 @@ def test_one_window_covering_everything_equals_untiled(tiny_model):
 def test_window_masks_are_the_untiled_masks_cropped(tiny_model):
     m = tiny_model("sd1")
     sc = scene(size=[128, 128], root=REGIONS)
-    plan = build_plan(sc, unet_factors(m.unet), 128, 128, m.vae_scale_factor)
+    plan = build_plan(sc, Family.factors(m.unet), 128, 128, m.vae_scale_factor)
     ts = TileSettings(tile=32, overlap=8)
     tiler = Tiler(ts, plan)
     # a window aligned to the coarsest level sees exactly the global level masks' crop
@@ -169,7 +170,7 @@ def test_tiled_multistep_and_stochastic_schedulers_are_reproducible(tiny_model, 
     b = render(sc, m, Settings.of(sc, m, seed=7, record=False)).image
     c = render(sc, m, Settings.of(sc, m, seed=8, record=False)).image
     assert max_diff(a, b) == 0 and max_diff(a, c) > 0
-    assert np.isfinite(a).all()
+    assert a.std() > 1  # a picture, not the flat black that NaN latents decode to
 
 
 def test_tiled_edit_keeps_untouched_pixels(tiny_model, tmp_path, monkeypatch):

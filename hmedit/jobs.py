@@ -1,0 +1,337 @@
+"""Jobs: a scene planned on the driver (no model loaded), and one job run into a :class:`Render`.
+
+- :func:`plan_job`: a validated scene + overrides -> :class:`Job`: the model reference and hash, the preset,
+  one :class:`~hmedit.scene.settings.Request` per seed, the assets' hashes and the up-to-date key, computed
+  from those very requests. Cheap, so a batch of finished scenes is checked in moments.
+- :func:`run_job`: a job -> a :class:`Render` (learned tokens first, then every seed). A plain function of the
+  job and a model cache, so a distributed runner can call it on a worker.
+- :meth:`Render.save`: images, influence maps and ``render.json`` into a folder, each file atomically,
+  ``render.json`` last.
+
+The CLI's ``render``, ``check`` and ``bench`` and the library API (:mod:`hmedit.api`) all go through here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hmedit import provenance
+from hmedit.errors import HmeditError
+from hmedit.scene.presets import Preset
+from hmedit.scene.settings import Overrides, Request, pick_preset, requests
+from hmedit.scene.spec import Scene
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+
+    from hmedit.models.load import Model, ModelRef
+    from hmedit.pipeline import RenderResult
+
+RENDER_JSON = "render.json"
+DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def image_name(seed: int, seeds: list[int]) -> str:
+    """``image.png`` for a scene with one seed, ``image-<seed>.png`` for each of several."""
+    return "image.png" if len(seeds) == 1 else f"image-{seed}.png"
+
+
+def scene_bytes_of(scene: Scene) -> bytes:
+    """The bytes a scene's key hashes: its file's, else a canonical dump of the validated scene."""
+    source = scene.source
+    if source is not None and Path(source).is_file():
+        return Path(source).read_bytes()
+    return json.dumps(scene.model_dump(mode="json"), sort_keys=True).encode()
+
+
+@dataclass
+class Job:
+    """One scene, ready to render: everything known before a model is loaded."""
+
+    scene: Scene
+    scene_bytes: bytes
+    file: Path | None
+    model_ref: ModelRef
+    model_hash: str
+    preset: Preset
+    requests: list[Request]
+    assets: dict[str, dict[str, str]]  # field path -> {"path", "sha256"}
+    device: str  # as resolved: "cpu", "cuda:0"
+    dtype: str  # "float32", "float16", "bfloat16"
+    key: str
+    overrides: Overrides = field(default_factory=Overrides)
+    cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
+    target: Path | None = None  # a batch's output folder for the scene
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.requests]
+
+
+def _model_ref(scene: Scene, model: str | ModelRef | None) -> ModelRef:
+    from hmedit.models.load import ModelRef, resolve
+
+    if isinstance(model, ModelRef):
+        return model
+    if model is not None:  # named by the caller: relative to the working folder
+        return resolve(model)
+    try:  # named by the scene: relative to the scene's folder
+        return resolve(scene.model, base_dir=scene.base_dir)
+    except HmeditError as err:
+        if err.location.file is None:  # point at the scene's model key, or name the file (default)
+            given = "model" in scene.model_fields_set
+            where = scene.where("model") if given else {"file": scene.source, "field": "model"}
+            err = HmeditError(err.problem, **where, hint=err.hint)
+        raise err from None
+
+
+def plan_job(
+    scene: Scene,
+    *,
+    overrides: Overrides | None = None,
+    model: str | ModelRef | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    file: Path | None = None,
+    scene_bytes: bytes | None = None,
+    cache_dir: Path | None = None,
+) -> Job:
+    """Plan the render of ``scene`` (see the module docstring); raises ``HmeditError`` for a problem."""
+    from hmedit.masks.raster import reference_size
+    from hmedit.models.load import default_preset, model_hash, pick_device
+
+    overrides = overrides or Overrides()
+    ref = _model_ref(scene, model)
+    preset, named = pick_preset(scene, overrides, default_preset(ref))
+    dev, dt = pick_device(device, dtype, preset)
+    reqs = requests(scene, overrides, preset, named, image_size=reference_size(scene))
+    digest = model_hash(ref)
+    assets = {}
+    for where, path in provenance.asset_paths(scene).items():
+        try:
+            assets[where] = {"path": str(path), "sha256": provenance.file_sha256(path)}
+        except OSError as exc:
+            raise HmeditError(f"cannot read {path}: {exc.strerror or exc}", **scene.where(where)) from None
+    data = scene_bytes if scene_bytes is not None else scene_bytes_of(scene)
+    device_s, dtype_s = str(dev), str(dt).replace("torch.", "")
+    key = provenance.render_key(
+        scene_bytes=data,
+        assets={k: v["sha256"] for k, v in assets.items()},
+        model_hash=digest,
+        settings=[r.key() for r in reqs],
+        device=device_s,
+        dtype=dtype_s,
+    )
+    return Job(
+        scene, data, file, ref, digest, preset, reqs, assets, device_s, dtype_s, key, overrides, cache_dir
+    )
+
+
+class ModelCache:
+    """Loaded models, each loaded once (by place on disk, device and dtype); a model that failed to load
+    fails again at once for the next job that names it."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple, Model | HmeditError] = {}
+
+    def get(self, ref: ModelRef, device: str = "auto", dtype: str = "auto") -> tuple[Model, float]:
+        """The model and the seconds spent loading it now (0 when it was loaded before)."""
+        from hmedit.models.load import load
+
+        dtype = DTYPE_NAMES.get(dtype, dtype)
+        key = (str(ref.path), ref.source, device, dtype)
+        if key not in self._loaded:
+            start = time.perf_counter()
+            try:
+                self._loaded[key] = load(ref, device=device, dtype=dtype)
+            except HmeditError as err:
+                self._loaded[key] = err
+                raise
+            return self._loaded[key], round(time.perf_counter() - start, 4)  # type: ignore[return-value]
+        got = self._loaded[key]
+        if isinstance(got, HmeditError):
+            raise got
+        return got, 0.0
+
+    def add(self, model: Model) -> None:
+        """Hold an already loaded model (the API's ``render(scene, model)``)."""
+        dtype = DTYPE_NAMES.get(str(model.dtype).replace("torch.", ""), "fp32")
+        self._loaded[(str(model.ref.path), model.ref.source, str(model.device), dtype)] = model
+
+    def clear(self) -> None:
+        self._loaded.clear()
+
+
+@dataclass
+class Render:
+    """What one scene rendered: every seed's image and maps, the provenance, and :meth:`save`."""
+
+    job: Job
+    model: Model
+    results: dict[int, RenderResult]  # seed -> result, in the job's order
+    tokens: Any = None  # SceneTokens of learn:/embedding: nodes, or None
+    timings: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)  # written by save()
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.results)
+
+    @property
+    def images(self) -> dict[int, Image.Image]:
+        """Seed -> the image, as a PIL image."""
+        from PIL import Image
+
+        return {seed: Image.fromarray(r.image) for seed, r in self.results.items()}
+
+    @property
+    def image(self) -> Image.Image:
+        """The first seed's image."""
+        return next(iter(self.images.values()))
+
+    @property
+    def arrays(self) -> dict[int, Any]:
+        """Seed -> the image as a uint8 [H, W, 3] numpy array."""
+        return {seed: r.image for seed, r in self.results.items()}
+
+    @property
+    def maps(self) -> dict[str, Tensor]:
+        """The first seed's influence maps: "intrinsic/<id>", "effective/<id>", "attention/<id>" -> [H, W]."""
+        return next(iter(self.results.values())).maps
+
+    @property
+    def settings(self) -> list:
+        return [r.settings for r in self.results.values()]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The content of ``render.json``: model, versions, settings, scene, assets, timings, outputs."""
+        job = self.job
+        return provenance.record(
+            key=job.key,
+            scene=job.scene,
+            scene_file=job.file or job.scene.source or "<scene>",
+            scene_bytes=job.scene_bytes,
+            assets=job.assets,
+            model=self.model.describe(),
+            device=job.device,
+            dtype=job.dtype,
+            settings=self.settings,
+            key_settings=[r.key() for r in job.requests],
+            overrides=job.overrides.recorded(),
+            timings=self.timings,
+            outputs=self.outputs,
+            embeddings=self.tokens.describe() if self.tokens is not None else None,
+            preset={"name": job.preset.name, "source": job.preset.source, **job.preset.values()},
+        )
+
+    def _png_text(self, settings: Any) -> dict[str, str]:
+        return {
+            "hmedit:scene": self.job.scene_bytes.decode("utf-8", errors="replace"),
+            "hmedit:settings": json.dumps(asdict(settings), sort_keys=True),
+            "hmedit:model": json.dumps(
+                {"name": self.job.model_ref.name, "hash": self.job.model_hash}, sort_keys=True
+            ),
+            "Software": f"hmedit {provenance.versions()['hmedit']}",
+        }
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write every seed's image, the first seed's influence maps and ``render.json`` into ``folder``
+        (each file atomically, ``render.json`` last); return the record written."""
+        from hmedit.outputs import save_json, save_png, write_influence
+
+        target = Path(folder)
+        scene, seeds = self.job.scene, self.seeds
+        flats = scene.flat()
+        outputs: list[str] = []
+        for index, (seed, result) in enumerate(self.results.items()):
+            clock = time.perf_counter()
+            name = image_name(seed, seeds)
+            save_png(target / name, result.image, self._png_text(result.settings))
+            outputs.append(name)
+            if index == 0:
+                s = result.settings
+                files = write_influence(
+                    target,
+                    [f.node.id for f in flats],
+                    result.maps,
+                    nodes=flats,
+                    base_image=result.image,
+                    metadata={
+                        "scene": str(self.job.file or scene.source or "<scene>"),
+                        "name": str(scene.name),
+                        "composition": scene.composition,
+                        "depth_gamma": f"{scene.depth_gamma:g}",
+                        "size": f"{s.width}x{s.height}",
+                        "seed": str(seed),
+                        "model": self.job.model_hash,
+                    },
+                    title=f"{scene.name}: {scene.composition}, {s.width}x{s.height}, seed {seed}",
+                )
+                outputs += ["influence.safetensors", "influence.png"]
+                outputs += [p.relative_to(target).as_posix() for p in files.heatmaps.values()]
+            per_seed = self.timings.setdefault("seeds", {}).setdefault(str(seed), {})
+            per_seed["write"] = round(time.perf_counter() - clock, 4)
+        self.outputs = outputs
+        rec = self.provenance
+        save_json(target / RENDER_JSON, rec)
+        return rec
+
+
+def run_job(
+    job: Job,
+    models: ModelCache | None = None,
+    *,
+    on_seed: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_learn: Callable[[str, int, int, float | None], None] | None = None,
+) -> Render:
+    """Render every seed of ``job``. Nodes with ``learn`` / ``embedding`` get their tokens first (learned
+    ones from the cache, or learned now: ``on_learn(node_id, i, n, loss)`` reports the steps), and the model
+    renders the scene with its prompts rewritten to use them. ``on_seed(index, seed)``, ``on_step(i, n)``:
+    progress."""
+    import hmedit.pipeline as R
+    from hmedit.conditioning.tokens import install_tokens, needs_tokens
+
+    start = time.perf_counter()
+    models = models if models is not None else default_models
+    model, load_seconds = models.get(job.model_ref, job.device, job.dtype)
+    scene = job.scene
+    tokens = None
+    learn_clock = time.perf_counter()
+    if needs_tokens(scene):
+        tokens = install_tokens(
+            scene,
+            model,
+            cache_dir=job.cache_dir,
+            progress=on_learn,
+            guidance=job.requests[0].guidance,
+            defaults=job.preset.learn,
+        )
+    learn_seconds = round(time.perf_counter() - learn_clock, 4)
+    model_scene = tokens.apply(scene) if tokens is not None else scene
+    results: dict[int, RenderResult] = {}
+    per_seed: dict[str, dict[str, float]] = {}
+    for index, req in enumerate(job.requests):
+        settings = R.Settings.from_request(scene, model, req, job.preset)
+        if on_seed is not None:
+            on_seed(index, req.seed)
+        results[req.seed] = R.render(model_scene, model, settings, progress=on_step)
+        per_seed[str(req.seed)] = dict(results[req.seed].timings)
+    timings = {
+        "load": load_seconds,
+        **({"tokens": learn_seconds} if tokens is not None else {}),
+        "seeds": per_seed,
+        "total": round(time.perf_counter() - start, 4),
+    }
+    return Render(job, model, results, tokens, timings)
+
+
+default_models = ModelCache()
+"""The cache of loaded models that the API and the CLI share within a process."""
