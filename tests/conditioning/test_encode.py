@@ -58,9 +58,7 @@ def test_long_prompts_are_chunked_into_plain_windows(tiny_model):
     torch.testing.assert_close(w[:76], encode_text(tok, enc, first)[1:77], rtol=0, atol=1e-5)
     torch.testing.assert_close(w[76:], encode_text(tok, enc, rest)[1:27], rtol=0, atol=1e-5)
 
-    from hmedit.models.family import TextStack
-
-    c = encode_scene(TextStack([(tok, enc)]), [long, long], ["", ""])
+    c = encode_scene(m.family.text(m), [long, long], ["", ""])
     assert len(c.cond) == 2 * 77 + 102 and c.ranges == {1: (154, 256)}
     assert c.cond.owner[:154].eq(-1).all() and c.cond.owner[154:].eq(1).all()
     torch.testing.assert_close(c.cond.embeds[:154], e, rtol=0, atol=1e-6)

@@ -25,10 +25,16 @@ def test_caption_names_every_object_and_masks_match_pixels(seed):
         if full.sum() > 50 and o.texture == "solid" and not s.outlined:
             # fully covered pixels of a solid object have exactly its palette colour
             assert np.abs(s.image[full].astype(int) - world.PALETTE[o.colour]).max() <= 1
+    bg = world.background_phrase(s.background, s.background_texture)
     if s.objects:
-        assert ("background" in s.caption) or s.caption.count(" and ") >= 0
+        # the objects in drawing order ("a, b and c"), then the background, which is sometimes left out
+        names = [o.phrase for o in s.objects]
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        style = f", {world.STYLE_WORD}" if s.outlined else ""
+        assert s.caption in (f"{listed} on {bg}{style}", f"{listed}{style}"), s.caption
+        assert s.caption.count(" and ") == (len(names) > 1)
     else:
-        assert s.caption == world.background_phrase(s.background, s.background_texture)
+        assert s.caption == bg
     assert s.outlined == s.caption.endswith(world.STYLE_WORD)
 
 
