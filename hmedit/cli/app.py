@@ -90,7 +90,6 @@ def _quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
         ("DIFFUSERS_VERBOSITY", "error"),
         ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
-        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),
         ("TF_CPP_MIN_LOG_LEVEL", "3"),
     ):
@@ -141,10 +140,15 @@ def _check_numbers(command: Any) -> None:
 def _usage_error(err: Any) -> None:
     """A command-line mistake (unknown option, bad value) as one line, naming where the help is."""
     ctx = getattr(err, "ctx", None)
-    where = f"{ctx.command_path}: " if ctx is not None else ""
     message = " ".join(str(err.format_message()).split())
-    hint = f" (see {ctx.command_path} --help)" if ctx is not None else " (see hmedit --help)"
-    print(f"error: {where}{message}{hint}", file=sys.stderr)
+    if ctx is None:
+        print(f"error: {message} (see hmedit --help)", file=sys.stderr)
+        return
+    usage = " ".join(ctx.get_usage().split()).removeprefix("Usage: ")
+    print(
+        f"error: {ctx.command_path}: {message} (usage: {usage}; see {ctx.command_path} --help)",
+        file=sys.stderr,
+    )
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

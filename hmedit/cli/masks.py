@@ -17,20 +17,43 @@ if TYPE_CHECKING:
     from hmedit.scene import Scene
 
 MAX_SIDE = 8192
+"""The largest width or height ``--size`` takes (larger scenes: the scene's own ``size``)."""
+MIN_SIDE = 64
+"""The smallest width or height of a render (as for a scene's ``size``); a mask map may be smaller."""
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d{1,12})\s*[xX×,]\s*(\d{1,12})\s*$")
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'256x192' -> (256, 192); None stays None. Raises typer.BadParameter for anything else."""
+def parse_size(
+    text: str | None, *, minimum: int = MIN_SIDE, multiple: int = 8, maximum: int = MAX_SIDE
+) -> tuple[int, int] | None:
+    """'256x192' -> (256, 192); None stays None. The defaults are a render's rules (as for a scene's
+    ``size``): each side ``minimum``..``maximum`` px and a multiple of ``multiple``. Anything else is an
+    ``HmeditError`` naming ``--size``, with the nearest valid size as the hint."""
+    from hmedit.errors import HmeditError
+
     if text is None:
         return None
     match = _SIZE_RE.match(text)
     if not match:
-        raise typer.BadParameter(f"expected WIDTHxHEIGHT, e.g. 256x192 (got {text!r})")
+        raise HmeditError(
+            f"expected WIDTHxHEIGHT in pixels (got {text[:40]!r})", field="--size", hint="e.g. 512x384"
+        )
     w, h = int(match.group(1)), int(match.group(2))
-    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
-        raise typer.BadParameter(f"width and height must be 1..{MAX_SIDE} px (got {w}x{h})")
+
+    def nearest(v: int) -> int:
+        return min(maximum // multiple * multiple, max(minimum, round(v / multiple) * multiple))
+
+    hint = f"nearest valid size: {nearest(w)}x{nearest(h)}"
+    for what, v in (("width", w), ("height", h)):
+        if not minimum <= v <= maximum:
+            raise HmeditError(
+                f"{what} must be {minimum}..{maximum} px (got {w}x{h})", field="--size", hint=hint
+            )
+        if v % multiple:
+            raise HmeditError(
+                f"{what} must be a multiple of {multiple} (got {w}x{h})", field="--size", hint=hint
+            )
     return w, h
 
 
@@ -89,20 +112,23 @@ def masks_command(
 
     from hmedit.cli.options import problem_line, stdout
     from hmedit.errors import HmeditError
+    from hmedit.outputs.folder import check_writable
     from hmedit.scene import find_scenes
 
-    forced = parse_size(size)
+    forced = parse_size(size, minimum=1, multiple=1)  # maps of any size: no model runs on them
     debug = bool(ctx.find_root().params.get("debug"))
     files = find_scenes(paths)
     if not files:
         raise HmeditError(
             "no scene files found", file=", ".join(map(str, paths)), hint="scene files end in .yaml or .yml"
         )
+    check_writable(out)  # a file, a read-only folder or a full disk: said once, before the first scene
 
     console = stdout()
     results: list[_Result] = []
     claimed: dict[Path, Path] = {}  # output folder -> the scene file that wrote it in this run
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    interrupted = False
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("masks", total=len(files))
         for file in files:
@@ -110,6 +136,10 @@ def masks_command(
             result = _Result(file)
             try:
                 _one_scene(file, out, forced, claimed, result, progress.console)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the files written so far stay, the summary follows
+                result.error, interrupted = "interrupted", True
+                results.append(result)
+                break
             except HmeditError as err:
                 line = problem_line(err)
                 others = len(getattr(err, "others", ()))
@@ -131,6 +161,8 @@ def masks_command(
             progress.advance(task)
 
     _summary(console, results)
+    if interrupted:
+        raise typer.Exit(130)
     if any(r.error for r in results):
         raise typer.Exit(2)
 
@@ -145,9 +177,7 @@ def _one_scene(
 ) -> None:
     from hmedit.cli.options import problem_line
     from hmedit.errors import HmeditError
-    from hmedit.masks import compose, rasterize_scene, reference_size
-    from hmedit.masks.checks import FALLBACK_REF_SIZE
-    from hmedit.outputs import influence_tensors, write_influence
+    from hmedit.outputs.folder import lock_folder
     from hmedit.scene import validate
 
     scene, diags = validate(file)
@@ -166,6 +196,16 @@ def _one_scene(
             hint="give one of the scenes another name: ...",
         )
     claimed[key] = file
+    with lock_folder(target):  # one process at a time in a folder; a symlinked folder is refused
+        _write_maps(file, scene, target, forced, result)
+
+
+def _write_maps(
+    file: Path, scene: Scene, target: Path, forced: tuple[int, int] | None, result: _Result
+) -> None:
+    from hmedit.masks import compose, rasterize_scene, reference_size
+    from hmedit.masks.checks import FALLBACK_REF_SIZE
+    from hmedit.outputs import influence_tensors, write_influence
 
     flats = scene.flat()
     ref = reference_size(scene, default=FALLBACK_REF_SIZE)
@@ -216,7 +256,9 @@ def _summary(console: Console, results: list[_Result]) -> None:
     for name in ("scene", "nodes", "size", "output", "status"):
         table.add_column(name, justify="right" if name == "nodes" else "left", overflow="fold")
     for r in results:
-        if r.error:
+        if r.error == "interrupted":
+            status = "[bold yellow]interrupted[/]"
+        elif r.error:
             status = "[bold red]failed[/]"
         elif r.warnings:
             status = f"[yellow]ok, {r.warnings} warning{'s' * (r.warnings != 1)}[/]"
