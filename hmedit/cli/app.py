@@ -90,6 +90,7 @@ def _quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
         ("DIFFUSERS_VERBOSITY", "error"),
         ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),
         ("TF_CPP_MIN_LOG_LEVEL", "3"),
     ):
