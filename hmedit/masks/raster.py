@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hmedit.errors import HmeditError
-from hmedit.scene.assets import load_gray, load_rgba, open_image
+from hmedit.scene.assets import image_size, load_gray, load_rgba
 from hmedit.scene.spec import EllipseMask, ImageMask, Node, PolygonMask, RectMask, Scene
 
 __all__ = [
@@ -275,17 +275,19 @@ def layer_alpha(
     height: int,
     scale: float | None = None,
     ref_size: tuple[int, int] | None = None,
+    layer_size: tuple[int, int] | None = None,
 ) -> Tensor:
     """The layer's alpha [h, w] placed on the frame with its top-left at ``at`` (fractions); [height, width].
 
     Placement as in :func:`layer_box` (``ref_size`` defaults to the render size). Frame pixels the layer
     only partly covers get the covered fraction of the alpha; parts outside the frame are clipped.
+    ``layer_size`` (w, h): the layer file's size when ``alpha`` was decoded reduced (default: its shape).
     """
     _check_size(width, height)
     a = torch.as_tensor(np.asarray(alpha) if not isinstance(alpha, Tensor) else alpha).to(_F64)
     if a.ndim != 2:
         raise ValueError(f"layer alpha must be [h, w], got shape {tuple(a.shape)}")
-    box = layer_box((a.shape[1], a.shape[0]), at, scale, ref_size or (width, height))
+    box = layer_box(layer_size or (a.shape[1], a.shape[0]), at, scale, ref_size or (width, height))
     out = _place(a, _frame_box(box, width, height), width, height)
     return out.clamp(0.0, 1.0).to(torch.float32)
 
@@ -327,6 +329,25 @@ def _gauss_kernel(sigma: float, dtype: torch.dtype) -> Tensor:
     return (k / k.sum()).to(dtype)
 
 
+MAX_DIRECT_SIGMA = 48.0
+"""Above this sigma (px) a feather blurs a mask area-averaged by an integer factor and interpolates it back
+(bilinear): the cost stays O(pixels) for any sigma instead of O(pixels x sigma), and a blur that wide is
+smooth on the scale of the factor (at most sigma / 24 px)."""
+
+
+def _feather_coarse(x: Tensor, sigma: float) -> Tensor:
+    """:func:`feather` of x [N, 1, h, w] for a large ``sigma``: area-reduce by d, blur by sigma / d,
+    expand."""
+    h, w = x.shape[-2:]
+    d = math.ceil(sigma / (MAX_DIRECT_SIGMA / 2))
+    ph, pw = -h % d, -w % d
+    dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+    small = F.avg_pool2d(F.pad(x.to(dtype), (0, pw, 0, ph), mode="replicate"), d)
+    small = feather(small, sigma / d)
+    big = F.interpolate(small, size=(h + ph, w + pw), mode="bilinear", align_corners=False)
+    return big[..., :h, :w]
+
+
 def feather(mask: Tensor, sigma_px: float, scale: float = 1.0) -> Tensor:
     """Separable Gaussian blur of ``mask`` [..., H, W] with standard deviation ``sigma_px * scale`` pixels.
 
@@ -336,6 +357,8 @@ def feather(mask: Tensor, sigma_px: float, scale: float = 1.0) -> Tensor:
     border keeps its mass (sum). Differentiable in ``mask``.
     """
     sigma = float(sigma_px) * float(scale)
+    if not math.isfinite(sigma):
+        raise ValueError(f"feather sigma must be finite, got {sigma}")
     if sigma <= 0:
         return mask
     if mask.ndim < 2:
@@ -343,6 +366,8 @@ def feather(mask: Tensor, sigma_px: float, scale: float = 1.0) -> Tensor:
     lead = mask.shape[:-2]
     h, w = mask.shape[-2:]
     x = mask.reshape(-1, 1, h, w)
+    if sigma > MAX_DIRECT_SIGMA:
+        return _feather_coarse(x, sigma).reshape(*lead, h, w)
     k = _gauss_kernel(sigma, x.dtype if x.dtype.is_floating_point else torch.float32)
     x = x.to(k.dtype)
     r = (k.numel() - 1) // 2
@@ -361,7 +386,7 @@ def reference_size(scene: Scene, default: tuple[int, int] | None = None) -> tupl
     if scene.size is not None:
         return (int(scene.size[0]), int(scene.size[1]))
     if scene.init_image is not None:
-        return open_image(scene.init_image, field="init_image").size
+        return image_size(scene.init_image, field="init_image")  # from the header: nothing is decoded
     return default
 
 

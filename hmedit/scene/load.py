@@ -23,6 +23,7 @@ from hmedit.scene.limits import limit, raise_hint
 from hmedit.scene.spec import (
     MASK_KINDS,
     MASK_TAGS,
+    MAX_NAME_CHARS,
     AttentionWeights,
     LearnSpec,
     Node,
@@ -185,7 +186,7 @@ def _load_spec(
 
     if scene.name is None:
         stem = "scene" if file == TEXT_SOURCE else file.stem
-        if not is_safe_name(stem):
+        if not is_safe_name(stem) or len(stem) > MAX_NAME_CHARS:
             diags.error(
                 f"the file name {stem!r} is not a safe folder name and the scene sets no name",
                 file=file,
@@ -227,7 +228,8 @@ def check_inputs(scene: Scene, diags: Diagnostics) -> None:
     the memory plan (``hmedit.scene.limits.check_render_size``): what passes here does not fail later.
 
     Images are checked from their header first (``HMEDIT_MAX_IMAGE_PIXELS``); the init image is then
-    decoded reduced (layers and mask images are decoded by the mask checks); embedding files are read with the loader a render uses (safetensors, or torch with weights only).
+    decoded reduced (layers and mask images are decoded by the mask checks); embedding files are read
+    with the loader a render uses (safetensors, or torch with weights only).
     """
     from hmedit.scene.assets import image_size, open_image
     from hmedit.scene.limits import check_render_size
@@ -427,9 +429,8 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
             max_values, max_depth = limit("MAX_YAML_VALUES"), loader.max_depth
             aliases = loader.first_alias is not None
             if values > max_values or depth > max_depth:
-                what = (
-                    f"more than {max_values} values" if values > max_values else f"deeper than {max_depth} levels"
-                )
+                many = values > max_values
+                what = f"more than {max_values} values" if many else f"deeper than {max_depth} levels"
                 name = "MAX_YAML_VALUES" if values > max_values else "MAX_YAML_DEPTH"
                 raise SceneYAMLError(
                     f"the YAML expands to {what}" + (" through its aliases (*name)" if aliases else ""),
@@ -441,6 +442,10 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
                     )
                     + f", or {raise_hint(name)}",
                 )
+        positions: Positions = {}
+        if node is not None:  # before constructing, which folds merge keys (<<) into their mappings
+            positions[()] = (node.start_mark.line + 1, node.start_mark.column + 1)
+            _collect_positions(node, (), positions, file, diags)
         data = loader.construct_document(node) if node is not None else None
     except SceneYAMLError as exc:
         mark = exc.problem_mark
@@ -468,11 +473,6 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
         return None
     finally:
         loader.dispose()
-
-    positions: Positions = {}
-    if node is not None:
-        positions[()] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        _collect_positions(node, (), positions, file, diags)
     return data, positions
 
 
@@ -596,6 +596,15 @@ _RANGE_HINTS = {
     "pos": "1.0 is neutral",
     "neg": "1.0 is neutral",
     "depth_gamma": "a weight falloff per tree level, e.g. 0.8",
+    "seed": "seeds are whole numbers from 0 to 2^63 - 1",
+    "seeds": "seeds are whole numbers from 0 to 2^63 - 1",
+    "size": "width and height are 64 to 65536 px, multiples of 8",
+    "rect": "coordinates are fractions of the image, -10 to 10",
+    "ellipse": "coordinates are fractions of the image, -10 to 10",
+    "polygon": "coordinates are fractions of the image, -10 to 10",
+    "at": "coordinates are fractions of the image, -10 to 10",
+    "tile": "latent pixels, e.g. 64 on SD",
+    "overlap": "latent pixels, smaller than the tile",
 }
 _LEARN_HINTS = {
     "steps": "the default is 120",
@@ -655,6 +664,11 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
             hint = f"write {int(value)}, without a decimal point or exponent" if whole else None
             return f"expected a whole number (got {value!r})", hint
         return f"expected a whole number (got {_show(value)})", unquote
+    if kind == "string_too_long":
+        limit_ = ctx.get("max_length")
+        length = len(value) if isinstance(value, str) else "more"
+        hint = "names become file names: shorten it" if name in ("name", "id") else None
+        return f"{name} is {length} characters long, more than {limit_}", hint
     if kind in ("string_type", "string_too_short"):
         if kind == "string_too_short":
             return "must not be empty", None
