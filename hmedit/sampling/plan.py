@@ -110,9 +110,7 @@ def build_plan(
         n = h * w
         # max-pool so that small regions survive at coarse levels (InvokeAI, peers.md)
         level_masks[n] = downsample(effective, (h, w), "max").reshape(len(ids), n)
-        level_gate[n] = torch.tensor(
-            [f in names and (names[f] in f_.node.levels or f in f_.node.levels) for f_ in flat]
-        )
+        level_gate[n] = torch.tensor([f in names and (names[f] in f_.node.levels) for f_ in flat])
     for k, f_ in enumerate(flat):
         if k and not any(bool(level_gate[h * w][k]) for h, w in sizes.values()):
             have = ", ".join(f"{names[f]} ({f})" for f in xattn)

@@ -746,7 +746,9 @@ class Scene(_Spec):
     @field_validator("tiling", mode="before")
     @classmethod
     def _tiling_switch(cls, value: Any) -> Any:
-        # YAML reads on/off/true/false as booleans
+        # YAML reads on/off/true/false as booleans; a scene given as a dict (the API) may spell them
+        if isinstance(value, str) and value.lower() in ("on", "off", "true", "false"):
+            value = value.lower() in ("on", "true")
         if value is True:
             return {"enabled": True, "force": True}
         if value is False:
