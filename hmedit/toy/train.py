@@ -158,6 +158,46 @@ def build_scheduler_config() -> dict:
 
 
 # ---------------------------------------------------------------- helpers
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """Write a checkpoint atomically (a run stopped mid-write keeps the previous one)."""
+    from hmedit.outputs.write import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of this module's making, read without running code: only tensors, numbers, strings and
+    containers of them load (``torch.load(weights_only=True)``); a file holding other objects (a planted
+    pickle) or a damaged one is an ``HmeditError`` naming it."""
+    import pickle
+
+    from hmedit.errors import HmeditError
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise HmeditError(
+            "not a checkpoint of hmedit toy train: it holds objects other than tensors and numbers, "
+            "which are not loaded",
+            file=path,
+            hint="delete the file, or train into another --run-dir",
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise HmeditError(
+            f"cannot read the checkpoint: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            file=path,
+            hint="delete the file to start that stage again",
+        ) from None
+    if not isinstance(data, dict):
+        raise HmeditError(
+            f"not a checkpoint of hmedit toy train (a {type(data).__name__}, not a mapping)",
+            file=path,
+            hint="delete the file, or train into another --run-dir",
+        )
+    return data
+
+
 def _log(msg: str, logfile: Path | None = None) -> None:
     line = f"[{time.strftime('%H:%M:%S')}] {msg}"
     print(line, flush=True)
@@ -197,7 +237,7 @@ def train_vae(a) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
     step = 0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         vae.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
@@ -236,16 +276,16 @@ def train_vae(a) -> None:
                 f" ({rate:.2f} s/step)",
                 a.log,
             )
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            save_checkpoint({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
 
 
 def load_vae(a, decoder: bool = False):
     """The trained VAE; with ``decoder``, its decoder fine-tuned by stage ``decoder`` where that has run."""
     vae = build_vae()
-    vae.load_state_dict(torch.load(a.run_dir / "vae.pt", weights_only=False)["model"])
+    vae.load_state_dict(load_checkpoint(a.run_dir / "vae.pt")["model"])
     dec = a.run_dir / "vae_dec.pt"
     if decoder and dec.exists():
-        vae.load_state_dict(torch.load(dec, weights_only=False)["model"])
+        vae.load_state_dict(load_checkpoint(dec)["model"])
     return vae.eval().requires_grad_(False)
 
 
@@ -262,7 +302,7 @@ def train_decoder(a) -> None:
     opt = torch.optim.AdamW(dec_params, lr=a.dec_lr, weight_decay=0.0)
     step = 0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         opt.load_state_dict(st["opt"])
         step = st["step"]
     if step >= a.dec_steps:
@@ -302,7 +342,7 @@ def train_decoder(a) -> None:
                 f" ({rate:.2f} s/step)",
                 a.log,
             )
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            save_checkpoint({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
 
 
 # ---------------------------------------------------------------- stage 2: cached latents
@@ -324,7 +364,7 @@ def encode_dataset(a) -> None:
             _log(f"encode {start + len(seeds)}/{a.dataset} ({time.time() - t0:.0f} s)", a.log)
     z = torch.cat(lat)
     scale = 1.0 / z.std().item()
-    torch.save({"latents": z, "captions": caps, "scaling_factor": scale}, out)
+    save_checkpoint({"latents": z, "captions": caps, "scaling_factor": scale}, out)
     _log(f"encoded {len(z)} latents, std {z.std():.3f} -> scaling_factor {scale:.4f}", a.log)
 
 
@@ -333,7 +373,7 @@ def train_unet(a) -> None:
     from diffusers import DDPMScheduler
 
     ckpt = a.run_dir / "unet.pt"
-    data = torch.load(a.run_dir / "latents.pt", weights_only=False)
+    data = load_checkpoint(a.run_dir / "latents.pt")
     z_all = data["latents"] * data["scaling_factor"]
     tok = build_tokenizer()
     ids_all = tok(
@@ -346,7 +386,7 @@ def train_unet(a) -> None:
     opt = torch.optim.AdamW(params, lr=a.unet_lr, weight_decay=1e-2)
     step = 0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         unet.load_state_dict(st["unet"])
         text.load_state_dict(st["text"])
         opt.load_state_dict(st["opt"])
@@ -402,7 +442,7 @@ def train_unet(a) -> None:
             )
             losses = []
         if step % a.save_every == 0 or step == a.unet_steps:
-            torch.save(
+            save_checkpoint(
                 {
                     "unet": unet.state_dict(),
                     "text": text.state_dict(),
@@ -420,7 +460,7 @@ def export(a, out: Path, use_ema: bool = True) -> Path:
 
     tok = build_tokenizer()
     unet, text = build_unet(), build_text_encoder(tok)
-    st = torch.load(a.run_dir / "unet.pt", weights_only=False)
+    st = load_checkpoint(a.run_dir / "unet.pt")
     unet.load_state_dict(st["unet"])
     text.load_state_dict(st["text"])
     if use_ema:
@@ -428,7 +468,7 @@ def export(a, out: Path, use_ema: bool = True) -> Path:
             for p, e in zip(list(unet.parameters()) + list(text.parameters()), st["ema"]):
                 p.copy_(e)
     vae = load_vae(a, decoder=True)
-    scale = torch.load(a.run_dir / "latents.pt", weights_only=False)["scaling_factor"]
+    scale = load_checkpoint(a.run_dir / "latents.pt")["scaling_factor"]
     vae.register_to_config(scaling_factor=float(scale))
     pipe = StableDiffusionPipeline(
         vae=vae,
