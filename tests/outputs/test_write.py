@@ -122,3 +122,26 @@ def test_json_sorted_indented_with_newline(tmp_path):
     assert text.index('"a"') < text.index('"b"') < text.index('"c"')
     assert '\n  "a": [' in text
     assert json.loads(text) == {"a": ["x", 0.5], "b": 1, "c": "ü"}
+
+
+def test_temp_owner_reads_the_pid_of_temp_names_only(tmp_path):
+    from hmedit.outputs.write import temp_owner
+
+    assert temp_owner(temp_path_for(tmp_path / "x.png").name) == os.getpid()
+    assert temp_owner(".influence.safetensors.12.tmp") == 12
+    for name in ("x.png", ".x.png.tmp", "x.png.12.tmp", ".x.png.-1.tmp", ".x.png.12.tmp.bak"):
+        assert temp_owner(name) is None
+
+
+def test_disk_full_is_one_error_with_a_hint(tmp_path, monkeypatch):
+    import errno
+
+    from hmedit.outputs import write
+
+    def full(path, *, directory=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(write, "_fsync", full)
+    with pytest.raises(HmeditError, match="No space left") as info:
+        write.atomic_write(tmp_path / "x.bin", b"x")
+    assert "disk is full" in info.value.hint and leftovers(tmp_path) == []
