@@ -23,7 +23,6 @@ Output folder of a scene, ``OUT/<scene name>/``::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -158,11 +157,11 @@ def prepare(
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
-    """The ``render.json`` in ``folder``, or None if there is none or it cannot be read."""
-    try:
-        data = json.loads((folder / RENDER_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The ``render.json`` in ``folder``, or None if there is none or it cannot be read (read without
+    following links, size-capped: ``hmedit.outputs.folder.read_json``)."""
+    from hmedit.outputs.folder import read_json
+
+    data = read_json(folder, RENDER_JSON)
     return data if isinstance(data, dict) else None
 
 
@@ -211,7 +210,7 @@ def render_job(
     with suppress(FileNotFoundError):
         (target / RENDER_JSON).unlink()
     out = run_job(job, models, on_seed=on_seed, on_step=on_step, on_learn=on_learn)
-    rec = out.save(target)
+    rec = out.save(target, lock=False)  # the batch holds the folder's lock
     _remove_stale(target, old, out.outputs)
     return rec
 
@@ -315,7 +314,7 @@ class Batch:
 
     def _one(self, result: Result, claimed: dict[Path, Path]) -> bool:
         """Run one scene into ``result``; True when the batch must stop."""
-        from hmedit.outputs.folder import lock_folder, seal_record
+        from hmedit.outputs.folder import lock_folder
 
         file, report = result.file, self.reporter
         report.scene_started(file)
@@ -342,7 +341,6 @@ class Batch:
                     on_step=report.step,
                     on_learn=lambda node, i, n, loss: report.learning(file, node, i, n, loss),
                 )
-                rec = seal_record(job.target, rec)  # size and sha256 of each output, for up_to_date
                 result.status = OK
             result.record = rec
             result.images = {s: job.target / image_name(s, job.seeds) for s in job.seeds}

@@ -178,6 +178,7 @@ class Render:
     tokens: Any = None  # SceneTokens of learn:/embedding: nodes, or None
     timings: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)  # written by save()
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # size and sha256 of each, by save()
 
     @property
     def seeds(self) -> list[int]:
@@ -229,6 +230,7 @@ class Render:
             outputs=self.outputs,
             embeddings=self.tokens.describe() if self.tokens is not None else None,
             preset={"name": job.preset.name, "source": job.preset.source, **job.preset.values()},
+            files=self.files or None,
         )
 
     def _png_text(self, settings: Any) -> dict[str, str]:
@@ -241,12 +243,23 @@ class Render:
             "Software": f"hmedit {provenance.versions()['hmedit']}",
         }
 
-    def save(self, folder: str | Path) -> dict[str, Any]:
+    def save(self, folder: str | Path, *, lock: bool = True) -> dict[str, Any]:
         """Write every seed's image, the first seed's influence maps and ``render.json`` into ``folder``
-        (each file atomically, ``render.json`` last); return the record written."""
-        from hmedit.outputs import save_json, save_png, write_influence
+        (each file atomically, ``render.json`` last, with the size and sha256 of every output); return the
+        record written. ``lock``: hold the folder's lock meanwhile (a batch that holds it already: False)."""
+        from hmedit.outputs.folder import check_writable, lock_folder
 
         target = Path(folder)
+        if not lock:
+            return self._save(target)
+        check_writable(target if target.exists() else target.parent)
+        with lock_folder(target):
+            return self._save(target)
+
+    def _save(self, target: Path) -> dict[str, Any]:
+        from hmedit.outputs import save_json, save_png, write_influence
+        from hmedit.outputs.folder import describe_outputs
+
         scene, seeds = self.job.scene, self.seeds
         flats = scene.flat()
         outputs: list[str] = []
@@ -279,6 +292,7 @@ class Render:
             per_seed = self.timings.setdefault("seeds", {}).setdefault(str(seed), {})
             per_seed["write"] = round(time.perf_counter() - clock, 4)
         self.outputs = outputs
+        self.files = describe_outputs(target, outputs)
         rec = self.provenance
         save_json(target / RENDER_JSON, rec)
         return rec

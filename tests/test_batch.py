@@ -50,8 +50,8 @@ def scene(write_scene, write_png) -> Path:
 
 
 def job_for(path, model_dir, tmp_path, **kw):
-    options = Options(out=tmp_path / "out", model=str(model_dir), **kw)
-    return prepare(path, options, device="cpu", dtype="float32")
+    kw = {"device": "cpu", "dtype": "fp32", **kw}
+    return prepare(path, Options(out=tmp_path / "out", model=str(model_dir), **kw))
 
 
 def test_job_has_target_seeds_assets_and_key(scene, model_dir, tmp_path):
@@ -59,7 +59,10 @@ def test_job_has_target_seeds_assets_and_key(scene, model_dir, tmp_path):
     assert job.target == tmp_path / "out" / "disc"
     assert job.seeds == [3] and job.model_ref.path == model_dir.resolve()
     assert list(job.assets) == ["root.children[0].mask.image"]
-    assert job.key_settings == [
+    from hmedit.scene.presets import load_preset
+
+    # the stand-in folder has no UNet config: its family's preset is the fallback, sd15
+    assert [r.key() for r in job.requests] == [
         {
             "seed": 3,
             "size": [64, 64],
@@ -67,6 +70,8 @@ def test_job_has_target_seeds_assets_and_key(scene, model_dir, tmp_path):
             "guidance": 7.5,
             "scheduler": "ddim",
             "record_attention": True,
+            "preset": "sd15",
+            "preset_digest": load_preset("sd15").digest(),
         }
     ]
     assert len(job.key) == 64 and job.key == job_for(scene, model_dir, tmp_path).key
@@ -82,6 +87,7 @@ def test_job_has_target_seeds_assets_and_key(scene, model_dir, tmp_path):
         {"guidance": 3.0},
         {"scheduler": "euler"},
         {"attention": False},
+        {"preset": "sdxl"},
     ],
 )
 def test_key_follows_every_override(scene, model_dir, tmp_path, options):
@@ -106,19 +112,18 @@ def test_key_follows_the_bytes_of_scene_assets_and_weights(scene, model_dir, tmp
 
     scene.write_text(scene.read_text().replace("a red circle", "a blue circle"))
     assert job_for(scene, model_dir, tmp_path).key not in (key, changed_asset, changed_model)
-    options = Options(out=tmp_path / "out", model=str(model_dir))
-    assert (
-        prepare(scene, options, device="cpu", dtype="float16").key
-        != prepare(scene, options, device="cpu", dtype="float32").key
-    )
+    assert job_for(scene, model_dir, tmp_path, dtype="fp16").key != job_for(scene, model_dir, tmp_path).key
 
 
 def finish(job, outputs=("image.png", "influence.png"), key=None):
+    from hmedit.outputs.folder import describe_outputs
+
     job.target.mkdir(parents=True, exist_ok=True)
     for name in outputs:
         (job.target / name).parent.mkdir(parents=True, exist_ok=True)
         (job.target / name).write_bytes(b"x")
-    record = {"key": key or job.key, "outputs": list(outputs)}
+    inside = [n for n in outputs if not n.startswith("..")]
+    record = {"key": key or job.key, "outputs": list(outputs), "files": describe_outputs(job.target, inside)}
     (job.target / batch.RENDER_JSON).write_text(json.dumps(record))
     return record
 
@@ -166,24 +171,24 @@ def test_remove_temp_files_takes_only_this_process_temps(tmp_path):
 def test_two_scenes_with_one_name_are_refused(write_scene, model_dir, tmp_path):
     a = write_scene("name: same\nroot: {prompt: a}\n", "a.yaml")
     b = write_scene("name: same\nroot: {prompt: b}\n", "b.yaml")
-    options = Options(out=tmp_path / "out", model=str(model_dir))
+    options = Options(out=tmp_path / "out", model=str(model_dir), device="cpu")
     claimed: dict = {}
-    prepare(a, options, device="cpu", dtype="float32", claimed=claimed)
+    prepare(a, options, claimed=claimed)
     with pytest.raises(HmeditError, match="already written by") as info:
-        prepare(b, options, device="cpu", dtype="float32", claimed=claimed)
+        prepare(b, options, claimed=claimed)
     assert info.value.location.line == 1 and info.value.location.field == "name"
 
 
 def test_missing_scene_model_points_at_the_scene(write_scene, tmp_path, monkeypatch):
     given = write_scene("model: ./nowhere\nroot: {prompt: a}\n", "given.yaml")
     default = write_scene("root: {prompt: a}\n", "default.yaml")
-    options = Options(out=tmp_path / "out")
+    options = Options(out=tmp_path / "out", device="cpu")
     with pytest.raises(HmeditError, match="not found") as info:
-        prepare(given, options, device="cpu", dtype="float32")
+        prepare(given, options)
     assert (info.value.location.file, info.value.location.line) == (given, 1)
     monkeypatch.setattr("hmedit.models.load.BUNDLED", {"toy": tmp_path / "no-toy"})
     with pytest.raises(HmeditError, match="bundled model 'toy' is missing") as info:
-        prepare(default, options, device="cpu", dtype="float32")
+        prepare(default, options)
     # the scene does not name a model: no line to point at, but the file and field are named
     assert info.value.location.file == default and info.value.location.line is None
     assert info.value.location.field == "model"
@@ -203,7 +208,7 @@ def test_image_names_and_exit_codes():
 def test_scene_model_paths_are_relative_to_the_scene(write_scene, model_dir, tmp_path, monkeypatch):
     path = write_scene("model: ../model\nroot: {prompt: a}\n", "sub/s.yaml")
     monkeypatch.chdir(path.parent.parent.parent)  # elsewhere: the scene's folder decides
-    job = prepare(path, Options(out=tmp_path / "out"), device="cpu", dtype="float32")
+    job = prepare(path, Options(out=tmp_path / "out", device="cpu"))
     assert job.model_ref.path == model_dir.resolve() and job.model_ref.source == "folder"
 
 
@@ -219,16 +224,18 @@ def test_each_model_loads_once(model_dir, monkeypatch):
         return object()
 
     monkeypatch.setattr("hmedit.models.load.load", fake_load)
-    models = batch.Models("cpu", "fp32")
+    from hmedit.jobs import ModelCache
+
+    models = ModelCache()
     ref = resolve(str(model_dir))
-    first, seconds = models.get(ref)
-    again, no_time = models.get(resolve(str(model_dir)))
+    first, seconds = models.get(ref, "cpu", "float32")
+    again, no_time = models.get(resolve(str(model_dir)), "cpu", "fp32")
     assert again is first and no_time == 0.0 and len(loads) == 1
-    batch.Models("cpu", "fp16").get(ref)
+    models.get(ref, "cpu", "float16")
     assert len(loads) == 2  # another dtype is another model
 
     broken = type(ref)("broken", model_dir.parent / "broken", "folder")
     for _ in range(2):
         with pytest.raises(HmeditError, match="cannot load"):
-            models.get(broken)
+            models.get(broken, "cpu", "fp32")
     assert len(loads) == 3  # a failure is remembered, not retried per scene

@@ -175,3 +175,56 @@ def test_levels_resolve_to_sdxls_cross_attention_levels(xl_model):
     for levels in (["coarse"], ["mid", "coarse"]):
         with pytest.raises(HmeditError, match="select none of this model's cross-attention levels"):
             hmedit.render(with_levels(levels), xl_model, seed=0)
+
+
+def test_a_token_learned_on_sdxl_loads_in_plain_diffusers_for_both_encoders(xl, tmp_path):
+    """Both encoders' rows are learned together; the exported file (clip_l, clip_g) loads into diffusers'
+    SDXL pipeline, which then encodes a prompt with the token exactly as hmedit does; a fresh model loading
+    the file through hmedit encodes it the same way too."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    import hmedit.conditioning.textual_inversion as inv
+    from hmedit.jobs import ModelCache
+
+    model = hmedit.load_model(str(xl), device="cpu", cache=ModelCache())  # tokens change it: a fresh copy
+    image = torch.full((1, 3, 64, 64), -1.0)
+    image[:, 0, 16:48, 16:48] = 1.0
+    alpha = torch.zeros(64, 64)
+    alpha[16:48, 16:48] = 1.0
+    token, prompt = "<hm-sq>", "<hm-sq> a square"
+    settings = inv.LearnSettings(steps=3, batch=2, lr=0.05, guidance=3.0)
+    got = inv.learn_token(
+        model, token, image, alpha, prompt, settings, cache=inv.EmbeddingCache(tmp_path / "c")
+    )
+    widths = inv.widths(model)
+    assert got.embedding.shape == (sum(widths),) and len(widths) == 2
+    start = inv.init_row(model, None)
+    assert all(
+        not torch.equal(a, b)
+        for a, b in zip(inv.split_row(model, got.embedding), inv.split_row(model, start))
+    )
+
+    path = inv.export_diffusers(tmp_path / "sq.safetensors", token, got.embedding, widths)
+    state = load_file(path)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "clip_l": (1, widths[0]),
+        "clip_g": (1, widths[1]),
+    }
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl, local_files_only=True)
+    pipe.load_textual_inversion(
+        state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
+    ref, _, ref_pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+    ours, pooled = model.family.text(model).encode_window(prompt)
+    torch.testing.assert_close(ours, ref[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled, ref_pooled[0], rtol=0, atol=1e-6)
+
+    fresh = hmedit.load_model(str(xl), device="cpu", cache=ModelCache())
+    (vector,) = inv.load_embedding(path, dim=sum(widths)).values()
+    text = inv.install_embedding(fresh, "<hm-file>", vector)
+    again, _ = fresh.family.text(fresh).encode_window(f"{text} a square")
+    torch.testing.assert_close(again, ours, rtol=0, atol=1e-6)

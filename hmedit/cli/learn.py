@@ -66,7 +66,7 @@ def learn_command(
     from hmedit.batch import Options, _error_line, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
-    from hmedit.conditioning.textual_inversion import export_diffusers
+    from hmedit.conditioning.textual_inversion import export_diffusers, widths
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
     from hmedit.errors import HmeditError
     from hmedit.jobs import default_models as models
@@ -114,7 +114,7 @@ def learn_command(
                     path = tok.path
                     if export is not None and tok.source != "file" and tok.vector is not None:
                         target = export / str(job.scene.name) / f"{tok.node_id}.safetensors"
-                        path = export_diffusers(target, tok.text, tok.vector)
+                        path = export_diffusers(target, tok.text, tok.vector, widths(loaded))
                     rows.append(Row(file, tok.node_id, tok.source, tok.text, tok.seconds, tok.loss, path))
             except KeyboardInterrupt:
                 rows.append(Row(file, status="interrupted"))

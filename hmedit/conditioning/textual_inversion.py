@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,7 +36,8 @@ from hmedit.errors import HmeditError
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 # Text-encoder widths of known families, to say where a wrong-width embedding belongs.
-FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 128: "hmedit's bundled toy model"}
+FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 128: "hmedit's bundled toy model"}
+SDXL_KEYS = ("clip_l", "clip_g")  # an SDXL embedding file: one tensor per text encoder
 
 Progress = Callable[[int, int, float], None]
 
@@ -99,30 +99,66 @@ def set_embedding(text_encoder, token_id: int, vector: Tensor) -> None:
     weight[token_id] = vector.to(weight.device, weight.dtype)
 
 
-def install_embedding(tokenizer, text_encoder, token: str, vectors: Tensor) -> str:
-    """Add a loaded embedding ([D], or [n, D] for a multi-vector one) under ``token``; return the text that
-    stands for it in prompts: ``token``, or ``token token_1 ... token_{n-1}`` (diffusers' naming)."""
+# ---------------------------------------------------------------- all of a model's text encoders
+# A token's embedding is one row per text encoder; hmedit keeps them as one vector, the rows concatenated in
+# encoder order ([768 + 1280] on SDXL: clip_l, clip_g), so that SD and SDXL tokens are handled alike.
+def widths(model) -> list[int]:
+    """The width of each of the model's text encoders, in order."""
+    return [int(e.config.hidden_size) for e in model.text_encoders]
+
+
+def split_row(model, vector: Tensor) -> list[Tensor]:
+    """A concatenated row [..., sum D] -> one [..., D_k] per text encoder."""
+    _check_width(vector.shape[-1], sum(widths(model)), "the embedding")
+    return list(torch.split(vector, widths(model), dim=-1))
+
+
+def add_tokens(model, token: str, init_word: str | None = None) -> list[int]:
+    """:func:`add_token` in every text encoder of ``model``; the token's id in each tokenizer."""
+    return [add_token(t, e, token, init_word) for t, e in zip(model.tokenizers, model.text_encoders)]
+
+
+def init_row(model, init_word: str | None = None) -> Tensor:
+    """[sum D] :func:`init_vector` of every text encoder, concatenated."""
+    return torch.cat([init_vector(t, e, init_word) for t, e in zip(model.tokenizers, model.text_encoders)])
+
+
+def set_row(model, token_ids: list[int], vector: Tensor) -> None:
+    """Write a concatenated row into each text encoder's row of the token."""
+    for enc, tid, part in zip(model.text_encoders, token_ids, split_row(model, vector)):
+        set_embedding(enc, tid, part)
+
+
+def install_embedding(model, token: str, vectors: Tensor) -> str:
+    """Add a loaded embedding ([sum D], or [n, sum D] for a multi-vector one) under ``token`` in every text
+    encoder; return the text that stands for it in prompts: ``token``, or ``token token_1 ... token_{n-1}``
+    (diffusers' naming)."""
     vectors = vectors.reshape(-1, vectors.shape[-1])
     names = [token] + [f"{token}_{k}" for k in range(1, vectors.shape[0])]
     for name, vec in zip(names, vectors):
-        set_embedding(text_encoder, add_token(tokenizer, text_encoder, name), vec)
+        set_row(model, add_tokens(model, name), vec)
     return " ".join(names)
 
 
 @contextmanager
-def _spliced(text_encoder, token_id: int, row: Tensor) -> Iterator[None]:
-    """Within the block the text encoder looks ``token_id`` up as ``row`` (a tensor that may require grad):
-    the frozen embedding matrix is never written."""
+def _spliced(model, token_ids: list[int], row: Tensor) -> Iterator[None]:
+    """Within the block each text encoder looks its ``token_ids[k]`` up as its part of ``row`` (a tensor that
+    may require grad): the frozen embedding matrices are never written."""
+    _check_width(row.shape[-1], sum(widths(model)), "the embedding")
+    handles, start = [], 0
+    for enc, tid, width in zip(model.text_encoders, token_ids, widths(model)):
 
-    def hook(module, args, out):
-        hit = (args[0] == token_id).unsqueeze(-1)
-        return torch.where(hit, row.to(out.dtype), out)
+        def hook(module, args, out, tid=tid, lo=start, hi=start + width):
+            hit = (args[0] == tid).unsqueeze(-1)
+            return torch.where(hit, row[lo:hi].to(out.dtype), out)  # sliced per call: the row changes
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+        handles.append(enc.get_input_embeddings().register_forward_hook(hook))
+        start += width
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -159,7 +195,7 @@ def learn_embedding(
     image: Tensor,
     alpha: Tensor,
     prompt: str,
-    token_id: int,
+    token_id: int | list[int],
     *,
     steps: int = LearnSettings.steps,
     lr: float = LearnSettings.lr,
@@ -170,32 +206,54 @@ def learn_embedding(
     negative: str = LearnSettings.negative,
     progress: Progress | None = None,
 ) -> Tensor:
-    """Textual inversion of one token by Collage Diffusion eq. 1; return the learned row [D] (fp32, CPU).
+    """Textual inversion of one token by Collage Diffusion eq. 1; return the learned row (fp32, CPU): [D],
+    or the rows of every text encoder concatenated ([D_l + D_g] on SDXL, both learned together).
 
     ``image``: the composite of layers 1..i, [1, 3, H, W] in [-1, 1]; ``alpha``: the layer's alpha [H, W]
-    in 0..1; ``prompt``: the layer text with the token ("<hm-sushi> sushi"). The row starts from ``init``
-    (default: its current value). ``guidance`` > 1: fit the guided prediction with ``negative`` as the
-    unconditional prompt (see the module docstring). Timesteps and noise come from a generator seeded with
+    in 0..1; ``prompt``: the layer text with the token ("<hm-sushi> sushi"); ``token_id``: its id in each
+    tokenizer (one int for one encoder). The row starts from ``init`` (default: its current value).
+    ``guidance`` > 1: fit the guided prediction with ``negative`` as the unconditional prompt (see the module
+    docstring). The model's family encodes the prompt (SDXL: both encoders' penultimate states, the pooled
+    embedding and the size ids), as a render does. Timesteps and noise come from a generator seeded with
     ``seed``, so a seed gives the same embedding. No weight of ``model`` changes (the caller installs the
-    result with ``set_embedding``).
+    result with ``set_row``).
     """
     from diffusers import DDPMScheduler
 
-    vae, text_encoder, unet = model.vae, model.text_encoder, model.unet
-    ids = _prompt_ids(model.tokenizer, prompt, token_id).to(text_encoder.device)
+    fam = model.family
+    token_ids = [token_id] if isinstance(token_id, int) else list(token_id)
+    vae, unet = model.vae, model.unet
+    stack = fam.text(model)
+    rows = [_prompt_ids(tok, prompt, tid) for (tok, _), tid in zip(stack.pairs, token_ids)]
     latents, weight = _encode_target(model, image, alpha)
     sched = DDPMScheduler.from_config(model.scheduler_config)
     gen = torch.Generator().manual_seed(seed)
-    start = text_encoder.get_input_embeddings().weight[token_id] if init is None else init
+    if init is None:
+        weights = [e.get_input_embeddings().weight[t] for e, t in zip(model.text_encoders, token_ids)]
+        start = torch.cat([w.detach().float() for w in weights])
+    else:
+        start = init
     row = start.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([row], lr=lr)
     guided = guidance > 1.0
+    h, w = image.shape[-2:]
+    time_ids = (
+        fam.time_ids((h, w), (0, 0), (h, w))[None].to(unet.device, unet.dtype) if fam.uses_time_ids else None
+    )
     if guided:  # encoded as a render encodes it (a negative longer than one window is not cut off)
-        from hmedit.conditioning.encode import encode_text
-
         with torch.no_grad():
-            uncond = encode_text(model.tokenizer, text_encoder, negative)[None].to(unet.dtype)
-    with _frozen(vae, text_encoder, unet), torch.enable_grad(), _spliced(text_encoder, token_id, row):
+            uncond, upooled = stack.encode_window(negative)
+            if fam.zero_empty_negative(model) and not negative:
+                uncond = torch.zeros_like(uncond)
+                upooled = torch.zeros_like(upooled) if upooled is not None else None
+            uncond = uncond[None].to(unet.device, unet.dtype)
+
+    def added(pooled: Tensor | None, n: int) -> dict | None:
+        if time_ids is None:
+            return None
+        return fam.added_cond(pooled.reshape(1, -1).to(unet.dtype).expand(n, -1), time_ids.expand(n, -1))
+
+    with _frozen(vae, *model.text_encoders, unet), torch.enable_grad(), _spliced(model, token_ids, row):
         for i in range(1, steps + 1):
             t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
             noise = torch.randn((batch, *latents.shape[1:]), generator=gen).to(latents)
@@ -205,11 +263,17 @@ def learn_embedding(
             target = (
                 sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
             )
-            cond = text_encoder(ids)[0].to(unet.dtype).expand(batch, -1, -1)
-            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+            hidden, pooled = stack.embed(rows)
+            cond = hidden.to(unet.device, unet.dtype).expand(batch, -1, -1)
+            pred = unet(noisy, t, encoder_hidden_states=cond, added_cond_kwargs=added(pooled, batch)).sample
             if guided:
                 with torch.no_grad():
-                    base = unet(noisy, t, encoder_hidden_states=uncond.expand(batch, -1, -1)).sample
+                    base = unet(
+                        noisy,
+                        t,
+                        encoder_hidden_states=uncond.expand(batch, -1, -1),
+                        added_cond_kwargs=added(upooled, batch),
+                    ).sample
                 pred = base + guidance * (pred - base)
             loss = masked_mse(pred, target, weight)
             opt.zero_grad(set_to_none=True)
@@ -288,20 +352,20 @@ class EmbeddingCache:
         return self.root / key / DIFFUSERS_FILE
 
     def get(self, key: str) -> Tensor | None:
-        """The cached row [D], or None (a missing or unreadable entry is a miss: it is learned again)."""
-        from safetensors.torch import load_file
-
+        """The cached row [D] (SDXL: [D_l + D_g]), or None (a missing or unreadable entry is a miss: it is
+        learned again)."""
         try:
-            state = load_file(str(self.path(key)))
-        except Exception:  # noqa: BLE001 - a half-written or foreign file is just a miss
+            found = load_embedding(self.path(key))
+        except HmeditError:  # a half-written or foreign file is just a miss
             return None
-        return next(iter(state.values())).reshape(-1) if len(state) == 1 else None
+        (vector,) = found.values()
+        return vector.reshape(-1) if vector.numel() == vector.shape[-1] else None
 
-    def put(self, key: str, token: str, embedding: Tensor) -> Path | None:
+    def put(self, key: str, token: str, embedding: Tensor, split: list[int] | None = None) -> Path | None:
         """Store atomically; return the file, or None when the cache cannot be written (only costs a
         retrain next time)."""
         try:
-            return export_diffusers(self.path(key), token, embedding)
+            return export_diffusers(self.path(key), token, embedding, split)
         except OSError:
             return None
 
@@ -310,7 +374,7 @@ class EmbeddingCache:
 class LearnedToken:
     token: str
     token_id: int
-    embedding: Tensor  # [D]
+    embedding: Tensor  # [D] ([sum D] over the text encoders: concatenated rows)
     key: str
     cached: bool  # True when it came from the cache without training
 
@@ -333,18 +397,20 @@ def learn_token(
     ``key``: the cache key, when the caller computes it (default: ``cache_key`` of these arguments);
     ``force``: learn even when the cache holds the embedding (and replace it)."""
     cache = cache if cache is not None else EmbeddingCache()
-    token_id = add_token(model.tokenizer, model.text_encoder, token, settings.init)
+    token_ids = add_tokens(model, token, settings.init)
     key = key or cache_key(model.hash, image, alpha, prompt, asdict(settings))
     vector = None if force else cache.get(key)
+    if vector is not None and vector.shape[-1] != sum(widths(model)):
+        vector = None  # a foreign entry: learned again
     cached = vector is not None
     if vector is None:
-        init = init_vector(model.tokenizer, model.text_encoder, settings.init)
+        init = init_row(model, settings.init)
         vector = learn_embedding(
             model,
             image,
             alpha,
             prompt,
-            token_id,
+            token_ids if len(token_ids) > 1 else token_ids[0],
             steps=settings.steps,
             lr=settings.lr,
             batch=settings.batch,
@@ -354,40 +420,52 @@ def learn_token(
             negative=settings.negative,
             progress=progress,
         )
-        cache.put(key, token, vector)
-    set_embedding(model.text_encoder, token_id, vector)
-    return LearnedToken(token, token_id, vector, key, cached)
+        cache.put(key, token, vector, widths(model))
+    set_row(model, token_ids, vector)
+    return LearnedToken(token, token_ids[0], vector, key, cached)
 
 
 # ---------------------------------------------------------------- files
-def export_diffusers(path: str | Path, token: str, embedding: Tensor) -> Path:
-    """Write ``{token: [D]}`` as safetensors (diffusers' ``learned_embeds`` format), atomically."""
-    from safetensors.torch import save_file
+def export_diffusers(path: str | Path, token: str, embedding: Tensor, split: list[int] | None = None) -> Path:
+    """Write an embedding as safetensors, atomically: ``{token: [D]}`` (diffusers' ``learned_embeds``
+    format) for one text encoder; with ``split`` (the widths of SDXL's two encoders) the SDXL layout
+    ``{"clip_l": [n, D_l], "clip_g": [n, D_g]}``, which diffusers loads into each encoder with
+    ``pipe.load_textual_inversion(state["clip_g"], token=..., text_encoder=pipe.text_encoder_2,
+    tokenizer=pipe.tokenizer_2)`` (and ``clip_l`` into ``text_encoder``)."""
+    from safetensors.torch import save
 
+    from hmedit.outputs.write import atomic_write
+
+    vec = embedding.detach().float().cpu()
+    if split is not None and len(split) > 1:
+        if len(split) != len(SDXL_KEYS):
+            raise HmeditError(f"no embedding file layout for {len(split)} text encoders")
+        parts = torch.split(vec.reshape(-1, vec.shape[-1]), split, dim=-1)
+        state = {k: p.contiguous() for k, p in zip(SDXL_KEYS, parts)}
+    else:
+        state = {token: vec.reshape(-1).contiguous()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({token: embedding.detach().float().cpu().reshape(-1).contiguous()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, save(state))
     return path
 
 
 def load_embedding(path: str | Path, dim: int | None = None) -> dict[str, Tensor]:
-    """Read an embedding file: diffusers ``learned_embeds.safetensors`` / ``.bin`` ({token: [D] or [n, D]})
-    or A1111 (``.pt`` with 'string_to_param', ``.safetensors`` with 'emb_params'; named after the file or its
-    'name'). Returns {token: [D]} ([n, D] for multi-vector embeddings). ``dim``: the text encoder's width,
-    checked."""
+    """Read an embedding file: diffusers ``learned_embeds.safetensors`` / ``.bin`` ({token: [D] or [n, D]}),
+    A1111 (``.pt`` with 'string_to_param', ``.safetensors`` with 'emb_params'; named after the file or its
+    'name'), or SDXL (``clip_l`` and ``clip_g``: returned concatenated, [D_l + D_g]). Returns {token: [D]}
+    ([n, D] for multi-vector embeddings). ``dim``: the width of the model's text encoders together,
+    checked. Nothing is unpickled (``.pt`` / ``.bin`` load with ``weights_only=True``)."""
     path = Path(path)
     state = _read_state(path)
-    if "clip_l" in state or "clip_g" in state:
-        raise HmeditError(
-            "this is an SDXL embedding (clip_l/clip_g), which hmedit does not support",
-            file=path,
-            hint="use an SD 1.x or 2.x embedding",
-        )
+    if "clip_l" in state or "clip_g" in state:  # SDXL (A1111 and diffusers): the rows concatenated
+        parts = [state.get(k) for k in SDXL_KEYS]
+        if not all(isinstance(p, Tensor) and p.ndim in (1, 2) for p in parts):
+            raise HmeditError("an SDXL embedding needs both clip_l and clip_g", file=path)
+        rows = [p.reshape(-1, p.shape[-1]) for p in parts]
+        if rows[0].shape[0] != rows[1].shape[0]:
+            raise HmeditError("clip_l and clip_g have different numbers of vectors", file=path)
+        state = {"emb_params": torch.cat(rows, dim=-1)}
     if "string_to_param" in state:  # A1111 .pt
         params = state["string_to_param"]
         vectors = params.get("*") if isinstance(params, dict) else None

@@ -323,14 +323,14 @@ def _load_file(scene: Scene, flat: FlatNode, model) -> NodeToken:
     where = scene.where(f"{flat.path}.embedding")
     path = node.embedding.path
     try:
-        found = inv.load_embedding(path, dim=model.text_encoder.config.hidden_size)
+        found = inv.load_embedding(path, dim=sum(inv.widths(model)))
         digest = file_sha256(path)
     except HmeditError as err:
         raise HmeditError(f"{node.embedding.raw}: {err.problem}", **where, hint=err.hint) from None
     except OSError as err:
         raise HmeditError(f"cannot read {node.embedding.raw}: {err.strerror or err}", **where) from None
     (vectors,) = found.values()
-    text = inv.install_embedding(model.tokenizer, model.text_encoder, _token_name(node.id, digest), vectors)
+    text = inv.install_embedding(model, _token_name(node.id, digest), vectors)
     return NodeToken(
         node.id,
         where["field"],

@@ -55,6 +55,7 @@ def test_add_token_is_idempotent_and_starts_from_the_init_word(fresh):
         inv.add_token(m.tokenizer, m.text_encoder, "red", None)
 
 
+@pytest.mark.slow
 def test_guided_learning_uses_the_negative_prompt_and_guidance_one_is_eq_1(fresh):
     m = fresh()
     tid = inv.add_token(m.tokenizer, m.text_encoder, TOKEN, "red")
@@ -238,7 +239,7 @@ def test_a1111_formats_load_and_install(fresh, tmp_path):
     assert torch.equal(inv.load_embedding(st, dim=d)["look"], vecs[0])  # [1, D] -> [D]
     assert torch.equal(inv.load_embedding(bin_, dim=d)["<b>"], vecs[1])
 
-    text = inv.install_embedding(m.tokenizer, m.text_encoder, "<my-style>", vecs)
+    text = inv.install_embedding(m, "<my-style>", vecs)
     assert text == "<my-style> <my-style>_1"
     ids = m.tokenizer(text, add_special_tokens=False).input_ids
     assert torch.equal(m.text_encoder.get_input_embeddings().weight[ids], vecs)
@@ -259,10 +260,18 @@ def test_unreadable_files_and_prompts_without_the_token(fresh, tmp_path):
     save_file({"a": torch.zeros(3), "b": torch.zeros(3)}, tmp_path / "two.safetensors")
     save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, tmp_path / "xl.safetensors")
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
-    for name, match in [("two", "not a textual-inversion"), ("xl", "SDXL"), ("junk", "cannot read")]:
+    for name, match, dim in [
+        ("two", "not a textual-inversion", None),
+        ("xl", "made for SDXL", 32),
+        ("junk", "cannot read", None),
+    ]:
         with pytest.raises(HmeditError, match=match) as e:
-            inv.load_embedding(tmp_path / (name + (".pt" if name == "junk" else ".safetensors")))
+            inv.load_embedding(tmp_path / (name + (".pt" if name == "junk" else ".safetensors")), dim=dim)
         assert "\n" not in str(e.value)
+    (xl,) = inv.load_embedding(
+        tmp_path / "xl.safetensors", dim=768 + 1280
+    ).values()  # SDXL: rows concatenated
+    assert xl.shape == (768 + 1280,)
     m = fresh()
     tid = inv.add_token(m.tokenizer, m.text_encoder, TOKEN)
     image, alpha = composite()
