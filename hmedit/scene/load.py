@@ -421,7 +421,11 @@ def parse_yaml(text: str, file: Path, diags: Diagnostics) -> tuple[Any, Position
             hint=f"scenes are a few KiB; {raise_hint('MAX_SCENE_BYTES')}",
         )
         return None
-    loader = _SceneLoader(text)
+    try:
+        loader = _SceneLoader(text)  # reads the whole text: refuses control characters
+    except yaml.YAMLError as exc:
+        diags.error(f"invalid YAML: {' '.join(str(exc).split())}", file=file, hint="remove the character")
+        return None
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -492,7 +496,7 @@ def _collect_positions(
                     file=file,
                     line=line,
                     column=col,
-                    field=format_field_path((*path, key)),
+                    field=printable(format_field_path((*path, key))),
                     hint="YAML keeps only the last one: remove one of them",
                 )
             else:
@@ -523,6 +527,13 @@ def _yaml_hint(text: str, exc: yaml.MarkedYAMLError) -> str:
     ):
         return "check the indentation and the brackets near here"
     return "check the indentation and quotes near here"
+
+
+def printable(text: str) -> str:
+    """Text for a one-line message: control and other unprintable characters as escapes (\\x1e)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _yaml_type(value: Any) -> str:
@@ -570,7 +581,7 @@ def translate_error(err: dict, data: Any, positions: Positions, file: Path) -> H
         file=file,
         line=pos[0] if pos else None,
         column=pos[1] if pos else None,
-        field=format_field_path(path) or None,
+        field=printable(format_field_path(path)) or None,
         hint=hint,
     )
 

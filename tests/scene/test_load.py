@@ -93,7 +93,8 @@ def test_minimal_scene_gets_defaults(write_scene):
     scene = load_scene(path)
     assert scene.name == "my-scene"  # the file's stem
     assert scene.model == "toy" and scene.size is None and scene.seed_list == [0]
-    assert scene.steps == 30 and scene.guidance == 7.5 and scene.scheduler == "ddim"
+    # steps, guidance and scheduler left out: the model's preset decides them at render time
+    assert scene.steps is None and scene.guidance is None and scene.scheduler is None
     assert scene.composition == "top_down" and scene.depth_gamma == 0.8
     assert scene.root.id == "root" and scene.root.noise == 1.0
 

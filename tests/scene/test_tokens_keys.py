@@ -56,7 +56,7 @@ def errors(path) -> dict[str, str]:
 def test_learn_and_embedding_load_typed(write_scene, assets):
     scene = load_scene(write_scene(LAYERED.format(learn="true")))
     sq, box, plain, loaded = scene.root.children
-    assert sq.learn == LearnSpec() and (sq.learn.steps, sq.learn.lr, sq.learn.batch) == (120, 0.01, 16)
+    assert sq.learn == LearnSpec() and (sq.learn.steps, sq.learn.lr, sq.learn.batch) == (None, None, None)
     assert sq.learn.init is None
     assert box.learn == LearnSpec(steps=200, lr=0.005, init="square", batch=4)
     assert plain.learn is None and scene.root.learn is None and sq.embedding is None
@@ -64,7 +64,7 @@ def test_learn_and_embedding_load_typed(write_scene, assets):
         loaded.embedding.path == assets / "tokens" / "style.pt" and loaded.embedding.raw == "tokens/style.pt"
     )
     spec = scene.model_dump(mode="json")["root"]["children"]
-    assert spec[0]["learn"]["steps"] == 120 and spec[3]["embedding"] == "tokens/style.pt"
+    assert spec[0]["learn"]["steps"] is None and spec[3]["embedding"] == "tokens/style.pt"
 
 
 def test_embedding_files_are_assets(write_scene, assets):
