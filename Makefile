@@ -1,4 +1,5 @@
-# hmedit: `make demo` renders scenes/ with the bundled model; `make test` runs the suite. Both set up .venv first.
+# hmedit: `make demo` renders scenes/ with the bundled model; `make test` runs the suite, `make test-fast` the quick
+# part of it (about a minute: no tests marked slow or huge). All set up .venv first.
 # Override the torch pin, e.g. `make demo TORCH="torch==2.13.0+cu128 --index-url URL"`.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmedit-installed
 SPEC := $(TORCH) | $(shell cat pyproject.toml | cksum)
 
-.PHONY: setup demo test test-huge lint format bench train-toy goldens clean
+.PHONY: setup demo test test-fast test-huge lint format bench train-toy goldens clean
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 	$(BIN)/hmedit check scenes/ --golden tests/golden
+
+# The suite without the tests marked slow (renders with the bundled model, learning, the quick bench) or huge:
+# about a minute, for the edit-test loop. `make test` still runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not huge"
 
 # Full-scale checks that take minutes (the 2048 px tiled VAE against untiled decoding); not part of make test.
 test-huge: setup

@@ -9,6 +9,25 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """hmedit's cache folder (model hashes, learned tokens) is a temporary one for the whole session, so tests
+    never write into the user's ~/.cache/hmedit, and caches built by one test (e.g. a model's hash) serve the
+    next. XDG_CACHE_HOME too, for anything else that caches there; the Hugging Face cache stays where it was
+    (tests only read it: the ``sd_weights`` tests look for real weights there). A test that needs an empty
+    cache sets HMEDIT_CACHE itself (monkeypatch), and gets this one back afterwards."""
+    import os
+
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        if "HF_HOME" not in os.environ:
+            mp.setenv("HF_HOME", str(xdg / "huggingface"))
+        mp.setenv("XDG_CACHE_HOME", str(root / "xdg"))
+        mp.setenv("HMEDIT_CACHE", str(root / "hmedit"))
+        yield root / "hmedit"
+
+
 @pytest.fixture
 def write_scene(tmp_path: Path) -> Callable[..., Path]:
     """Write a scene (dedented YAML) into tmp_path and return its path: ``write_scene(text, "a.yaml")``."""
@@ -109,11 +128,8 @@ def tiny_model_dir(tmp_path_factory) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_model_dir, tmp_path_factory) -> Callable[[str], object]:
+def tiny_model(tiny_model_dir) -> Callable[[str], object]:
     """The tiny model loaded through hmedit.models.load (cached per family)."""
-    import os
-
-    os.environ.setdefault("HMEDIT_CACHE", str(tmp_path_factory.mktemp("hmedit-cache")))
     loaded: dict[str, object] = {}
 
     def get(family: str = "sd1"):

@@ -235,6 +235,7 @@ def run(*args) -> int:
     return info.value.code or 0
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
     model, out = tiny_model_dir("sd1"), tmp_path / "bench"

@@ -77,6 +77,7 @@ def test_root_only_with_init_image_equals_img2img(tiny_model, tmp_path):
     assert max_diff(ours, as_uint8(ref)) <= 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_other_seed_other_image(tiny_model):
     m = tiny_model("sd1")
     sc = scene(
@@ -174,6 +175,7 @@ def test_inactive_node_matches_scene_without_it(tiny_model):
     assert max_diff(a, b) <= 1
 
 
+@pytest.mark.slow
 def test_long_prompts_are_chunked_not_cut(tiny_model):
     """Words past the tokenizer's 75-token window still steer the render, the root's and a node's alike:
     leaving them out changes the image."""
@@ -184,7 +186,11 @@ def test_long_prompts_are_chunked_not_cut(tiny_model):
 
     def image(root: str, child: str):
         sc = scene(
-            root={"prompt": root, "children": [{"id": "a", "mask": {"rect": [0, 0, 0.5, 0.5]}, "prompt": child}]}
+            steps=2,
+            root={
+                "prompt": root,
+                "children": [{"id": "a", "mask": {"rect": [0, 0, 0.5, 0.5]}, "prompt": child}],
+            },
         )
         return render(sc, m, Settings.of(sc, m, seed=0, record=False)).image
 

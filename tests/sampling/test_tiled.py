@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from hmedit.errors import HmeditError
-from hmedit.pipeline import Settings, coarse_size, render
 from hmedit.models.family import Family
+from hmedit.pipeline import Settings, coarse_size, render
 from hmedit.sampling.plan import build_plan
 from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
 from hmedit.sampling.tiling import Window, panorama_views
@@ -148,6 +148,7 @@ def test_window_masks_are_the_untiled_masks_cropped(tiny_model):
     assert sum(x > 0.5 for x in small) >= 1 and sum(x > 0.5 for x in wide) >= 3
 
 
+@pytest.mark.slow
 def test_tiled_regions_steer_their_windows_and_record_attention(tiny_model):
     m = tiny_model("sd1")
     sc = scene(size=[128, 128], root=REGIONS)
@@ -162,6 +163,7 @@ def test_tiled_regions_steer_their_windows_and_record_attention(tiny_model):
         assert att[eff > 0.5].mean() > 1.5 * att[eff < 0.05].mean(), node
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sched", ["dpmpp_2m", "euler_a"])
 def test_tiled_multistep_and_stochastic_schedulers_are_reproducible(tiny_model, sched):
     m = tiny_model("sd1")
@@ -173,6 +175,7 @@ def test_tiled_multistep_and_stochastic_schedulers_are_reproducible(tiny_model, 
     assert a.std() > 1  # a picture, not the flat black that NaN latents decode to
 
 
+@pytest.mark.slow
 def test_tiled_edit_keeps_untouched_pixels(tiny_model, tmp_path, monkeypatch):
     m = tiny_model("sd1")
     src = (np.random.default_rng(1).random((128, 160, 3)) * 255).astype(np.uint8)
@@ -212,6 +215,7 @@ def test_tiled_edit_keeps_untouched_pixels(tiny_model, tmp_path, monkeypatch):
     assert np.abs(r.image[inside].astype(int) - src[inside].astype(int)).mean() > 5
 
 
+@pytest.mark.slow
 def test_coarse_pass_refines_a_native_render(tiny_model):
     m = tiny_model("sd1")
     sc = scene(size=[128, 128], steps=5, root=REGIONS, tiling={"coarse": True, "refine": 0.5})

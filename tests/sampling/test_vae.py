@@ -53,7 +53,7 @@ def untiled(vae, z):
         return vae.decode(z).sample
 
 
-@pytest.mark.parametrize("which", ["tiny_vae", "grouped_vae"])
+@pytest.mark.parametrize("which", [pytest.param("tiny_vae", marks=pytest.mark.slow), "grouped_vae"])
 def test_tiled_decode_matches_untiled(which, request):
     vae = request.getfixturevalue(which)
     z = latents(2, 40, 56)  # several tiles each way, sizes not multiples of the tile

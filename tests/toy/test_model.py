@@ -37,6 +37,7 @@ def test_plain_diffusers_loads_it_without_missing_weights(caplog):
     assert pipe.unet.dtype == torch.float32 and pipe.scheduler.config.prediction_type == "v_prediction"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_red_circle_on_blue_background(toy, seed):
     sc = Scene.model_validate(
@@ -52,6 +53,7 @@ def test_red_circle_on_blue_background(toy, seed):
     assert r["pass"], r
 
 
+@pytest.mark.slow
 def test_plain_512_generation_runs(toy):
     sc = Scene.model_validate(
         {"size": [512, 512], "steps": 2, "tiling": False, "root": {"prompt": "a green star"}}
