@@ -119,7 +119,7 @@ def prepare(
     """Validate a scene file and plan its render (:func:`hmedit.jobs.plan_job`); raises ``HmeditError`` for
     a problem. ``claimed``: output folders already written in this batch (two scenes with one name would
     overwrite each other)."""
-    from hmedit.scene import validate
+    from hmedit.masks.checks import validate
 
     try:
         scene_bytes = file.read_bytes()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hmedit import provenance
 from hmedit.errors import HmeditError
 from hmedit.scene.presets import Preset
-from hmedit.scene.settings import Overrides, Request, pick_preset, requests
+from hmedit.scene.settings import Overrides, Request, plan_requests
 from hmedit.scene.spec import Scene
 
 if TYPE_CHECKING:
@@ -108,9 +108,8 @@ def plan_job(
 
     overrides = overrides or Overrides()
     ref = _model_ref(scene, model)
-    preset, named = pick_preset(scene, overrides, default_preset(ref))
+    preset, reqs = plan_requests(scene, overrides, default_preset(ref), image_size=reference_size(scene))
     dev, dt = pick_device(device, dtype, preset)
-    reqs = requests(scene, overrides, preset, named, image_size=reference_size(scene))
     digest = model_hash(ref)
     assets = {}
     for where, path in provenance.asset_paths(scene).items():

@@ -70,18 +70,17 @@ class Settings:
         preset: str | None = None,
     ) -> Settings:
         """The settings one seed of ``scene`` renders with on ``model``, planned as ``hmedit render`` plans
-        them (:func:`hmedit.jobs.plan_job`): the scene's values, else its preset's, overridden by these."""
-        from hmedit.jobs import DTYPE_NAMES, plan_job
-        from hmedit.scene.settings import Overrides
+        them (:func:`hmedit.scene.settings.plan_requests`): the scene's values, else its preset's,
+        overridden by these."""
+        from hmedit.masks.raster import reference_size
+        from hmedit.models.load import default_preset
+        from hmedit.scene.settings import Overrides, plan_requests
 
-        job = plan_job(
-            scene,
-            overrides=Overrides(seed, steps, guidance, scheduler, size, preset, record),
-            model=model.ref,
-            device=str(model.device),
-            dtype=DTYPE_NAMES[str(model.dtype).replace("torch.", "")],
+        overrides = Overrides(seed, steps, guidance, scheduler, size, preset, record)
+        found, reqs = plan_requests(
+            scene, overrides, default_preset(model.ref), image_size=reference_size(scene)
         )
-        return cls.from_request(scene, model, job.requests[0], job.preset)
+        return cls.from_request(scene, model, reqs[0], found)
 
     @classmethod
     def from_request(cls, scene: Scene, model: Model, request: Request, preset: Preset) -> Settings:

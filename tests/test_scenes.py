@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hmedit.masks import SCHEMES
-from hmedit.scene import find_scenes, validate
+from hmedit.masks.checks import validate
+from hmedit.scene import find_scenes
 from hmedit.scene.spec import EllipseMask, ImageMask, PolygonMask, RectMask
 
 SCENES_DIR = Path(__file__).resolve().parent.parent / "scenes"

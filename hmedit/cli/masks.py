@@ -177,8 +177,8 @@ def _one_scene(
 ) -> None:
     from hmedit.cli.options import problem_line
     from hmedit.errors import HmeditError
+    from hmedit.masks.checks import validate
     from hmedit.outputs.folder import lock_folder
-    from hmedit.scene import validate
 
     scene, diags = validate(file)
     for warning in diags.warnings:

@@ -24,7 +24,8 @@ def validate_command(paths: ScenePaths, quiet: Quiet = False, strict: Strict = F
       [green]hmedit validate --strict -q scenes/[/]   for CI: only problems, warnings fail too
     """
     # Imported here so that `hmedit --help` stays fast.
-    from hmedit.scene import find_scenes, validate
+    from hmedit.masks.checks import validate
+    from hmedit.scene import find_scenes
 
     files = find_scenes(paths)
     out = stdout()

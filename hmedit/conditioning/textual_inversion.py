@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hmedit.errors import HmeditError
+from hmedit.scene.embeddings import SDXL_KEYS, check_width, load_embedding
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 # Text-encoder widths of known families, to say where a wrong-width embedding belongs.
-FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 128: "hmedit's bundled toy model"}
-SDXL_KEYS = ("clip_l", "clip_g")  # an SDXL embedding file: one tensor per text encoder
 
 Progress = Callable[[int, int, float], None]
 
@@ -95,7 +94,7 @@ def init_vector(tokenizer, text_encoder, init_word: str | None = None) -> Tensor
 def set_embedding(text_encoder, token_id: int, vector: Tensor) -> None:
     """Write [D] ``vector`` into the text encoder's row for ``token_id`` (and nothing else)."""
     weight = text_encoder.get_input_embeddings().weight
-    _check_width(vector.shape[-1], weight.shape[1], "the embedding")
+    check_width(vector.shape[-1], weight.shape[1], "the embedding")
     weight[token_id] = vector.to(weight.device, weight.dtype)
 
 
@@ -109,7 +108,7 @@ def widths(model) -> list[int]:
 
 def split_row(model, vector: Tensor) -> list[Tensor]:
     """A concatenated row [..., sum D] -> one [..., D_k] per text encoder."""
-    _check_width(vector.shape[-1], sum(widths(model)), "the embedding")
+    check_width(vector.shape[-1], sum(widths(model)), "the embedding")
     return list(torch.split(vector, widths(model), dim=-1))
 
 
@@ -144,7 +143,7 @@ def install_embedding(model, token: str, vectors: Tensor) -> str:
 def _spliced(model, token_ids: list[int], row: Tensor) -> Iterator[None]:
     """Within the block each text encoder looks its ``token_ids[k]`` up as its part of ``row`` (a tensor that
     may require grad): the frozen embedding matrices are never written."""
-    _check_width(row.shape[-1], sum(widths(model)), "the embedding")
+    check_width(row.shape[-1], sum(widths(model)), "the embedding")
     handles, start = [], 0
     for enc, tid, width in zip(model.text_encoders, token_ids, widths(model)):
 
@@ -448,79 +447,3 @@ def export_diffusers(path: str | Path, token: str, embedding: Tensor, split: lis
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, save(state))
     return path
-
-
-def load_embedding(path: str | Path, dim: int | None = None) -> dict[str, Tensor]:
-    """Read an embedding file: diffusers ``learned_embeds.safetensors`` / ``.bin`` ({token: [D] or [n, D]}),
-    A1111 (``.pt`` with 'string_to_param', ``.safetensors`` with 'emb_params'; named after the file or its
-    'name'), or SDXL (``clip_l`` and ``clip_g``: returned concatenated, [D_l + D_g]). Returns {token: [D]}
-    ([n, D] for multi-vector embeddings). ``dim``: the width of the model's text encoders together,
-    checked. Nothing is unpickled (``.pt`` / ``.bin`` load with ``weights_only=True``)."""
-    path = Path(path)
-    state = _read_state(path)
-    if "clip_l" in state or "clip_g" in state:  # SDXL (A1111 and diffusers): the rows concatenated
-        parts = [state.get(k) for k in SDXL_KEYS]
-        if not all(isinstance(p, Tensor) and p.ndim in (1, 2) for p in parts):
-            raise HmeditError("an SDXL embedding needs both clip_l and clip_g", file=path)
-        rows = [p.reshape(-1, p.shape[-1]) for p in parts]
-        if rows[0].shape[0] != rows[1].shape[0]:
-            raise HmeditError("clip_l and clip_g have different numbers of vectors", file=path)
-        state = {"emb_params": torch.cat(rows, dim=-1)}
-    if "string_to_param" in state:  # A1111 .pt
-        params = state["string_to_param"]
-        vectors = params.get("*") if isinstance(params, dict) else None
-        name = state.get("name") if isinstance(state.get("name"), str) else path.stem
-        found = {name: vectors}
-    elif "emb_params" in state:  # A1111 .safetensors
-        found = {path.stem: state["emb_params"]}
-    elif len(state) == 1:  # diffusers
-        found = dict(state)
-    else:
-        found = {}
-    if len(found) != 1 or not all(isinstance(v, Tensor) and v.ndim in (1, 2) for v in found.values()):
-        raise HmeditError(
-            "not a textual-inversion embedding (no {token: vector}, A1111 string_to_param or emb_params)",
-            file=path,
-            hint="use a diffusers learned_embeds.safetensors/.bin or an A1111 .pt/.safetensors embedding",
-        )
-    out = {}
-    for token, v in found.items():
-        v = v.detach().float()
-        v = v.reshape(-1) if v.ndim == 2 and v.shape[0] == 1 else v
-        if dim is not None:
-            _check_width(v.shape[-1], dim, "this embedding", file=path)
-        out[token] = v
-    return out
-
-
-def _read_state(path: Path) -> dict:
-    if not path.is_file():
-        raise HmeditError("embedding file not found", file=path, hint="check the path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise HmeditError(
-            f"cannot read the embedding: {(str(e).splitlines() or [type(e).__name__])[0]}",
-            file=path,
-            hint="use a .safetensors, .bin or .pt textual-inversion file (pickles with code are not loaded)",
-        ) from None
-    if isinstance(state, Tensor):
-        return {path.stem: state}
-    if not isinstance(state, dict):
-        raise HmeditError("not a textual-inversion embedding", file=path, hint="expected a dict of tensors")
-    return state
-
-
-def _check_width(width: int, dim: int, what: str, file: str | Path | None = None) -> None:
-    if width == dim:
-        return
-    family = FAMILY_BY_WIDTH.get(width, f"a model whose text encoder is {width} wide")
-    raise HmeditError(
-        f"{what} is {width} wide, made for {family}, but this model's text encoder is {dim} wide",
-        file=file,
-        hint=f"use it with {family}, or learn the token for this model",
-    )

@@ -174,8 +174,7 @@ def learn_source(
     [h, w] in 0..1, cropped around the node (see the module docstring) and resized so that the longer side is
     ``native`` (the shorter a multiple of ``multiple``); and the crop [x, y, w, h] in reference pixels.
     ``native``: the model's native size, in pixels at the scene's reference size."""
-    from hmedit.masks.raster import rasterize_node, reference_size
-    from hmedit.sampling.plan import build_canvas
+    from hmedit.masks.raster import build_canvas, rasterize_node, reference_size
 
     flats = scene.flat()
     ref = reference_size(scene, default=(native, native))

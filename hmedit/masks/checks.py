@@ -7,6 +7,7 @@ design). Each finding points at the node's region field (``root.children[1].mask
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -197,3 +198,11 @@ def check_masks(scene: Scene, ref_size: tuple[int, int] | None = None) -> Diagno
                 hint=f"a child refines its parent: keep it inside {pid!r}, or move it up a level",
             )
     return diags
+
+
+def validate(path: str | os.PathLike) -> tuple[Scene | None, Diagnostics]:
+    """A scene file checked as ``hmedit validate`` and ``hmedit render`` check it: the format, its inputs
+    (:func:`hmedit.scene.validate`) and its masks (:func:`check_masks`); never raises for a user mistake."""
+    from hmedit.scene.load import validate as validate_scene
+
+    return validate_scene(path, checks=[check_masks])

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hmedit.errors import HmeditError
-from hmedit.scene.assets import image_size, load_gray, load_rgba
-from hmedit.scene.spec import EllipseMask, ImageMask, Node, PolygonMask, RectMask, Scene
+from hmedit.scene.assets import image_size, load_gray, load_rgb, load_rgba
+from hmedit.scene.spec import EllipseMask, FlatNode, ImageMask, Node, PolygonMask, RectMask, Scene
 
 __all__ = [
     "SUBROWS",
@@ -466,3 +466,28 @@ def place_layer(node: Node, width: int, height: int, ref_size: tuple[int, int]) 
 def _check_size(width: int, height: int) -> None:
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"frame size must be positive integers, got {width}x{height}")
+
+
+def build_canvas(scene: Scene, flat: list[FlatNode], width: int, height: int) -> Tensor | None:
+    """The source picture to edit: init_image (resized) with layer images pasted back to front; None to
+    generate from noise. Without init_image, layers are pasted on mid-gray."""
+    layers = [f.node for f in flat if f.node.layer is not None]
+    if scene.init_image is None and not layers:
+        return None
+    if scene.init_image is not None:
+        img = load_rgb(scene.init_image, field="init_image")
+        t = torch.from_numpy(np.ascontiguousarray(img)).float().permute(2, 0, 1)[None]
+        if t.max() > 1.5:
+            t = t / 255.0
+        if t.shape[-2:] != (height, width):
+            t = F.interpolate(t, (height, width), mode="bicubic", antialias=True, align_corners=False).clamp(
+                0, 1
+            )
+    else:
+        t = torch.full((1, 3, height, width), 0.5)
+    ref = reference_size(scene, default=(width, height))
+    for node in layers:  # pre-order: parents before children, i.e. back to front
+        rgba = place_layer(node, width, height, ref).permute(2, 0, 1)[None]
+        a = rgba[:, 3:]
+        t = a * rgba[:, :3] + (1 - a) * t
+    return t * 2 - 1

@@ -6,6 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def bundled_tokenizer():
+    """The bundled toy model's tokenizer (a CLIP BPE over the toy world's words): the one vocabulary available
+    offline, read from the shipped weights."""
+    from transformers import CLIPTokenizer
+
+    from hmedit.models.load import BUNDLED
+
+    return CLIPTokenizer.from_pretrained(BUNDLED["toy"] / "tokenizer")
+
+
 def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -> dict:
     """Tiny SD1-like (epsilon, conv projection, 32-dim text), SD2-like (v-prediction, linear projection,
     larger text width) or SDXL-like (two text encoders, text-time added conditioning; see
@@ -13,15 +23,13 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from hmedit.toy.train import build_tokenizer
-
     if family == "sdxl":
         return _tiny_sdxl(seed, sample_size)
     if family not in ("sd1", "sd2"):
         raise ValueError(family)
     sd2 = family == "sd2"
     torch.manual_seed(seed)
-    tok = build_tokenizer()
+    tok = bundled_tokenizer()
     xdim = 48 if sd2 else 32
     text = _clip_text(
         tok,
@@ -81,9 +89,7 @@ def sdxl_tokenizers():
     the second with "!" (id 0), as SDXL's OpenCLIP bigG tokenizer does."""
     import copy
 
-    from hmedit.toy.train import build_tokenizer
-
-    tok = build_tokenizer()
+    tok = bundled_tokenizer()
     tok_2 = copy.deepcopy(tok)
     tok_2.pad_token = "!"
     return tok, tok_2
@@ -313,8 +319,6 @@ def sd_components(kind: str, seed: int = 0, device=None) -> dict:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from hmedit.toy.train import build_tokenizer
-
     if kind in _TINY_KINDS:  # small enough to build on the CPU; the loader moves modules anyway
         return tiny_components(_TINY_KINDS[kind], seed)
     if kind not in SD_ARCHITECTURES:
@@ -322,7 +326,7 @@ def sd_components(kind: str, seed: int = 0, device=None) -> dict:
     arch = SD_ARCHITECTURES[kind]
     xl = "text_2" in arch
     torch.manual_seed(seed)
-    tok, tok_2 = sdxl_tokenizers() if xl else (build_tokenizer(), None)
+    tok, tok_2 = sdxl_tokenizers() if xl else (bundled_tokenizer(), None)
     with torch.device(device or "cpu"):
         text = _clip_text(tok, **arch["text"])
         text_2 = _clip_text(tok_2, projection=True, **arch["text_2"]) if xl else None

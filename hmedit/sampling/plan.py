@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -13,8 +12,7 @@ from torch import Tensor
 from hmedit.errors import HmeditError
 from hmedit.masks.compose import compose
 from hmedit.masks.levels import downsample, level_names, level_sizes
-from hmedit.masks.raster import feather, place_layer, rasterize_scene, reference_size
-from hmedit.scene.assets import load_rgb
+from hmedit.masks.raster import build_canvas, feather, rasterize_scene
 from hmedit.scene.spec import FlatNode, Scene
 
 NOISE_BLUR_LATENT_PX = 1.0  # σ of the Gaussian that softens the noise-level map at region boundaries
@@ -51,31 +49,6 @@ class Plan:
     @property
     def max_noise(self) -> float:
         return float(self.noise_map.max()) if self.noise_map is not None else 1.0
-
-
-def build_canvas(scene: Scene, flat: list[FlatNode], width: int, height: int) -> Tensor | None:
-    """The source picture to edit: init_image (resized) with layer images pasted back to front; None to
-    generate from noise. Without init_image, layers are pasted on mid-gray."""
-    layers = [f.node for f in flat if f.node.layer is not None]
-    if scene.init_image is None and not layers:
-        return None
-    if scene.init_image is not None:
-        img = load_rgb(scene.init_image, field="init_image")
-        t = torch.from_numpy(np.ascontiguousarray(img)).float().permute(2, 0, 1)[None]
-        if t.max() > 1.5:
-            t = t / 255.0
-        if t.shape[-2:] != (height, width):
-            t = F.interpolate(t, (height, width), mode="bicubic", antialias=True, align_corners=False).clamp(
-                0, 1
-            )
-    else:
-        t = torch.full((1, 3, height, width), 0.5)
-    ref = reference_size(scene, default=(width, height))
-    for node in layers:  # pre-order: parents before children, i.e. back to front
-        rgba = place_layer(node, width, height, ref).permute(2, 0, 1)[None]
-        a = rgba[:, 3:]
-        t = a * rgba[:, :3] + (1 - a) * t
-    return t * 2 - 1
 
 
 def build_plan(

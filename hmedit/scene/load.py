@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +45,29 @@ Positions = dict[FieldPath, tuple[int, int]]
 # Public API
 
 
-def load_scene(path: str | os.PathLike, *, deep: bool = False) -> Scene:
+Check = Callable[[Scene], Diagnostics]
+"""A deeper check of a valid scene by a room above this one (hmedit.masks.checks rasterises the masks)."""
+
+
+def load_scene(path: str | os.PathLike, *, deep: bool = False, checks: Sequence[Check] = ()) -> Scene:
     """Read and validate a scene file; raise the first problem as ``HmeditError`` (the rest in ``.others``).
 
-    ``deep=True`` also runs the mask checks (rasterises every mask: empty masks, wrong-sized mask images).
-    Warnings do not raise; they are kept in ``scene.warnings``.
+    ``deep=True`` also opens the scene's inputs (init image, layers, masks, embeddings) as the render will,
+    and runs ``checks``. Warnings do not raise; they are kept in ``scene.warnings``.
     """
-    scene, diags = _load(Path(path), deep=deep)
+    scene, diags = _load(Path(path), deep=deep, checks=checks)
     diags.raise_if_errors()
     assert scene is not None
     return scene
 
 
-def validate(path: str | os.PathLike) -> tuple[Scene | None, Diagnostics]:
-    """Read and check a scene file, mask checks included; never raises for a user mistake.
+def validate(path: str | os.PathLike, checks: Sequence[Check] = ()) -> tuple[Scene | None, Diagnostics]:
+    """Read and check a scene file and its inputs, then run ``checks``; never raises for a user mistake.
+    :func:`hmedit.masks.checks.validate` is this with the mask checks, what ``hmedit validate`` runs.
 
     Returns the scene (None when it has errors) and every error and warning found.
     """
-    return _load(Path(path), deep=True)
+    return _load(Path(path), deep=True, checks=checks)
 
 
 def find_scenes(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -106,13 +111,25 @@ TEXT_SOURCE = Path("<text>")
 
 
 def _load(
-    file: Path, *, deep: bool, text: str | None = None, base_dir: Path | None = None
+    file: Path,
+    *,
+    deep: bool,
+    text: str | None = None,
+    base_dir: Path | None = None,
+    checks: Sequence[Check] = (),
 ) -> tuple[Scene | None, Diagnostics]:
     diags = Diagnostics()
     scene = _load_spec(file, diags, text, base_dir)
     if scene is not None and deep and not diags.errors:
         check_inputs(scene, diags)
-        _check_masks(scene, diags)
+        for check in checks:
+            try:
+                found = check(scene)
+            except HmeditError as exc:
+                diags.errors.append(exc)
+                continue
+            diags.errors.extend(found.errors)
+            diags.warnings.extend(found.warnings)
         diags.errors = list({err.format(): err for err in diags.errors}.values())
     if scene is not None:
         scene._warnings = list(diags.warnings)
@@ -262,26 +279,9 @@ def check_inputs(scene: Scene, diags: Diagnostics) -> None:
 
 
 def _check_embedding(path: os.PathLike) -> None:
-    from hmedit.conditioning.textual_inversion import load_embedding
+    from hmedit.scene.embeddings import load_embedding
 
     load_embedding(path)
-
-
-def _check_masks(scene: Scene, diags: Diagnostics) -> None:
-    """Mask checks from hmedit.masks (rasterises the masks), when that module is there."""
-    try:
-        from hmedit.masks.checks import check_masks
-    except ModuleNotFoundError as exc:
-        if exc.name in ("hmedit.masks", "hmedit.masks.checks"):
-            return
-        raise
-    try:
-        found = check_masks(scene)
-    except HmeditError as exc:
-        diags.errors.append(exc)
-        return
-    diags.errors.extend(found.errors)
-    diags.warnings.extend(found.warnings)
 
 
 def _warn(scene: Scene, data: dict, diags: Diagnostics) -> None:

@@ -104,3 +104,11 @@ def requests(
         )
         for seed in seeds
     ]
+
+
+def plan_requests(
+    scene: Scene, overrides: Overrides, family_preset: str, *, image_size: tuple[int, int] | None
+) -> tuple[Preset, list[Request]]:
+    """The preset (:func:`pick_preset`) and the per-seed requests (:func:`requests`) of a render."""
+    preset, named = pick_preset(scene, overrides, family_preset)
+    return preset, requests(scene, overrides, preset, named, image_size=image_size)

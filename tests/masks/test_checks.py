@@ -143,7 +143,7 @@ def test_unreadable_mask_file_is_reported_at_its_field(write_scene, tmp_path):
 
 
 def test_validate_runs_the_mask_checks(write_scene):
-    from hmedit.scene import validate
+    from hmedit.masks.checks import validate
 
     path = write_scene(
         "size: [64, 64]\nroot:\n  children:\n    - id: a\n      mask: {rect: [2, 2, 0.1, 0.1]}\n"
