@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hmedit.cli.render import DeviceOpt, DtypeOpt
+from hmedit.cli.options import DeviceOpt, DtypeOpt
 
 
 def bench_command(

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from hmedit.cli.options import ScenePaths
-from hmedit.cli.render import DeviceOpt, DtypeOpt, ModelOpt
+from hmedit.cli.options import DeviceOpt, DtypeOpt, ModelOpt, ScenePaths
 
 
 def check_command(

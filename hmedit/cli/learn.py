@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hmedit.cli.options import ScenePaths
-from hmedit.cli.render import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt
+from hmedit.cli.options import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, ScenePaths
 
 
 @dataclass

@@ -11,6 +11,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from hmedit.errors import HmeditError
+from hmedit.scene.spec import Dtype
 
 
 class Command(TyperCommand):
@@ -49,6 +50,44 @@ OutDir = Annotated[
 Output = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write to this file instead of standard output.", show_default=False),
+]
+
+
+# The model options of render, check, learn and bench
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model for every scene, instead of each scene's own: 'toy', a diffusers folder, a hub id in "
+        "the local cache, or a .safetensors file.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
+]
+DtypeOpt = Annotated[
+    Dtype, typer.Option("--dtype", help="Weights' precision; auto: fp16 on CUDA, fp32 on CPU.")
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR",
+        help="Folder of learned tokens (embeddings), reused across runs. Default: embeddings/ in hmedit's "
+        "cache folder ($HMEDIT_CACHE, else ~/.cache/hmedit).",
+        show_default=False,
+    ),
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        metavar="WxH",
+        help="Output size for every scene, e.g. 512x384. Default: the scene's size, else the model's.",
+        show_default=False,
+    ),
 ]
 
 

@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from hmedit.cli.options import OutDir, ScenePaths
-
-SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
-DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
-
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model for every scene, instead of each scene's own: 'toy', a diffusers folder, a hub id in "
-        "the local cache, or a .safetensors file.",
-        show_default=False,
-    ),
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
-]
-DtypeOpt = Annotated[
-    DtypeName, typer.Option("--dtype", help="Weights' precision; auto: fp16 on CUDA, fp32 on CPU.")
-]
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        metavar="DIR",
-        help="Folder of learned tokens (embeddings), reused across runs. Default: embeddings/ in hmedit's "
-        "cache folder ($HMEDIT_CACHE, else ~/.cache/hmedit).",
-        show_default=False,
-    ),
-]
-SizeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--size",
-        metavar="WxH",
-        help="Output size for every scene, e.g. 512x384. Default: the scene's size, else the model's.",
-        show_default=False,
-    ),
-]
+from hmedit.cli.options import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, OutDir, ScenePaths, SizeOpt
+from hmedit.scene.spec import Scheduler
 
 
 def options_from(
@@ -116,7 +78,7 @@ def render_command(
     ] = None,
     size: SizeOpt = None,
     scheduler: Annotated[
-        SchedulerName | None, typer.Option("--scheduler", help="Sampler (default: the scene's).")
+        Scheduler | None, typer.Option("--scheduler", help="Sampler (default: the scene's).")
     ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

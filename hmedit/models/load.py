@@ -18,11 +18,11 @@ from typing import Any
 
 from hmedit.errors import HmeditError
 from hmedit.models.family import FAMILIES, Family, detect
+from hmedit.scene.spec import DTYPES, SCHEDULERS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUNDLED = {"toy": WEIGHTS_DIR / "toy"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 RANDOM_PREFIX = "random:"  # "random:sd15": the published architecture with random weights (benchmarks)
 
 
@@ -410,9 +410,6 @@ def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict
     comps = {k: getattr(pipe, k) for k in names}
     index = {"_class_name": fam.pipeline, **dict(pipe.config)}
     return comps, dict(pipe.scheduler.config), index
-
-
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc")
 
 
 def make_scheduler(name: str, config: dict):

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hmedit.errors import HmeditError
+from hmedit.scene.spec import DTYPES, Scheduler
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 MAX_PRESET_BYTES = 64 * 1024
@@ -52,9 +53,9 @@ class Preset(_Part):
     family: Literal["sd1", "sd2", "sdxl"]
     native_size: int = Field(ge=64, le=8192)
     steps: int = Field(ge=1, le=1000)
-    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
+    scheduler: Scheduler
     guidance: float = Field(ge=0, le=100)
-    dtype: dict[Literal["cpu", "cuda", "mps"], Literal["fp32", "fp16", "bf16"]]
+    dtype: dict[Literal["cpu", "cuda", "mps"], Literal[DTYPES[1:]]]  # type: ignore[valid-type] # not auto
     tiling: TilingDefaults = TilingDefaults()
     vae: VaeDefaults = VaeDefaults()
     learn: LearnDefaults = LearnDefaults()

@@ -40,7 +40,12 @@ from hmedit.errors import HmeditError
 
 FORMAT_VERSION = 1
 
-Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"]
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc")
+"""The samplers, by the names scenes, presets and the command line use (hmedit.models.load makes them)."""
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+"""The weights' precisions; auto: the preset's for the device (fp16 on CUDA, fp32 on CPU)."""
+Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
+Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 Composition = Literal["multiplicative", "normalized", "top_down", "depth_weighted", "hybrid"]
 NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_weighted"]
 """A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
