@@ -93,8 +93,8 @@ def vae_lattice(vae, n: int = 40, size: int = 120, shifts: tuple[int, ...] = (0,
             with torch.no_grad():
                 y = vae.decode(vae.encode(x).latent_dist.mode()).sample
             out = ((y.float().clamp(-1, 1) + 1) * 127.5).round().cpu()
-            mse = float(((out - img.float()) ** 2).mean())
-            scores[str(s)].append(99.0 if mse == 0 else 10 * math.log10(255**2 / mse))
+            p = metrics.psnr(out.numpy(), img.numpy())
+            scores[str(s)].append(99.0 if math.isinf(p) else p)  # JSON has no infinity
     return {s: round(sum(v) / len(v), 2) if v else None for s, v in scores.items()} | {
         "images": len(scores[str(shifts[0])])
     }

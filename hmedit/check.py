@@ -15,7 +15,6 @@ Metrics, on uint8 RGB pixels:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hmedit.errors import HmeditError
+from hmedit.metrics import psnr
 
 if TYPE_CHECKING:
     from hmedit.batch import Result
@@ -56,13 +56,6 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
     return a.astype(np.float64), b.astype(np.float64)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (peak 255); ``inf`` when they are identical."""
-    x, y = _pair(a, b)
-    mse = float(np.mean((x - y) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def maxdiff(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Image metrics for the benchmarks: colour of a region, locality of an edit, visibility of tile seams.
+"""Image metrics: PSNR (the one every module uses), and for the benchmarks the colour of a region, the
+locality of an edit and the visibility of tile seams.
 
 Pure numpy on uint8 images [H, W, 3]; masks are [H, W], boolean or float in 0..1 (a float mask counts a pixel
 as inside where it is > 0.5). Colours are names of the toy world's palette (``hmedit.toy.world.COLOURS``);
@@ -7,6 +8,7 @@ a pixel "is" the palette colour nearest to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +16,16 @@ import numpy as np
 from hmedit.toy import world
 
 INSIDE = 0.5  # a float mask's pixel is inside the region where its value is above this
+
+
+def psnr(a, b, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB, 10 log10(peak^2 / MSE), of two images (arrays, or CPU tensors) of
+    the same shape: ``peak`` 255 for uint8 pixels, 1 for [0, 1], 2 for [-1, 1]; ``inf`` when identical."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in shape: {x.shape} and {y.shape}")
+    mse = float(np.mean((x - y) ** 2)) if x.size else 0.0
+    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
 def inside(mask: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmedit.metrics import psnr
 from hmedit.toy import world
 
 HELD_OUT = 10_000_000
@@ -83,9 +84,8 @@ def vae_psnr(vae, n: int = 200) -> dict:
         imgs = np.stack([world.sample(HELD_OUT + i).image for i in range(start, min(start + 50, n))])
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        mse = ((rec - x) / 2).pow(2).mean((1, 2, 3))
-        per += [10 * math.log10(1 / max(m, 1e-12)) for m in mse.tolist()]
-        mse_all += mse.tolist()
+        per += [psnr(r.numpy(), o.numpy(), peak=2.0) for r, o in zip(rec, x)]
+        mse_all += ((rec - x) / 2).pow(2).mean((1, 2, 3)).tolist()
     return {
         "images": n,
         "psnr_mean_db": float(np.mean(per)),

@@ -223,8 +223,9 @@ def _lr(step: int, total: int, peak: float, warmup: int = 200, floor: float = 0.
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (computed on the 0..1 scale)."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
+    from hmedit.metrics import psnr as psnr_
+
+    return psnr_(a.detach().clamp(-1, 1).cpu(), b.detach().clamp(-1, 1).cpu(), peak=2.0)
 
 
 HELD_OUT = 10_000_000  # seeds at and above this are never trained on

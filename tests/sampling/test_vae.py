@@ -1,19 +1,18 @@
 """Tiled VAE: equal to untiled encode/decode (shared GroupNorm statistics), naive per-tile statistics
 measurably worse, working memory of the high-resolution layers bounded by the tile size."""
 
-import math
 import tempfile
 
 import pytest
 import torch
 
+from hmedit import metrics
 from hmedit.sampling.vae import decode, decode_tiled, encode_tiled
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
-    mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(4 / mse)
+    return metrics.psnr(a.detach().clamp(-1, 1), b.detach().clamp(-1, 1), peak=2.0)
 
 
 @pytest.fixture(scope="module")
