@@ -294,6 +294,10 @@ class Batch:
         self.reporter = reporter or Reporter()
         self.debug = debug
         pick_device(options.device, options.dtype)  # a bad --device or --dtype fails the whole batch
+        if options.preset is not None:  # and so does a bad --preset
+            from hmedit.scene.presets import load_preset
+
+            load_preset(options.preset, field="--preset")
         self.models = models if models is not None else default_models
         self.interrupted = False
 

@@ -392,7 +392,16 @@ def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict
             hint="is the file complete? .safetensors is preferred over .ckpt",
         ) from None
     kind = infer_diffusers_model_type(ckpt)
-    xl = "xl" in kind
+    # SGM's second text encoder marks SDXL whatever its size; a local config folder names its own family
+    xl = "xl" in kind or any(k.startswith("conditioner.embedders.1.") for k in ckpt)
+    if config is not None and (Path(config) / "model_index.json").is_file():
+        try:
+            index = json.loads((Path(config) / "model_index.json").read_text())
+            unet_cfg = json.loads((Path(config) / "unet" / "config.json").read_text())
+            xl = detect(unet_cfg, index).name == "sdxl"
+        except (OSError, ValueError):
+            pass
+    kind = "xl" if xl and "xl" not in kind else kind
     fam = FAMILIES["sdxl" if xl else "sd1"]
     pipe_cls = getattr(diffusers, fam.pipeline)
     try:

@@ -19,7 +19,7 @@ def test_loads_and_runs_forward(tiny, monkeypatch, tmp_path):
     family, path = tiny
     monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path))
     m = L.load(str(path))
-    assert m.family == family and m.ref.source == "folder"
+    assert m.family.name == family and m.ref.source == "folder"
     assert m.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
     assert m.device.type == "cpu" and m.dtype == torch.float32
     ids = m.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -39,12 +39,35 @@ def test_hash_changes_with_weights(tmp_path, monkeypatch):
     assert L.model_hash(a) != L.model_hash(b)
 
 
-def test_sdxl_is_refused(tmp_path):
+def test_an_incomplete_sdxl_folder_is_explained(tmp_path):
     d = tmp_path / "xl"
-    d.mkdir()
+    (d / "unet").mkdir(parents=True)
     (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(HmeditError, match="SDXL"):
+    (d / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": "text_time"}))
+    with pytest.raises(
+        HmeditError, match="lacks vae, scheduler, tokenizer, text_encoder, tokenizer_2, text_encoder_2"
+    ) as e:
         L.load(str(d))
+    assert "SDXL folder needs" in e.value.hint
+
+
+def test_sdxl_loads_from_a_folder_and_from_a_single_file_with_a_local_config(tiny_model_dir, tmp_path):
+    """A single .safetensors SDXL checkpoint (original SGM key names) loads offline with the architecture
+    of a local diffusers folder, and gives the same model as the folder; its preset is found from the file's
+    tensor names alone."""
+    from hmedit.models.random import save_tiny_single_file
+
+    folder = tiny_model_dir("sdxl")
+    xl = L.load(str(folder), device="cpu")
+    assert xl.family.name == "sdxl" and len(xl.text_encoders) == 2 and L.default_preset(xl.ref) == "sdxl"
+    file = save_tiny_single_file(tmp_path / "tiny-xl.safetensors")
+    ref = L.resolve(str(file))
+    assert ref.source == "file" and L.default_preset(ref) == "sdxl"
+    one = L.load(ref, device="cpu", config=str(folder))
+    assert one.family.name == "sdxl"
+    for a, b in [(one.unet, xl.unet), (one.vae, xl.vae), *zip(one.text_encoders, xl.text_encoders)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.mark.parametrize(
