@@ -269,7 +269,8 @@ def coarse_pass(scene: Scene, model: Model, s: Settings) -> Tensor:
 
 def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str, Tensor]:
     """Intrinsic and effective masks, and measured attention upsampled to the image and averaged over levels
-    (DAAM: per-layer maps upsampled and aggregated)."""
+    (DAAM: per-layer maps upsampled and aggregated; What the DAAM: Interpreting Stable Diffusion Using
+    Cross Attention, Tang et al., arXiv:2210.04885)."""
     out: dict[str, Tensor] = {}
     for k, node_id in enumerate(plan.ids):
         out[f"intrinsic/{node_id}"] = plan.intrinsic[k].float()

@@ -1,7 +1,8 @@
 """The one attention processor: diffusers' SDPA processor plus a regional bias on cross-attention (where the
 softmax is computed from the scores the bias needs anyway).
 
-Collage Diffusion §4.2: softmax((QKᵀ + w_pos·A_pos − w_neg·A_neg) / √d) V with w = v · y(σ),
+Collage Diffusion (Sarukkai et al., arXiv:2303.00262) §4.2:
+softmax((QKᵀ + w_pos·A_pos − w_neg·A_neg) / √d) V with w = v · y(σ),
 y(σ) = log(1 + log(1 + σ)) · max(QKᵀ). For an image token x at a UNet level and a token of node k:
 
     bias = s_k · y(σ) · (v_pos · m̃ᵏ(x) − v_neg · (1 − m̃ᵏ(x)))

@@ -41,7 +41,8 @@ class Conditioning:
 
     def record_owner(self) -> Tensor:
         """[T_cond] the node each cond token's attention counts towards in influence maps: the root's words
-        -> 0, a node's tokens -> its index, start/end/padding -> -1 (DAAM measures words, not the sink)."""
+        -> 0, a node's tokens -> its index, start/end/padding -> -1 (DAAM measures words, not the sink: What
+        the DAAM: Interpreting Stable Diffusion Using Cross Attention, Tang et al., arXiv:2210.04885)."""
         out = torch.where(self.cond.owner >= 0, self.cond.owner, torch.full_like(self.cond.owner, -1))
         out[1 : 1 + self.root_words] = 0
         return out

@@ -1,4 +1,5 @@
-"""Per-layer textual inversion (Collage Diffusion §4.3, eq. 1): a placeholder token per layer, whose one
+"""Per-layer textual inversion (Collage Diffusion, Sarukkai et al., arXiv:2303.00262, §4.3, eq. 1; after
+An Image is Worth One Word, Gal et al., arXiv:2208.01618): a placeholder token per layer, whose one
 embedding row is learned so that "<hm-sushi> sushi" reproduces the layer's look on the composite.
 
     a_i* = argmin_a E_eps || alpha_i · (x_target_i - D(x_target_i + eps, sigma, (a, c_i))) ||²      (eq. 1)

@@ -13,7 +13,8 @@ This is what ``hmedit learn`` and ``hmedit render`` call (:func:`install_tokens`
    paper), and a larger one is scaled down to fit.
 3. The cache key is a hash of the model, that crop, its alpha, the node's prompt and the learn settings
    (the guidance and negative prompt among them); a cached embedding is installed without training,
-   otherwise the token is learned (Collage Diffusion eq. 1, only its row trained, under the scene's
+   otherwise the token is learned (Collage Diffusion, Sarukkai et al., arXiv:2303.00262, eq. 1, only its
+   row trained, under the scene's
    classifier-free guidance: see :mod:`hmedit.conditioning.textual_inversion`) and cached in diffusers'
    format.
 

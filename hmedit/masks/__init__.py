@@ -1,5 +1,6 @@
-"""Masks: intrinsic masks rasterised from the scene (raster), the composition operators of paper 000
-(compose), per-level and per-step masks for the UNet (levels), and mask checks for validation (checks).
+"""Masks: intrinsic masks rasterised from the scene (raster), the composition operators (compose) of
+Hierarchical Mask Composition for High-Resolution Text-Guided Image Editing (Adhikari and Shrestha; no arXiv
+id), per-level and per-step masks for the UNet (levels), and mask checks for validation (checks).
 
 Pure torch, model-free and differentiable; nothing here imports diffusers.
 """

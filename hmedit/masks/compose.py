@@ -1,4 +1,5 @@
-"""Composition operators C: intrinsic masks M -> effective masks M~ (paper 000, §3, §4 and Table 3).
+"""Composition operators C: intrinsic masks M -> effective masks M~ (Hierarchical Mask Composition for
+High-Resolution Text-Guided Image Editing, Adhikari and Shrestha, no arXiv id: §3, §4 and Table 3).
 
 Inputs everywhere: intrinsic masks ``masks`` [K, ...] (node axis first, any spatial shape after it, index 0
 the root), ``parents`` (parents[k] is k's parent index, -1 for a root; parents precede their children, as

@@ -1,4 +1,5 @@
-"""Intrinsic masks m^k (paper 000, §3) rasterised at any resolution.
+"""Intrinsic masks m^k (Hierarchical Mask Composition for High-Resolution Text-Guided Image Editing,
+Adhikari and Shrestha, no arXiv id, §3) rasterised at any resolution.
 
 Shapes are given in fractions of the image (x, y, w, h with the origin top-left), so one scene renders at any
 size. Every function returns a float32 tensor [height, width] in 0..1 whose pixel values are the fraction of

@@ -86,7 +86,8 @@ class TextEmbeddings:
 class AddedConditioning:
     """SDXL's micro-conditioning: the root's pooled embeddings [B, P] and ``time_ids`` = original size +
     crop top-left + target size. Untiled: (H, W), (0, 0), (H, W), as diffusers. Tiled, each window is a crop
-    of the image: (H, W), its top-left and its size in pixels (as Mixture-of-Diffusers for SDXL does)."""
+    of the image: (H, W), its top-left and its size in pixels (as Mixture of Diffusers for SDXL does: Jiménez,
+    arXiv:2302.02412)."""
 
     def __init__(self, family, pooled: Tensor, size: tuple[int, int], scale: int) -> None:
         self.family, self.pooled, self.size, self.scale = family, pooled, tuple(size), scale

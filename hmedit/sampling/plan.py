@@ -127,9 +127,10 @@ def build_plan(
 
 
 def noise_levels(effective: Tensor, noise: Tensor, latent: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Collage Diffusion §4.4: the noise-level map Σ_k m̃ᵏ(x)·t_k (normalised where the masks do not sum to
-    one), at latent resolution and Gaussian-blurred at boundaries; and the pixel weight of the generated image
-    (1 where any acting node has noise > 0, 0 where the source pixels are pasted back)."""
+    """Collage Diffusion (Sarukkai et al., arXiv:2303.00262) §4.4: the noise-level map Σ_k m̃ᵏ(x)·t_k
+    (normalised where the masks do not sum to one), at latent resolution and Gaussian-blurred at boundaries;
+    and the pixel weight of the generated image (1 where any acting node has noise > 0, 0 where the source
+    pixels are pasted back)."""
     total = effective.sum(0)
     weights = effective / total.clamp(min=1e-6)
     weights = torch.where(

@@ -196,8 +196,10 @@ class AttentionWeights(_Spec):
 
 
 class Tiling(_Spec):
-    """Tiled sampling above the model's native size (MultiDiffusion / Mixture of Diffusers). Sizes are
-    latent pixels (image pixels / 8 on SD)."""
+    """Tiled sampling above the model's native size (MultiDiffusion: Fusing Diffusion Paths for Controlled
+    Image Generation, Bar-Tal et al., arXiv:2302.08113; Mixture of Diffusers for scene composition and high
+    resolution image generation, Jiménez, arXiv:2302.02412). Sizes are latent pixels (image pixels / 8 on
+    SD)."""
 
     enabled: bool = Field(True, description="false (or tiling: off): render any size whole, untiled.")
     force: bool = Field(False, description="Tile even at or below the native size (tiling: on).")
@@ -348,7 +350,8 @@ Levels = Annotated[
 
 
 class LearnSpec(_Spec):
-    """How a node's token is learned: the settings of its textual inversion (Collage Diffusion §4.3)."""
+    """How a node's token is learned: the settings of its textual inversion (Collage Diffusion, Sarukkai
+    et al., arXiv:2303.00262, §4.3)."""
 
     # Unset keys take the preset's ``learn:`` defaults (configs/).
 
