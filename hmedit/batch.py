@@ -395,17 +395,19 @@ def exit_code(results: Sequence[Result], interrupted: bool = False) -> int:
 # The console: progress bars and the summary table
 
 
-def progress_bar(console: Console) -> Progress:
-    """The progress display of hmedit's batch commands: transient, and silent when not on a terminal."""
+def progress_bar(console: Console, *extra, transient: bool = True) -> Progress:
+    """The one progress display of hmedit's commands: description, bar, n/m, ``extra`` columns (e.g. a loss),
+    elapsed time; transient unless told, and silent when not on a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *extra,
         TimeElapsedColumn(),
         console=console,
-        transient=True,
+        transient=transient,
         disable=not console.is_terminal,
     )
 

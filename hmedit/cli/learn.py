@@ -79,7 +79,11 @@ def learn_command(
     rows: list[Row] = []
     user_errors = internal = 0
     interrupted = False
-    progress = _progress(console)
+    from rich.progress import TextColumn
+
+    from hmedit.batch import progress_bar
+
+    progress = progress_bar(console, TextColumn("{task.fields[loss]}"), transient=False)  # a bar per node
     tasks: dict[tuple[str, str], int] = {}
     with progress:
         for file in files:
@@ -142,21 +146,6 @@ def learn_command(
         raise typer.Exit(130)
     if user_errors or internal:
         raise typer.Exit(2 if user_errors else 1)
-
-
-def _progress(console):
-    """One bar per node being learned, with its loss; silent when not on a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 _STYLE = {

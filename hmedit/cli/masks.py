@@ -108,8 +108,7 @@ def masks_command(
       [green]hmedit masks scenes/hybrid_edit.yaml --size 128x128[/]   at the toy model's native size
     """
     # Imported here so that `hmedit --help` stays fast.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+    from hmedit.batch import progress_bar
     from hmedit.cli.options import problem_line, stdout
     from hmedit.errors import HmeditError
     from hmedit.outputs.folder import check_writable
@@ -127,9 +126,8 @@ def masks_command(
     console = stdout()
     results: list[_Result] = []
     claimed: dict[Path, Path] = {}  # output folder -> the scene file that wrote it in this run
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     interrupted = False
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("masks", total=len(files))
         for file in files:
             progress.update(task, description=f"masks {file.name}")
