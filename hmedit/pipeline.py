@@ -32,6 +32,7 @@ from hmedit.sampling.denoise import (
 from hmedit.sampling.loop import sample, step_kwargs
 from hmedit.sampling.plan import Plan, build_plan
 from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
+from hmedit.scene.limits import check_render_size
 from hmedit.scene.presets import Preset
 from hmedit.scene.settings import Request
 from hmedit.scene.spec import Scene
@@ -87,6 +88,9 @@ class Settings:
         """The settings of ``request`` on ``model``: a size left to the model is its native size, and the
         tiling follows from the size (latent px, aligned to the UNet's coarsest level)."""
         w, h = request.size or (model.native_size, model.native_size)
+        # the memory plan, before anything is allocated (the size may come from --size or the model)
+        tiled_ok = scene.tiling is None or scene.tiling.enabled
+        check_render_size(w, h, len(scene.flat()), tiled=tiled_ok, field="size", file=scene.source)
         f = model.vae_scale_factor
         if w % f or h % f:
             raise HmeditError(

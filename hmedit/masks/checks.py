@@ -23,7 +23,7 @@ from hmedit.masks.raster import (
     rect,
     reference_size,
 )
-from hmedit.scene.assets import has_alpha, load_gray, load_rgba
+from hmedit.scene.assets import has_alpha, image_size, load_gray, load_rgba
 from hmedit.scene.spec import EllipseMask, ImageMask, Node, PolygonMask, RectMask, Scene
 
 __all__ = [
@@ -47,6 +47,11 @@ ASPECT_TOLERANCE = 0.01
 FALLBACK_REF_SIZE = (512, 512)
 """Reference size assumed for a scene with neither ``size`` nor ``init_image`` (the model decides)."""
 _EMPTY = 1e-6  # fraction of the image area below which a region counts as empty
+
+
+CHECK_SIDE = 1024
+"""Mask and layer images are decoded at most this many pixels a side for the checks (areas and overlaps at
+the check size need no more); the render decodes them whole."""
 
 
 def check_size(ref_size: tuple[int, int], long_side: int = CHECK_LONG_SIDE) -> tuple[int, int]:
@@ -83,9 +88,12 @@ def _node_region(
     ``gray`` is the node's mask image when the caller has already read it."""
     spec = node.mask
     if node.layer is not None:
-        alpha = load_rgba(node.layer)[..., 3]
-        _, _, bw, bh = layer_box((alpha.shape[1], alpha.shape[0]), node.at, node.scale, ref)
-        return layer_alpha(alpha, node.at, width, height, node.scale, ref), bw * bh * float(alpha.mean())
+        # checks need the shape, not every pixel: a large layer is decoded reduced, placed by its real size
+        full = image_size(node.layer)
+        alpha = load_rgba(node.layer, max_side=CHECK_SIDE)[..., 3]
+        _, _, bw, bh = layer_box(full, node.at, node.scale, ref)
+        placed = layer_alpha(alpha, node.at, width, height, node.scale, ref, layer_size=full)
+        return placed, bw * bh * float(alpha.mean())
     if isinstance(spec, RectMask):
         x, y, w, h = spec.rect
         return rect(x, y, w, h, width, height), w * h
@@ -95,7 +103,8 @@ def _node_region(
     if isinstance(spec, PolygonMask):
         return polygon(spec.polygon, width, height), _polygon_area(spec.polygon, width, height)
     if isinstance(spec, ImageMask):
-        m = from_image(load_gray(spec.image) if gray is None else gray, width, height, invert=spec.invert)
+        gray = load_gray(spec.image, max_side=CHECK_SIDE) if gray is None else gray
+        m = from_image(gray, width, height, invert=spec.invert)
         return m, float(m.mean())
     return torch.ones(height, width), 1.0
 
@@ -148,7 +157,8 @@ def check_masks(scene: Scene, ref_size: tuple[int, int] | None = None) -> Diagno
                     hint="save it as a PNG with transparency, or use a mask and put the image elsewhere",
                 )
                 continue
-            img = load_gray(node.mask.image) if isinstance(node.mask, ImageMask) else None
+            is_image = isinstance(node.mask, ImageMask)
+            img = load_gray(node.mask.image, max_side=CHECK_SIDE) if is_image else None
             if img is not None and known is not None:
                 img_aspect, aspect = img.shape[1] / img.shape[0], known[0] / known[1]
                 if abs(img_aspect / aspect - 1.0) > ASPECT_TOLERANCE:

@@ -10,7 +10,7 @@ from typing import Any
 
 from hmedit.errors import HmeditError
 from hmedit.scene.presets import Preset, load_preset
-from hmedit.scene.spec import Scene
+from hmedit.scene.spec import SCHEDULERS, SEED_MAX, Scene
 
 MAX_SIDE = 65536  # px: no render side above this, tiled or not (hmedit.scene.limits bounds the memory)
 
@@ -60,6 +60,36 @@ class Request:
         return out
 
 
+def _check_overrides(o: Overrides) -> None:
+    """The caller's values obey the scene's ranges (the API takes them unchecked by a command line)."""
+    import math
+
+    checks = [
+        (
+            "--seed",
+            o.seed,
+            o.seed is None or (isinstance(o.seed, int) and 0 <= o.seed <= SEED_MAX),
+            f"0..{SEED_MAX}",
+        ),
+        (
+            "--steps",
+            o.steps,
+            o.steps is None or (isinstance(o.steps, int) and 1 <= o.steps <= 1000),
+            "1..1000",
+        ),
+        (
+            "--guidance",
+            o.guidance,
+            o.guidance is None or (math.isfinite(float(o.guidance)) and 0 <= float(o.guidance) <= 100),
+            "0..100",
+        ),
+        ("--scheduler", o.scheduler, o.scheduler is None or o.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
+    ]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise HmeditError(f"{name} {value!r} is out of range", field=name, hint=f"use {allowed}")
+
+
 def pick_preset(scene: Scene, overrides: Overrides, family_preset: str) -> tuple[Preset, bool]:
     """The preset of a render and whether it was named (by ``--preset`` or the scene) rather than picked from
     the model's family (``family_preset``)."""
@@ -76,6 +106,7 @@ def requests(
     """One request per seed (``overrides.seed``, else the scene's seeds). ``image_size``: the scene's
     reference size (its ``size``, else its init image's), or None; a named preset's native size comes next,
     and otherwise the model's (None here)."""
+    _check_overrides(overrides)
     size = overrides.size or image_size or ((preset.native_size,) * 2 if named else None)
     if size is not None:
         w, h = int(size[0]), int(size[1])
