@@ -150,7 +150,7 @@ def suite_tiling(b) -> dict:
             _save(b, f"{name}-{label}", result.image)
             b.tick(f"tiling {name} {label}")
         if compare:
-            row["panorama"] = _panorama(pipe, sc, size, steps, seed, b, name)
+            row["panorama"] = _panorama(pipe, sc, size, steps, seed, b, name, s.guidance)
             row["speedup"] = round(row["panorama"]["seconds"] / row["hmedit"]["seconds"], 2)
         scenes[name] = row
     seams = [r["hmedit"]["seam"] for r in scenes.values()]
@@ -197,7 +197,7 @@ def tiling_scene_names(cfg) -> list[str]:
     return sorted(p.stem for p in SCENES_DIR.glob("*.yaml"))
 
 
-def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str) -> dict:
+def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str, guidance: float) -> dict:
     """diffusers' Panorama pipeline at its defaults on the scene's root prompt: seconds and seam score."""
     import torch
 
@@ -209,7 +209,7 @@ def _panorama(pipe, sc, size: int, steps: int, seed: int, b, name: str) -> dict:
             height=size,
             width=size,
             num_inference_steps=steps,
-            guidance_scale=float(sc.guidance),
+            guidance_scale=guidance,
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="np",
         ).images[0]
@@ -289,7 +289,8 @@ def suite_scale(b) -> dict:
 
     cfg, model = b.config, b.model
     steps, f = cfg.scale_steps, model.vae_scale_factor
-    pipe = _panorama_pipe(model)
+    # diffusers' Panorama pipeline is SD 1.x/2.x only: on other families hmedit runs alone
+    pipe = _panorama_pipe(model) if model.family.name in ("sd1", "sd2") else None
     sizes: dict[str, Any] = {}
     for size in cfg.scale_sizes:
         scene = Scene.model_validate(memory_scene(size, steps))
@@ -306,12 +307,21 @@ def suite_scale(b) -> dict:
         }
         _save(b, f"scale-{size}-hmedit", result.image, suite="scale")
         b.tick(f"scale {size} hmedit")
-        sizes[str(size)] = {"hmedit": hm, "panorama": _panorama_scale(pipe, scene, size, steps, f, model)}
+        if pipe is None:
+            sizes[str(size)] = {
+                "hmedit": hm,
+                "panorama": {"skipped": f"no Panorama pipeline for {model.family.label}"},
+            }
+            continue
+        sizes[str(size)] = {
+            "hmedit": hm,
+            "panorama": _panorama_scale(pipe, scene, size, steps, f, model, settings.guidance),
+        }
         b.tick(f"scale {size} panorama")
-    return {"steps": steps, "scheduler": "ddim", "sizes": sizes}
+    return {"steps": steps, "scheduler": settings.scheduler, "family": model.family.name, "sizes": sizes}
 
 
-def _panorama_scale(pipe, scene, size: int, steps: int, f: int, model) -> dict:
+def _panorama_scale(pipe, scene, size: int, steps: int, f: int, model, guidance: float) -> dict:
     """Panorama at its defaults: sampling (to latents) and decoding (its untiled VAE) measured apart; an
     out-of-memory failure is a figure, not an error."""
     import torch
@@ -324,7 +334,7 @@ def _panorama_scale(pipe, scene, size: int, steps: int, f: int, model) -> dict:
                 height=size,
                 width=size,
                 num_inference_steps=steps,
-                guidance_scale=float(scene.guidance),
+                guidance_scale=guidance,
                 generator=torch.Generator("cpu").manual_seed(0),
                 output_type="latent",
             ).images

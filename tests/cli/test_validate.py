@@ -22,7 +22,9 @@ def run(*args: str) -> int:
 @pytest.fixture(autouse=True)
 def no_mask_checks(monkeypatch):
     """These tests are about the CLI: keep the mask rasteriser (another module) out of them."""
-    monkeypatch.setattr("hmedit.scene.load._check_masks", lambda scene, diags: None)
+    from hmedit.errors import Diagnostics
+
+    monkeypatch.setattr("hmedit.masks.checks.check_masks", lambda scene: Diagnostics())
 
 
 def test_valid_scene_exits_0(write_scene, capsys):
@@ -90,7 +92,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, write_scene, capsys):
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hmedit.scene.validate", interrupted)
+    monkeypatch.setattr("hmedit.masks.checks.validate", interrupted)
     assert run("validate", str(write_scene(GOOD))) == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
 
@@ -99,7 +101,7 @@ def test_a_bug_is_one_line_without_debug(monkeypatch, write_scene, capsys):
     def broken(path):
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr("hmedit.scene.validate", broken)
+    monkeypatch.setattr("hmedit.masks.checks.validate", broken)
     assert run("validate", str(write_scene(GOOD))) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error: ZeroDivisionError: oops" in err and "--debug" in err

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from hmedit.errors import HmeditError
-from hmedit.scene import load_scene, validate
+from hmedit.masks.checks import validate  # what hmedit validate runs: the format, inputs and masks
+from hmedit.scene import load_scene
 from hmedit.scene.limits import check_render_size, limit
 from tests.hostile.helpers import MAX_RSS, assert_clean, run_child, run_cli, write
 

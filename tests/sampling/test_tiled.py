@@ -203,9 +203,9 @@ def test_tiled_edit_keeps_untouched_pixels(tiny_model, tmp_path, monkeypatch):
     # windows wholly held at the source are not denoised, and skipping them changes nothing (but float
     # rounding: the remaining windows batch differently)
     assert 0 < r.stats["windows_run"] < r.stats["windows_total"]
-    from hmedit.sampling import loop
+    from hmedit.sampling import denoise
 
-    monkeypatch.setattr(loop.Denoiser, "skip_held", False)
+    monkeypatch.setattr(denoise.Denoiser, "skip_held", False)
     assert max_diff(render(sc, m, s).image, r.image) <= 1
     monkeypatch.undo()
     keep = (r.plan.keep_alpha == 0).numpy()
@@ -234,14 +234,21 @@ def test_coarse_size_keeps_the_aspect_on_the_native_frame():
 
 
 def test_tiling_defaults_and_switches():
-    native = 16
-    assert resolve_tiling(None, (16, 16), native, 4) is None  # native size: untiled
-    auto = resolve_tiling(None, (128, 64), native, 4)
-    assert auto == TileSettings(tile=16, overlap=4)
-    assert resolve_tiling(Tiling(enabled=False), (128, 128), native, 4) is None  # off: whole, untiled
-    assert resolve_tiling(Tiling(force=True), (16, 16), native, 4) is not None
+    from hmedit.scene.presets import TilingDefaults
+
+    native, d = 16, TilingDefaults()
+    assert resolve_tiling(None, (16, 16), native, 4, d) is None  # native size: untiled
+    auto = resolve_tiling(None, (128, 64), native, 4, d)
+    assert auto == TileSettings(tile=16, overlap=4, batch=d.batch)
+    assert resolve_tiling(Tiling(enabled=False), (128, 128), native, 4, d) is None  # off: whole, untiled
+    assert resolve_tiling(Tiling(force=True), (16, 16), native, 4, d) is not None
     with pytest.raises(HmeditError, match="multiple of 4"):
-        resolve_tiling(Tiling(tile=18), (128, 128), native, 4)
+        resolve_tiling(Tiling(tile=18), (128, 128), native, 4, d)
+    # keys the scene leaves out come from the preset; the scene's own win
+    preset = TilingDefaults(tile=32, overlap=4, batch=3)
+    assert resolve_tiling(None, (128, 64), native, 4, preset) == TileSettings(tile=32, overlap=4, batch=3)
+    mine = resolve_tiling(Tiling(tile=24, batch=2), (128, 64), native, 4, preset)
+    assert (mine.tile, mine.overlap, mine.batch) == (24, 4, 2)
 
 
 def test_tiling_keys_validate(write_scene):

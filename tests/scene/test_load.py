@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -467,7 +465,8 @@ def test_validate_never_raises_for_a_missing_file(tmp_path):
 # Mask checks hook and scene discovery
 
 
-def test_mask_checks_run_when_available(write_scene, monkeypatch):
+def test_deeper_checks_run_in_validate_not_in_a_plain_load(write_scene):
+    """Checks of rooms above the scene (hmedit.masks.checks) are passed in; a plain load runs none."""
     calls: list[Scene] = []
 
     def check_masks(scene: Scene) -> Diagnostics:
@@ -476,11 +475,8 @@ def test_mask_checks_run_when_available(write_scene, monkeypatch):
         diags.warn("mask is empty", **scene.where("root.children[0].mask"))
         return diags
 
-    module = types.ModuleType("hmedit.masks.checks")
-    module.check_masks = check_masks  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hmedit.masks.checks", module)
     path = write_scene("root:\n  children:\n    - {id: a, mask: {rect: [0, 0, 1, 1]}}\n")
-    scene, diags = validate(path)
+    scene, diags = validate(path, checks=[check_masks])
     assert calls and scene is not None
     assert diags.warnings[0].format() == f"{path}:3:15: root.children[0].mask: mask is empty"
     calls.clear()
