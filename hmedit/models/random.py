@@ -21,7 +21,7 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
     larger text width) or SDXL-like (two text encoders, text-time added conditioning; see
     :func:`_tiny_sdxl`) components, keyed as the family's diffusers pipeline takes them."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     if family == "sdxl":
         return _tiny_sdxl(seed, sample_size)
@@ -52,7 +52,15 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
         use_linear_projection=sd2,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
+    vae = _tiny_vae(sample_size)
+    return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sd_scheduler(sd2))
+
+
+def _tiny_vae(sample_size: int, **config):
+    """The tiny VAE of the tiny models (factor 2); ``config``: SDXL's scaling factor and upcasting."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -62,8 +70,8 @@ def tiny_components(family: str = "sd1", seed: int = 0, sample_size: int = 32) -
         layers_per_block=1,
         norm_num_groups=32,
         sample_size=sample_size * 2,
+        **config,
     )
-    return dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sd_scheduler(sd2))
 
 
 def _clip_text(tok, projection: bool = False, **config):
@@ -103,7 +111,7 @@ def _tiny_sdxl(seed: int = 0, sample_size: int = 32) -> dict:
     projection 32), whose widths add up to the cross-attention width; SDXL's VAE scaling factor and SDXL
     base's Euler scheduler. The UNet's default output is 64x64 pixels when ``sample_size`` is 32."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     tok, tok_2 = sdxl_tokenizers()
@@ -128,19 +136,7 @@ def _tiny_sdxl(seed: int = 0, sample_size: int = 32) -> dict:
         cross_attention_dim=text.config.hidden_size + text_2.config.hidden_size,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=sample_size * 2,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = _tiny_vae(sample_size, scaling_factor=0.13025, force_upcast=True)
     return dict(
         vae=vae,
         text_encoder=text,
