@@ -346,6 +346,19 @@ def test_bench_scale_measures_both_tools(tmp_path, capsys):
     assert (out / "images" / "scale" / "scale-128-hmedit.png").exists()
 
 
+def test_bench_scale_runs_sdxl_alone(tmp_path, capsys):
+    """SDXL has no Panorama pipeline in diffusers: hmedit is measured alone, the family recorded."""
+    out = tmp_path / "bench"
+    assert (
+        run("bench", "scale", "--quick", "--model", "random:tiny-sdxl", "--out", out, "--device", "cpu") == 0
+    )
+    scale = json.loads((out / "bench.json").read_text())["suites"]["scale"]
+    assert scale["family"] == "sdxl" and scale["scheduler"] == "euler"  # the SDXL preset's sampler
+    row = scale["sizes"]["128"]
+    assert row["hmedit"]["windows_per_step"] > 1 and row["hmedit"]["s_per_step"] > 0
+    assert "no Panorama pipeline for SDXL" in row["panorama"]["skipped"]
+
+
 def test_bench_unknown_suite_is_a_user_error(tmp_path, capsys):
     assert run("bench", "speed", "--out", tmp_path) == 2
     assert "unknown suite 'speed'" in capsys.readouterr().err

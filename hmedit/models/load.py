@@ -188,17 +188,25 @@ def pick_device(device: str = "auto", dtype: str = "auto", preset=None):
     return dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-RANDOM_PRESETS = {"sd15": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+RANDOM_PRESETS = {
+    "sd15": "sd15",
+    "sd2": "sd21",
+    "sdxl": "sdxl",
+    "tiny": "sd15",
+    "tiny-sd2": "sd21",
+    "tiny-sdxl": "sdxl",
+}
 
 
 def default_preset(ref: ModelRef) -> str:
     """The preset of a model's family, found without loading it: the bundled model's own; a folder's from its
-    configs; a single file's from its tensor names (safetensors header only). Random tiny models and
-    unreadable configs get 'toy' / 'sd15' (the defaults then only miss, the render still loads the model)."""
+    configs; a single file's from its tensor names (safetensors header only); a random one's from its
+    architecture. An unreadable config gets 'sd15' (only the defaults can then miss; the render still
+    loads the model and checks it)."""
     if ref.source == "bundled":
         return ref.name
     if ref.source == "random":
-        return RANDOM_PRESETS.get(ref.name[len(RANDOM_PREFIX) :], "toy")
+        return RANDOM_PRESETS.get(ref.name[len(RANDOM_PREFIX) :], "sd15")
     if ref.path.is_dir():
         try:
             unet = json.loads((ref.path / "unet" / "config.json").read_text())
