@@ -39,12 +39,24 @@ FORMAT = "hmedit.render"
 FORMAT_VERSION = 1
 
 
+def feed(h, fd: int) -> int:
+    """Stream the open file ``fd`` into the hash ``h`` (1 MiB at a time); return the bytes read. The one loop
+    that hashes files: scene assets, outputs (``hmedit.outputs.folder``) and model weights use it."""
+    size = 0
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return size
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, as hex."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        feed(h, fd)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 

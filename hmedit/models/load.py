@@ -147,12 +147,16 @@ def model_hash(ref: ModelRef) -> str:
         known = {}
     if key in known:
         return known[key]
+    from hmedit.provenance import feed
+
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            feed(h, fd)
+        finally:
+            os.close(fd)
     digest = h.hexdigest()[:16]
     try:
         store.parent.mkdir(parents=True, exist_ok=True)

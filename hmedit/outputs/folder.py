@@ -464,11 +464,10 @@ def lock_folder(root: str | os.PathLike, *, wait: float = 0.0) -> FolderLock:
 
 
 def _digest(fd: int) -> tuple[int, str]:
+    from hmedit.provenance import feed
+
     h = hashlib.sha256()
-    size = 0
-    while chunk := os.read(fd, 1 << 20):
-        h.update(chunk)
-        size += len(chunk)
+    size = feed(h, fd)
     return size, h.hexdigest()
 
 
