@@ -239,3 +239,43 @@ def test_each_model_loads_once(model_dir, monkeypatch):
         with pytest.raises(HmeditError, match="cannot load"):
             models.get(broken, "cpu", "fp32")
     assert len(loads) == 3  # a failure is remembered, not retried per scene
+
+
+class Recorder(batch.Reporter):
+    """A reporter that keeps what the batch tells it, as data."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def problem(self, file, error, severity="error") -> None:
+        self.calls.append(("problem", file.name, error.problem, severity))
+
+    def internal(self, file, exc, traceback=None) -> None:
+        self.calls.append(("internal", file.name, repr(exc), traceback))
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_batch_reports_problems_as_data(tmp_path, monkeypatch, debug):
+    """The runner hands its reporter the file, the error and its severity; formatting is the console's."""
+
+    def fake_prepare(file, options, *, claimed=None, on_warning=None):
+        on_warning(HmeditError("an old key"))
+        if file.name == "a.yaml":
+            raise HmeditError("bad width", file=file, line=3)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(batch, "prepare", fake_prepare)
+    rec = Recorder()
+    runner = batch.Batch(Options(out=tmp_path / "out", device="cpu", dtype="fp32"), rec, debug=debug)
+    a, b = runner.run([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert (a.status, a.internal, a.warnings, a.error) == (FAILED, False, 1, "bad width")
+    assert (b.status, b.internal, b.error) == (FAILED, True, "internal error: RuntimeError")
+    assert rec.calls[:4] == [
+        ("problem", "a.yaml", "an old key", "warning"),
+        ("problem", "a.yaml", "bad width", "error"),
+        ("problem", "b.yaml", "an old key", "warning"),
+        ("internal", "b.yaml", "RuntimeError('stop here')", rec.calls[3][3]),
+    ]
+    trace = rec.calls[3][3]
+    assert trace is None if not debug else trace.startswith("Traceback") and "stop here" in trace
+    assert exit_code([a, b]) == 2 and exit_code([b]) == 1

@@ -25,7 +25,7 @@ from hmedit.errors import HmeditError
 
 # Commands in the order `hmedit --help` lists them; modules not named here come after, alphabetically.
 _ORDER = ("render", "learn", "batch", "validate", "masks", "check", "bench", "schema")
-_NOT_COMMANDS = frozenset({"app", "options"})
+_NOT_COMMANDS = frozenset({"app", "options", "report"})
 
 _state = {"debug": False, "terminated": False}
 

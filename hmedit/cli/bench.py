@@ -100,8 +100,8 @@ def bench_command(
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
 
     from hmedit import bench
-    from hmedit.batch import progress_bar, wide
     from hmedit.cli.options import stdout
+    from hmedit.cli.report import progress_bar, wide
     from hmedit.models.load import load
 
     names = bench.check_suites(suites)
@@ -226,7 +226,9 @@ def _gib(x: float | None) -> str:
 def _scale_table(f: dict):
     from rich.table import Table
 
-    t = Table(title=f"scale: {f['steps']} DDIM steps, at each tool's defaults", title_justify="left")
+    sampler = str(f.get("scheduler", "ddim")).upper()
+    title = f"scale: {f['steps']} {sampler} steps, {f.get('family', 'sd1')}, at each tool's defaults"
+    t = Table(title=title, title_justify="left")
     for col in ("size", "tool", "s/step", "decode s", "peak GiB (sampling / decoding)"):
         t.add_column(col, justify="left" if col in ("size", "tool") else "right")
     for size, row in f["sizes"].items():
@@ -234,6 +236,9 @@ def _scale_table(f: dict):
         t.add_row(
             f"{size}x{size}", "hmedit", f"{h['s_per_step']:.2f}", f"{h['decode_s']:.1f}", _gib(h["peak_gib"])
         )
+        if "skipped" in p:
+            t.add_row("", "Panorama", p["skipped"], "", "")
+            continue
         if "failed" in p and "s_per_step" not in p:
             t.add_row("", "Panorama", p["failed"], "", "")
             continue

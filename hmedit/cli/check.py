@@ -76,11 +76,12 @@ def check_command(
     import shutil
     import tempfile
 
-    from hmedit.batch import OK, Batch, ConsoleReporter, print_summary
+    from hmedit.batch import OK, Batch
     from hmedit.batch import exit_code as batch_exit_code
     from hmedit.check import DEFAULT_TOLERANCE, Comparison, compare_scene, exit_code, update_scene
     from hmedit.cli.options import stdout
     from hmedit.cli.render import options_from, scene_files
+    from hmedit.cli.report import ConsoleReporter, print_summary
     from hmedit.errors import HmeditError
 
     files = scene_files(paths)
@@ -141,7 +142,7 @@ def _table(console, comparisons, metric: str, tol: float) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from hmedit.batch import wide
+    from hmedit.cli.report import wide
 
     unit = " dB" if metric == "psnr" else ""
     table = Table(show_edge=False, pad_edge=False)

@@ -62,9 +62,10 @@ def learn_command(
 
       [green]hmedit learn scenes/ --model ./my-sd15 --export tokens/[/]
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
-    from hmedit.batch import Options, _error_line, prepare
+    from hmedit.batch import Options, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
+    from hmedit.cli.report import error_line, internal_line, progress_bar
     from hmedit.conditioning.textual_inversion import export_diffusers, widths
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
     from hmedit.errors import HmeditError
@@ -81,8 +82,6 @@ def learn_command(
     interrupted = False
     from rich.progress import TextColumn
 
-    from hmedit.batch import progress_bar
-
     progress = progress_bar(console, TextColumn("{task.fields[loss]}"), transient=False)  # a bar per node
     tasks: dict[tuple[str, str], int] = {}
     with progress:
@@ -98,7 +97,7 @@ def learn_command(
                 job = prepare(
                     file,
                     options,
-                    on_warning=lambda w, f=file: progress.console.print(_error_line(w, f, "warning")),
+                    on_warning=lambda w, f=file: progress.console.print(error_line(w, f, "warning")),
                 )
                 if not needs_tokens(job.scene):
                     rows.append(Row(file, status="nothing to learn"))
@@ -124,7 +123,7 @@ def learn_command(
                 interrupted = True
                 break
             except HmeditError as err:
-                progress.console.print(_error_line(err, file))
+                progress.console.print(error_line(err, file))
                 rows.append(Row(file, status="failed"))
                 user_errors += 1
             except Exception as exc:  # a bug in one scene must not stop the others
@@ -132,13 +131,7 @@ def learn_command(
                     import traceback
 
                     progress.console.print(traceback.format_exc().rstrip(), markup=False)
-                message = str(exc).splitlines()[0] if str(exc) else ""
-                progress.console.print(
-                    f"error: {file}: internal error: {type(exc).__name__}: {message} "
-                    "(run again with --debug for the traceback, and please report it)",
-                    markup=False,
-                    highlight=False,
-                )
+                progress.console.print(internal_line(exc, file), markup=False, highlight=False)
                 rows.append(Row(file, status="failed"))
                 internal += 1
     print_rows(console, rows)
@@ -163,7 +156,7 @@ def print_rows(console, rows: list[Row]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from hmedit.batch import wide
+    from hmedit.cli.report import wide
 
     table = Table(show_edge=False, pad_edge=False)
     for name in ("scene", "node", "token", "status", "loss", "time", "file"):

@@ -108,8 +108,8 @@ def masks_command(
       [green]hmedit masks scenes/hybrid_edit.yaml --size 128x128[/]   at the toy model's native size
     """
     # Imported here so that `hmedit --help` stays fast.
-    from hmedit.batch import progress_bar
     from hmedit.cli.options import problem_line, stdout
+    from hmedit.cli.report import progress_bar
     from hmedit.errors import HmeditError
     from hmedit.outputs.folder import check_writable
     from hmedit.scene import find_scenes

@@ -123,8 +123,8 @@ def models_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from hmedit.batch import wide
     from hmedit.cli.options import stdout
+    from hmedit.cli.report import wide
 
     table = Table(show_edge=False, pad_edge=False)
     for name in ("name", "source", "present", "size", "hash", "folder"):

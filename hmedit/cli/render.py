@@ -116,7 +116,7 @@ def render_command(
 
     A failing scene is reported in one line and the others go on.
 
-    Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C, and a rerun resumes.
+    Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C and 143 on SIGTERM (the summary is printed first), and a rerun resumes.
 
     [bold]Examples[/]
 
@@ -126,8 +126,9 @@ def render_command(
 
       [green]hmedit render scenes/ --model ./my-sd15 --size 512x512 -o out/sd15[/]
     """
-    from hmedit.batch import Batch, ConsoleReporter, exit_code, print_summary
+    from hmedit.batch import Batch, exit_code
     from hmedit.cli.options import stdout
+    from hmedit.cli.report import ConsoleReporter, print_summary
 
     options = options_from(
         out=out,
