@@ -495,9 +495,11 @@ def _score_regions(image: np.ndarray, masks: dict[str, np.ndarray], colours: dic
     """Per region: the fraction of its own colour, the largest fraction of another region's, match, bleed."""
     out = {}
     for rid, colour in colours.items():
-        own = metrics.region_colour_fraction(image, masks[rid], colour)
+        own = metrics.region_colour_fraction(image, masks[rid], colour, palette=PALETTE)
         others = {
-            c: metrics.region_colour_fraction(image, masks[rid], c) for r, c in colours.items() if r != rid
+            c: metrics.region_colour_fraction(image, masks[rid], c, palette=PALETTE)
+            for r, c in colours.items()
+            if r != rid
         }
         other = max(others.values(), default=0.0)
         out[rid] = {
@@ -564,8 +566,8 @@ def suite_hierarchy(b: Bench) -> dict:
             c1, c2 = colour_of(sc.node("parent").prompt), colour_of(sc.node("child").prompt)
             case.update(background=colour_of(sc.root.prompt), square=c1, circle=c2)
             image = b.render(raw, suite="hierarchy", label=f"{seed}-{scheme}")
-            fc = metrics.region_colour_fraction(image, child, c2)
-            fr = metrics.region_colour_fraction(image, ring, c1)
+            fc = metrics.region_colour_fraction(image, child, c2, palette=PALETTE)
+            fr = metrics.region_colour_fraction(image, ring, c1, palette=PALETTE)
             ok_c, ok_r = fc >= cfg.threshold, fr >= cfg.threshold
             case["schemes"][scheme] = {"child_fraction": round(fc, 4), "ring_fraction": round(fr, 4)}
             flags[scheme]["child"].append(ok_c)
@@ -612,9 +614,13 @@ def suite_locality(b: Bench) -> dict:
                     "from": old,
                     "to": colour,
                     **{k: round(v, 4) for k, v in change.items()},
-                    "new_colour": metrics.region_match(after, mask, colour, cfg.threshold),
-                    "new_fraction": round(metrics.region_colour_fraction(after, mask, colour), 4),
-                    "old_fraction": round(metrics.region_colour_fraction(after, mask, old), 4),
+                    "new_colour": metrics.region_match(after, mask, colour, cfg.threshold, palette=PALETTE),
+                    "new_fraction": round(
+                        metrics.region_colour_fraction(after, mask, colour, palette=PALETTE), 4
+                    ),
+                    "old_fraction": round(
+                        metrics.region_colour_fraction(after, mask, old, palette=PALETTE), 4
+                    ),
                 }
             )
     outside = float(np.mean([c["outside_mean"] for c in cases]))

@@ -2,18 +2,19 @@
 locality of an edit and the visibility of tile seams.
 
 Pure numpy on uint8 images [H, W, 3]; masks are [H, W], boolean or float in 0..1 (a float mask counts a pixel
-as inside where it is > 0.5). Colours are names of the toy world's palette (``hmedit.toy.world.COLOURS``);
-a pixel "is" the palette colour nearest to it.
+as inside where it is > 0.5). Model-free and world-free: a colour is a name in the ``palette`` the caller
+passes (colour name -> RGB, e.g. the toy world's ``hmedit.toy.world.PALETTE``); a pixel "is" the palette
+colour nearest to it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hmedit.toy import world
+Palette = Mapping[str, Sequence[float]]  # colour name -> RGB in 0..255
 
 INSIDE = 0.5  # a float mask's pixel is inside the region where its value is above this
 
@@ -43,26 +44,37 @@ def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"image {image.shape[:2]} and mask {np.shape(mask)} differ in size")
 
 
-def colour_index(colour: str) -> int:
-    if colour not in world.PALETTE:
-        raise ValueError(f"unknown colour {colour!r}; the palette has {', '.join(world.COLOURS)}")
-    return world.COLOURS.index(colour)
+def colour_index(colour: str, palette: Palette) -> int:
+    """The position of ``colour`` in ``palette`` (its order); a ValueError names the palette's colours."""
+    names = list(palette)
+    if colour not in palette:
+        raise ValueError(f"unknown colour {colour!r}; the palette has {', '.join(names)}")
+    return names.index(colour)
 
 
-def region_colour_fraction(image: np.ndarray, mask: np.ndarray, colour: str) -> float:
-    """The fraction of the mask's pixels whose nearest palette colour is ``colour`` (0 if it is empty)."""
+def nearest_colour(pixels: np.ndarray, palette: Palette) -> np.ndarray:
+    """Per pixel of ``pixels`` [..., 3], the index (in ``palette``'s order) of the nearest palette colour."""
+    pal = np.asarray(list(palette.values()), np.float32)
+    d = ((np.asarray(pixels)[..., None, :].astype(np.float32) - pal) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def region_colour_fraction(image: np.ndarray, mask: np.ndarray, colour: str, *, palette: Palette) -> float:
+    """The fraction of the mask's pixels whose nearest ``palette`` colour is ``colour`` (0 if it is empty)."""
     image = np.asarray(image)
     _check_pair(image, mask)
     m = inside(mask)
     if not m.any():
         return 0.0
-    idx = world.nearest_palette(image[m])
-    return float(np.mean(idx == colour_index(colour)))
+    idx = nearest_colour(image[m], palette)
+    return float(np.mean(idx == colour_index(colour, palette)))
 
 
-def region_match(image: np.ndarray, mask: np.ndarray, colour: str, threshold: float = 0.3) -> bool:
-    """Whether at least ``threshold`` of the region shows ``colour``."""
-    return region_colour_fraction(image, mask, colour) >= threshold
+def region_match(
+    image: np.ndarray, mask: np.ndarray, colour: str, threshold: float = 0.3, *, palette: Palette
+) -> bool:
+    """Whether at least ``threshold`` of the region shows ``colour`` (nearest colour in ``palette``)."""
+    return region_colour_fraction(image, mask, colour, palette=palette) >= threshold
 
 
 def mean_colour_error(image: np.ndarray, mask: np.ndarray, rgb: Sequence[float]) -> float:

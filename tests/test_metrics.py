@@ -22,11 +22,13 @@ def test_region_colour_fraction_counts_nearest_palette_colour_inside_the_mask_on
     img[:, :8] = PALETTE["red"]  # a quarter of the image is red
     img[:, 8:12] = (200, 50, 45)  # near red, not exactly it
     full = np.ones((32, 32), bool)
-    assert metrics.region_colour_fraction(img, full, "red") == pytest.approx(12 / 32)
-    assert metrics.region_colour_fraction(img, full, "blue") == pytest.approx(20 / 32)
-    assert metrics.region_colour_fraction(img, box(32, 32, 0, 32, 0, 16), "red") == pytest.approx(12 / 16)
-    assert metrics.region_colour_fraction(img, box(32, 32, 0, 32, 16, 32), "red") == 0.0
-    assert metrics.region_colour_fraction(img, np.zeros((32, 32), bool), "red") == 0.0
+    assert metrics.region_colour_fraction(img, full, "red", palette=PALETTE) == pytest.approx(12 / 32)
+    assert metrics.region_colour_fraction(img, full, "blue", palette=PALETTE) == pytest.approx(20 / 32)
+    assert metrics.region_colour_fraction(
+        img, box(32, 32, 0, 32, 0, 16), "red", palette=PALETTE
+    ) == pytest.approx(12 / 16)
+    assert metrics.region_colour_fraction(img, box(32, 32, 0, 32, 16, 32), "red", palette=PALETTE) == 0.0
+    assert metrics.region_colour_fraction(img, np.zeros((32, 32), bool), "red", palette=PALETTE) == 0.0
 
 
 def test_float_masks_count_pixels_above_one_half():
@@ -35,23 +37,47 @@ def test_float_masks_count_pixels_above_one_half():
     soft = np.zeros((32, 32), np.float32)
     soft[:, 12:20] = 0.6  # 4 green columns, 4 yellow ones
     soft[:, 20:] = 0.5  # not inside: exactly one half
-    assert metrics.region_colour_fraction(img, soft, "yellow") == pytest.approx(0.5)
+    assert metrics.region_colour_fraction(img, soft, "yellow", palette=PALETTE) == pytest.approx(0.5)
 
 
 def test_region_match_threshold():
     img = canvas("white")
     img[:10] = PALETTE["black"]  # 10 of 32 rows
     full = np.ones((32, 32), bool)
-    assert metrics.region_match(img, full, "black")  # 0.3125 >= 0.3
-    assert not metrics.region_match(img, full, "black", threshold=0.35)
-    assert not metrics.region_match(img, full, "red")
+    assert metrics.region_match(img, full, "black", palette=PALETTE)  # 0.3125 >= 0.3
+    assert not metrics.region_match(img, full, "black", threshold=0.35, palette=PALETTE)
+    assert not metrics.region_match(img, full, "red", palette=PALETTE)
+
+
+def test_colours_are_those_of_the_palette_passed_in():
+    """metrics knows no world: the caller's palette names the colours, in its own order."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, :1] = (250, 0, 0)
+    img[:, 1:] = (10, 10, 10)
+    full = np.ones((4, 4), bool)
+    palette = {"dark": (0, 0, 0), "scarlet": (255, 0, 0)}
+    assert metrics.region_colour_fraction(img, full, "scarlet", palette=palette) == pytest.approx(0.25)
+    assert metrics.region_match(img, full, "dark", 0.7, palette=palette)
+    assert metrics.colour_index("scarlet", palette) == 1
+    assert metrics.nearest_colour(img[0], palette).tolist() == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="the palette has dark, scarlet"):
+        metrics.region_colour_fraction(img, full, "red", palette=palette)
+
+
+def test_metrics_import_no_world():
+    import subprocess
+    import sys
+
+    code = "import sys, hmedit.metrics; print(sorted(m for m in sys.modules if m.startswith('hmedit.toy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="unknown colour"):
-        metrics.region_colour_fraction(canvas("red"), np.ones((32, 32), bool), "mauve")
+        metrics.region_colour_fraction(canvas("red"), np.ones((32, 32), bool), "mauve", palette=PALETTE)
     with pytest.raises(ValueError, match="differ"):
-        metrics.region_colour_fraction(canvas("red"), np.ones((16, 32), bool), "red")
+        metrics.region_colour_fraction(canvas("red"), np.ones((16, 32), bool), "red", palette=PALETTE)
 
 
 def test_dilate_is_a_disk():

@@ -259,6 +259,6 @@ def sample(seed: int, size: int = SIZE) -> WorldImage:
 
 def nearest_palette(image: np.ndarray) -> np.ndarray:
     """Index into COLOURS of the nearest palette colour per pixel ; image [..., 3] uint8."""
-    pal = np.asarray([PALETTE[c] for c in COLOURS], np.float32)
-    d = ((image[..., None, :].astype(np.float32) - pal) ** 2).sum(-1)
-    return d.argmin(-1)
+    from hmedit.metrics import nearest_colour
+
+    return nearest_colour(image, PALETTE)
