@@ -51,16 +51,23 @@ def load_scene(
 
 
 def load_model(
-    ref: str = "toy", *, device: str = "auto", dtype: str = "auto", cache: ModelCache | None = None
+    ref: str = "toy",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    config: str | None = None,
+    cache: ModelCache | None = None,
 ) -> Model:
     """A model by name ('toy', a diffusers folder, a hub id in the local cache, a .safetensors file, or
-    'random:sd15' / 'random:sdxl' ...), loaded once per process and device/dtype and then reused."""
+    'random:sd15' / 'random:sdxl' ...), loaded once per process and device/dtype and then reused.
+    ``config``: for a single-file checkpoint offline, a local diffusers folder of the same family whose
+    configs give the architecture."""
     from hmedit.models.load import default_preset, pick_device, resolve
     from hmedit.scene.presets import load_preset
 
     model_ref = resolve(ref)
     dev, dt = pick_device(device, dtype, load_preset(default_preset(model_ref)))
-    return (cache or default_models).get(model_ref, str(dev), str(dt).replace("torch.", ""))[0]
+    return (cache or default_models).get(model_ref, str(dev), str(dt).replace("torch.", ""), config)[0]
 
 
 def plan(

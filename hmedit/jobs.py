@@ -139,8 +139,11 @@ class ModelCache:
     def __init__(self) -> None:
         self._loaded: dict[tuple, Model | HmeditError] = {}
 
-    def get(self, ref: ModelRef, device: str = "auto", dtype: str = "auto") -> tuple[Model, float]:
-        """The model and the seconds spent loading it now (0 when it was loaded before)."""
+    def get(
+        self, ref: ModelRef, device: str = "auto", dtype: str = "auto", config: str | None = None
+    ) -> tuple[Model, float]:
+        """The model and the seconds spent loading it now (0 when it was loaded before). ``config``: a local
+        diffusers folder of the same family, for a single-file checkpoint loaded offline."""
         from hmedit.models.load import load
 
         dtype = DTYPE_NAMES.get(dtype, dtype)
@@ -148,7 +151,7 @@ class ModelCache:
         if key not in self._loaded:
             start = time.perf_counter()
             try:
-                self._loaded[key] = load(ref, device=device, dtype=dtype)
+                self._loaded[key] = load(ref, device=device, dtype=dtype, config=config)
             except HmeditError as err:
                 self._loaded[key] = err
                 raise

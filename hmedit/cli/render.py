@@ -125,7 +125,7 @@ def render_command(
       [green]hmedit render scenes/nested_rings.yaml --seed 3 --steps 20[/]
 
       [green]hmedit render scenes/ --model ./my-sd15 --size 512x512 -o out/sd15[/]
-    """
+    """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
     from hmedit.batch import Batch, exit_code
     from hmedit.cli.options import stdout
     from hmedit.cli.report import ConsoleReporter, print_summary

@@ -424,8 +424,9 @@ def _load_single_file(ref: ModelRef, dt, config: str | None) -> tuple[dict, dict
     except Exception as e:  # noqa: BLE001
         raise HmeditError(
             f"cannot build the {kind} architecture for {ref.path} offline: {str(e).splitlines()[0]}",
-            hint="pass the architecture as a local diffusers folder of the same family (--config DIR, or "
-            "`config:` next to `model:` in the scene), or put its config in the local Hugging Face cache",
+            hint="load it with a local diffusers folder of the same family as its architecture "
+            "(hmedit.load_model(path, config=DIR)), put that family's config in the local Hugging Face "
+            "cache, or convert the file to a diffusers folder",
         ) from None
     names = ["vae", "unet"] + [p for pair in fam.text_components for p in pair]
     comps = {k: getattr(pipe, k) for k in names}
