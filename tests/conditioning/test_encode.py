@@ -27,9 +27,7 @@ def test_node_words_equal_their_positions_in_a_padded_encoding(tiny_model):
 
 def test_owners_ranges_and_branch_padding(tiny_model):
     m = tiny_model("sd1")
-    c = encode_scene(
-        m.family.text(m), ["a red circle", "a blue square", "", "green"], ["", "", "a star", ""]
-    )
+    c = encode_scene(m.family.text(m), ["a red circle", "a blue square", "", "green"], ["", "", "a star", ""])
     assert len(c.cond) == 77 + 4 + 2 and c.ranges == {1: (77, 81), 3: (81, 83)}
     assert (
         c.cond.owner[:77].eq(-1).all() and c.cond.owner[77:81].eq(1).all() and c.cond.owner[81:].eq(3).all()
