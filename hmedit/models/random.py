@@ -229,19 +229,20 @@ _SD_VAE = dict(
     act_fn="silu",
     scaling_factor=0.18215,
 )
+_CLIP_VIT_L = dict(  # CLIP ViT-L/14's text tower (SD 1.x; SDXL's first encoder)
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
 SD_ARCHITECTURES: dict[str, dict] = {
     "sd15": dict(
         unet=dict(_SD_UNET, sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(_SD_VAE, sample_size=512),
         # CLIP ViT-L/14's text tower
-        text=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-        ),
+        text=_CLIP_VIT_L,
         prediction_type="epsilon",
     ),
     "sd2": dict(
@@ -282,14 +283,7 @@ SD_ARCHITECTURES: dict[str, dict] = {
         ),
         vae=dict(_SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         # CLIP ViT-L/14's text tower (its penultimate layer feeds the UNet, so all 12 are kept)
-        text=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-        ),
+        text=_CLIP_VIT_L,
         # OpenCLIP ViT-bigG/14's text tower with its projection (the pooled embedding)
         text_2=dict(
             hidden_size=1280,
