@@ -217,7 +217,7 @@ def test_each_model_loads_once(model_dir, monkeypatch):
 
     loads = []
 
-    def fake_load(ref, *, device, dtype):
+    def fake_load(ref, *, device, dtype, config=None):
         loads.append((ref.path, device, dtype))
         if "broken" in ref.name:
             raise HmeditError("cannot load")
