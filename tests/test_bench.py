@@ -329,6 +329,7 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     assert again["suites"]["locality"]["finished"] >= doc["suites"]["locality"]["finished"]
 
 
+@pytest.mark.slow
 def test_bench_scale_measures_both_tools(tmp_path, capsys):
     out = tmp_path / "bench"
     assert run("bench", "scale", "--quick", "--model", "random:tiny", "--out", out, "--device", "cpu") == 0
@@ -346,6 +347,7 @@ def test_bench_scale_measures_both_tools(tmp_path, capsys):
     assert (out / "images" / "scale" / "scale-128-hmedit.png").exists()
 
 
+@pytest.mark.slow
 def test_bench_scale_runs_sdxl_alone(tmp_path, capsys):
     """SDXL has no Panorama pipeline in diffusers: hmedit is measured alone, the family recorded."""
     out = tmp_path / "bench"
@@ -382,6 +384,7 @@ def test_the_toy_world_scores_above_one_on_latent_grid_lines_without_any_tiling(
     assert ref["seam_on_latent_grid"] > 1.2 and ref["seam_on_latent_grid"] > ref["seam_off_grid"] + 0.15
 
 
+@pytest.mark.slow
 def test_the_bundled_vae_draws_textures_best_in_step_with_its_latent_grid(toy_model):
     """Why the world's lattice shows in renders: its VAE reconstructs textured pictures markedly better when
     their textures sit on the latent grid than half a latent pixel off it."""

@@ -89,6 +89,7 @@ def run(*args) -> int:
     return info.value.code
 
 
+@pytest.mark.slow
 def test_update_then_check_then_regression(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HMEDIT_CACHE", str(tmp_path / "cache"))
     scene = tmp_path / "disc.yaml"

@@ -87,6 +87,7 @@ def test_recording_gives_the_same_output_as_sdpa(attn):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_install_restores_original_processors(tiny_model):
     unet = tiny_model("sd1").unet
     before = unet.attn_processors

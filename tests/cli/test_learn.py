@@ -41,6 +41,7 @@ def scene(learn_scene):
     return learn_scene(LEARN, name="teal.yaml")
 
 
+@pytest.mark.slow
 def test_learn_caches_and_exports(scene, tiny, tmp_path, trainings, capsys):
     cache = tmp_path / "tokens"
     assert run("learn", scene, "--model", tiny, "--cache-dir", cache, "--device", "cpu") == 0
@@ -119,6 +120,7 @@ def test_embedding_file_renders_and_is_part_of_the_up_to_date_key(tmp_path, tiny
     assert "1 token: 0 learned, 0 cached, 1 loaded" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(tmp_path, scene, tiny, capsys):
     inv.export_diffusers(tmp_path / "wide.safetensors", "<w>", torch.zeros(1024))
     wide = write(
@@ -159,6 +161,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, scene, tiny, capsys):
         assert "file not found: no.pt" in by_file["missing"]
 
 
+@pytest.mark.slow
 def test_a_tiled_render_learns_at_native_size(tmp_path, tiny, trainings, learn_scene):
     """A render above the model's native size is tiled; the token is still learned on a native-size crop."""
     scene = learn_scene(

@@ -107,6 +107,7 @@ def test_a_bug_is_one_line_without_debug(monkeypatch, write_scene, capsys):
     assert "Traceback" not in err and "internal error: ZeroDivisionError: oops" in err and "--debug" in err
 
 
+@pytest.mark.slow
 def test_console_script_end_to_end(write_scene):
     """The real process: exit codes and no traceback (also checks `python -m`-free startup)."""
     bad = write_scene(BAD, "bad.yaml")

@@ -116,6 +116,7 @@ def test_a_wide_frame_gives_a_window_of_its_height_resized_to_multiples(learn_sc
     assert image.shape == (1, 3, 16, 32) and alpha.shape == (16, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     fresh, tiny_model_dir, family, tmp_path, learn_scene, trainings
@@ -166,6 +167,7 @@ def test_learn_then_cache_hit_then_export_to_plain_diffusers(
     assert torch.equal(row, tok.vector)
 
 
+@pytest.mark.slow
 def test_other_nodes_and_settings_change_the_key(fresh, tmp_path, learn_scene):
     path = learn_scene()
     m = fresh()
@@ -248,6 +250,7 @@ def test_bad_inputs_are_one_line_errors_at_the_field(fresh, tmp_path, learn_scen
     assert "root.children[0].layer" in e.value.format()
 
 
+@pytest.mark.slow
 def test_another_scenes_tokens_leave_a_render_byte_identical(fresh, tmp_path, learn_scene):
     """Tokens of one scene stay in the loaded model; a scene without them renders exactly as before."""
     from hmedit.pipeline import Settings, render

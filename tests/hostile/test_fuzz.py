@@ -127,6 +127,7 @@ def mutated_text(draw) -> str:
     return text
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=mutated_text())
 def test_fuzz_yaml_text(workdir, text):
@@ -232,6 +233,7 @@ def mutated_structure(draw):
     return data
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=mutated_structure())
 def test_fuzz_scene_structure(workdir, data):

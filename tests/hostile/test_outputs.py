@@ -186,6 +186,7 @@ def test_read_only_output_folder_in_a_child(scene, tmp_path):
     assert proc.returncode == 2 and len(error_lines(err)) == 1
 
 
+@pytest.mark.slow
 def test_every_output_has_one_mode(scene, tmp_path):
     proc = child("masks", scene, "-o", tmp_path / "out")
     out, err = proc.communicate(timeout=60)
@@ -363,6 +364,7 @@ def test_a_record_that_links_to_dev_zero_is_not_read(tmp_path):
     assert time.perf_counter() - start < 2
 
 
+@pytest.mark.slow
 def test_render_records_sizes_and_hashes_and_the_check_verifies_them(scene, tmp_path):
     """One real render (toy, 64x64, 2 steps); the up-to-date check then runs in this process."""
     from hmedit import batch
@@ -408,6 +410,7 @@ def test_stale_temporary_files_of_dead_processes_go_when_the_folder_is_locked(tm
     assert F.remove_stale_temp(root, pids=[alive]) == [root / f".image.png.{alive}.tmp"]
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(scene, tmp_path):
     out = tmp_path / "out"
     heavy = scene.read_text().replace("steps: 2", "steps: 400")

@@ -363,6 +363,7 @@ def test_reduced_decode_keeps_the_full_size(tmp_path):
 # The bombs again, through the CLI, in one child process: bounded memory and time, one line each
 
 
+@pytest.mark.slow
 def test_bombs_in_a_child_process_stay_small(tmp_path):
     png_header(tmp_path / "layer.png", 13000, 13000)  # as a 685 KB file: 7.3 GiB and 59 s in validate before
     png_header(tmp_path / "huge.png", 20000, 20000, color_type=2)  # was a DecompressionBombError

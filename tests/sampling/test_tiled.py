@@ -63,6 +63,7 @@ def panorama(model, prompt, *, height, width, steps, guidance, seed, window, str
     return (out[0] * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_uniform_tiling_without_offsets_equals_diffusers_panorama(tiny_model, family):
     m = tiny_model(family)
@@ -90,6 +91,7 @@ def test_uniform_tiling_without_offsets_equals_diffusers_panorama(tiny_model, fa
     assert max_diff(ours, ref) <= 2
 
 
+@pytest.mark.slow
 def test_bundled_model_tiled_equals_panorama(toy_model):
     """Acceptance: on the bundled model, uniform weights, no offsets, Panorama's window and stride."""
     sc = scene(

@@ -38,6 +38,7 @@ def test_caption_names_every_object_and_masks_match_pixels(seed):
     assert s.outlined == s.caption.endswith(world.STYLE_WORD)
 
 
+@pytest.mark.slow
 def test_all_shapes_textures_and_colours_occur():
     samples = [world.sample(i) for i in range(300)]
     objs = [o for s in samples for o in s.objects]
