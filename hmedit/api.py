@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hmedit.jobs import DTYPE_NAMES, Job, ModelCache, Render, default_models, plan_job, run_job
+from hmedit.jobs import Job, ModelCache, Render, default_models, plan_job, run_job
 from hmedit.scene.settings import Overrides
 from hmedit.scene.spec import Scene
 
@@ -62,12 +62,12 @@ def load_model(
     'random:sd15' / 'random:sdxl' ...), loaded once per process and device/dtype and then reused.
     ``config``: for a single-file checkpoint offline, a local diffusers folder of the same family whose
     configs give the architecture."""
-    from hmedit.models.load import default_preset, pick_device, resolve
+    from hmedit.models.load import default_preset, dtype_flag, pick_device, resolve
     from hmedit.scene.presets import load_preset
 
     model_ref = resolve(ref)
     dev, dt = pick_device(device, dtype, load_preset(default_preset(model_ref)))
-    return (cache or default_models).get(model_ref, str(dev), str(dt).replace("torch.", ""), config)[0]
+    return (cache or default_models).get(model_ref, str(dev), dtype_flag(dt), config)[0]
 
 
 def plan(
@@ -86,12 +86,14 @@ def plan(
     cache_dir: str | os.PathLike | None = None,
 ) -> Job:
     """The job :func:`render` runs, planned without loading a model (settings, the up-to-date key)."""
+    from hmedit.models.load import dtype_flag
+
     sc = load_scene(scene)
     overrides = Overrides(seed, steps, guidance, scheduler, tuple(size) if size else None, preset, record)
     model_ref = model.ref if model is not None and not isinstance(model, str) else model
     if model is not None and not isinstance(model, str):  # a loaded model runs where it is
         device = device or str(model.device)
-        dtype = dtype or DTYPE_NAMES[str(model.dtype).replace("torch.", "")]
+        dtype = dtype or dtype_flag(model.dtype)
     return plan_job(
         sc,
         overrides=overrides,

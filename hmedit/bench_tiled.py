@@ -33,7 +33,6 @@ SCENES_DIR = Path(__file__).resolve().parents[1] / "scenes"
 SEAM_TARGET = 1.10
 SPEED_TARGET = 3.0  # Panorama seconds / hmedit seconds, at least
 MEMORY_TARGET_GIB = 4.0
-DTYPE_FLAG = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def borders(wins: list[Window], scale: int, height: int, width: int) -> tuple[list[int], list[int]]:
@@ -355,12 +354,14 @@ def _panorama_scale(pipe, scene, size: int, steps: int, f: int, model, guidance:
 def suite_memory(b) -> dict:
     import yaml
 
+    from hmedit.models.load import dtype_flag
+
     cfg, model = b.config, b.model
     with tempfile.TemporaryDirectory(prefix="hmedit-memory-") as tmp:
         scene = Path(tmp) / "memory.yaml"
         scene.write_text(yaml.safe_dump(memory_scene(cfg.memory_size, cfg.memory_steps)), encoding="utf-8")
         cmd = [sys.executable, "-m", "hmedit.bench_tiled", str(scene), str(Path(tmp) / "out"), model.ref.name]
-        dtype = DTYPE_FLAG[str(model.dtype).replace("torch.", "")]
+        dtype = dtype_flag(model.dtype)
         cmd += ["--device", str(model.device), "--dtype", dtype]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

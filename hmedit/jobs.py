@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from hmedit.pipeline import RenderResult
 
 RENDER_JSON = "render.json"
-DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def image_name(seed: int, seeds: list[int]) -> str:
@@ -144,10 +143,10 @@ class ModelCache:
     ) -> tuple[Model, float]:
         """The model and the seconds spent loading it now (0 when it was loaded before). ``config``: a local
         diffusers folder of the same family, for a single-file checkpoint loaded offline."""
-        from hmedit.models.load import load
+        from hmedit.models.load import dtype_flag, load
 
-        dtype = DTYPE_NAMES.get(dtype, dtype)
-        key = (str(ref.path), ref.source, device, dtype)
+        dtype = dtype_flag(dtype)
+        key = _cache_key(ref, device, dtype)
         if key not in self._loaded:
             start = time.perf_counter()
             try:
@@ -163,11 +162,14 @@ class ModelCache:
 
     def add(self, model: Model) -> None:
         """Hold an already loaded model (the API's ``render(scene, model)``)."""
-        dtype = DTYPE_NAMES.get(str(model.dtype).replace("torch.", ""), "fp32")
-        self._loaded[(str(model.ref.path), model.ref.source, str(model.device), dtype)] = model
+        from hmedit.models.load import dtype_flag
 
-    def clear(self) -> None:
-        self._loaded.clear()
+        self._loaded[_cache_key(model.ref, str(model.device), dtype_flag(model.dtype))] = model
+
+
+def _cache_key(ref: ModelRef, device: str, dtype: str) -> tuple:
+    """A loaded model's place in :class:`ModelCache`: where its weights are, the device and the dtype flag."""
+    return (str(ref.path), ref.source, device, dtype)
 
 
 @dataclass
@@ -196,12 +198,9 @@ class Render:
     @property
     def image(self) -> Image.Image:
         """The first seed's image."""
-        return next(iter(self.images.values()))
+        from PIL import Image
 
-    @property
-    def arrays(self) -> dict[int, Any]:
-        """Seed -> the image as a uint8 [H, W, 3] numpy array."""
-        return {seed: r.image for seed, r in self.results.items()}
+        return Image.fromarray(next(iter(self.results.values())).image)
 
     @property
     def maps(self) -> dict[str, Tensor]:

@@ -65,21 +65,6 @@ class Conditioning:
         return torch.stack(embeds), torch.stack(owners), torch.stack(valid)
 
 
-def _token_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False, truncation=False).input_ids
-
-
-def encode_text(tokenizer, text_encoder, text: str) -> Tensor:
-    """[77·n, D] embeddings for one prompt with one CLIP encoder (its last hidden state): identical to
-    diffusers for prompts that fit the window."""
-    return TextStack([(tokenizer, text_encoder)]).encode_window(text)[0]
-
-
-def encode_words(tokenizer, text_encoder, text: str) -> Tensor:
-    """A non-root node's tokens with one CLIP encoder: its words and end token, [n_words + 1, D]."""
-    return TextStack([(tokenizer, text_encoder)]).encode_words(text).to(text_encoder.dtype)
-
-
 def encode_scene(
     text: TextStack, prompts: Sequence[str], negatives: Sequence[str], *, zero_empty_negative: bool = False
 ) -> Conditioning:

@@ -2,8 +2,9 @@
 
 A family owns: which components a model has and how they load, how a prompt becomes conditioning (which text
 encoders, which hidden layer, a pooled embedding), the extra UNet inputs (SDXL's size and crop ids), the UNet
-levels that have cross-attention, the VAE's precision, the preset that holds its defaults, and the layout of
-learned-token files. Adding a family is adding one class here and naming it in :data:`FAMILIES`.
+levels that have cross-attention, the VAE's precision and the preset that holds its defaults; a learned token
+has one row per text encoder its ``text_components`` name. Adding a family is adding one class here and
+naming it in :data:`FAMILIES`.
 
 SDXL follows diffusers' ``StableDiffusionXLPipeline`` (Podell et al., "SDXL: Improving Latent Diffusion Models
 for High-Resolution Image Synthesis", arXiv:2307.01952): both encoders' penultimate hidden states,
@@ -43,10 +44,6 @@ class TextStack:
     @property
     def width(self) -> int:
         return sum(enc.config.hidden_size for _, enc in self.pairs)
-
-    @property
-    def device(self):
-        return self.pairs[0][1].device
 
     def word_ids(self, text: str) -> list[list[int]]:
         """Each tokenizer's word ids of ``text`` (no start/end); the tokenizers must agree on the count."""
@@ -129,7 +126,6 @@ class Family:
     preset = "sd15"
     text_components: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
     pipeline = "StableDiffusionPipeline"
-    img2img_pipeline = "StableDiffusionImg2ImgPipeline"
     hidden_layer = -1
     pooled_from: int | None = None
 
@@ -179,11 +175,6 @@ class Family:
         """The VAE runs in fp32 when the model runs in fp16: fp16 VAEs overflow into NaN (black images)."""
         return torch.float32 if dtype == torch.float16 else dtype
 
-    # ---- learned tokens
-    def embedding_keys(self, model) -> dict[str, int]:
-        """Learned-token file keys -> text-encoder width ("" for the one-encoder layout {token: vector})."""
-        return {"": model.text_encoders[0].config.hidden_size}
-
     @staticmethod
     def detect(unet_config: dict, index: dict) -> bool:
         return False
@@ -211,7 +202,6 @@ class SDXL(Family):
     preset = "sdxl"
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     pipeline = "StableDiffusionXLPipeline"
-    img2img_pipeline = "StableDiffusionXLImg2ImgPipeline"
     hidden_layer = -2
     pooled_from = 1
 
@@ -229,12 +219,6 @@ class SDXL(Family):
         if dtype == torch.float16 and vae_config.get("force_upcast", True):
             return torch.float32
         return dtype
-
-    def embedding_keys(self, model) -> dict[str, int]:
-        return {
-            "clip_l": model.text_encoders[0].config.hidden_size,
-            "clip_g": model.text_encoders[1].config.hidden_size,
-        }
 
     @staticmethod
     def detect(unet_config: dict, index: dict) -> bool:

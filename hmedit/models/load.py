@@ -189,7 +189,17 @@ def pick_device(device: str = "auto", dtype: str = "auto", preset=None):
         dtype = (
             preset.dtype_for(dev.type) if preset is not None else ("fp16" if dev.type == "cuda" else "fp32")
         )
-    return dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return dev, getattr(torch, TORCH_DTYPES[dtype])
+
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+"""hmedit's dtype flags -> torch's dtype names."""
+
+
+def dtype_flag(dtype) -> str:
+    """hmedit's flag for a torch dtype or its name (``torch.float16`` / "float16" -> "fp16"); flags pass."""
+    name = str(dtype).replace("torch.", "")
+    return {v: k for k, v in TORCH_DTYPES.items()}.get(name, name)
 
 
 RANDOM_PRESETS = {

@@ -2,7 +2,7 @@
 
 import torch
 
-from hmedit.conditioning.encode import encode_scene, encode_text, encode_words
+from hmedit.conditioning.encode import encode_scene
 
 
 def test_root_embeddings_equal_diffusers_encode_prompt(tiny_model):
@@ -19,8 +19,9 @@ def test_root_embeddings_equal_diffusers_encode_prompt(tiny_model):
 
 def test_node_words_equal_their_positions_in_a_padded_encoding(tiny_model):
     m = tiny_model("sd1")
-    full = encode_text(m.tokenizer, m.text_encoder, "a blue square")  # [77, D]
-    words = encode_words(m.tokenizer, m.text_encoder, "a blue square")  # 3 words + end token
+    text = m.family.text(m)
+    full = text.encode_window("a blue square")[0]  # [77, D]
+    words = text.encode_words("a blue square")  # 3 words + end token
     assert words.shape[0] == 4
     assert torch.allclose(words, full[1:5], atol=1e-5)
 
@@ -44,17 +45,21 @@ def test_long_prompts_are_chunked_into_plain_windows(tiny_model):
     """A prompt of 100 tokens is two 75-token windows, each encoded as diffusers encodes a prompt of its
     words alone (start token, words, end token, padding); a node's words likewise, without start/padding."""
     m = tiny_model("sd1")
-    tok, enc = m.tokenizer, m.text_encoder
+    tok, text = m.tokenizer, m.family.text(m)
     assert len(tok("red", add_special_tokens=False).input_ids) == 1  # one token a word
     long, first, rest = (" ".join(["red"] * n) for n in (100, 75, 25))
-    e = encode_text(tok, enc, long)
+
+    def window(t: str):
+        return text.encode_window(t)[0]
+
+    e = window(long)
     assert e.shape[0] == 2 * 77
-    torch.testing.assert_close(e[:77], encode_text(tok, enc, first), rtol=0, atol=1e-6)
-    torch.testing.assert_close(e[77:], encode_text(tok, enc, rest), rtol=0, atol=1e-6)
-    w = encode_words(tok, enc, long)
+    torch.testing.assert_close(e[:77], window(first), rtol=0, atol=1e-6)
+    torch.testing.assert_close(e[77:], window(rest), rtol=0, atol=1e-6)
+    w = text.encode_words(long)
     assert w.shape[0] == 100 + 2  # two chunks, each with its end token
-    torch.testing.assert_close(w[:76], encode_text(tok, enc, first)[1:77], rtol=0, atol=1e-5)
-    torch.testing.assert_close(w[76:], encode_text(tok, enc, rest)[1:27], rtol=0, atol=1e-5)
+    torch.testing.assert_close(w[:76], window(first)[1:77], rtol=0, atol=1e-5)
+    torch.testing.assert_close(w[76:], window(rest)[1:27], rtol=0, atol=1e-5)
 
     c = encode_scene(m.family.text(m), [long, long], ["", ""])
     assert len(c.cond) == 2 * 77 + 102 and c.ranges == {1: (154, 256)}

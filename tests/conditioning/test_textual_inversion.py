@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from hmedit.conditioning import textual_inversion as inv
-from hmedit.conditioning.encode import encode_text
 from hmedit.errors import HmeditError
 
 TOKEN = "<hm-sushi>"
@@ -91,8 +90,9 @@ def test_guided_learning_fits_the_guided_prediction(fresh):
     noisy = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
     with torch.no_grad():
-        c = encode_text(m.tokenizer, m.text_encoder, PROMPT)[None].expand(2, -1, -1)
-        u = encode_text(m.tokenizer, m.text_encoder, "")[None].expand(2, -1, -1)
+        text = m.family.text(m)
+        c = text.encode_window(PROMPT)[0][None].expand(2, -1, -1)
+        u = text.encode_window("")[0][None].expand(2, -1, -1)
         pc = m.unet(noisy, t, encoder_hidden_states=c).sample
         pu = m.unet(noisy, t, encoder_hidden_states=u).sample
     want = inv.masked_mse(pu + 4.0 * (pc - pu), target, weight).item()
@@ -218,7 +218,7 @@ def test_exported_file_loads_in_plain_diffusers(fresh, tiny_model_dir, family, t
     tid = pipe.tokenizer.convert_tokens_to_ids(TOKEN)
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid], got.embedding)
     ref, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
-    assert torch.allclose(encode_text(m.tokenizer, m.text_encoder, PROMPT), ref[0], atol=1e-6)
+    assert torch.allclose(m.family.text(m).encode_window(PROMPT)[0], ref[0], atol=1e-6)
 
 
 def test_a1111_formats_load_and_install(fresh, tmp_path):
