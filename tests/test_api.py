@@ -119,3 +119,15 @@ def test_an_unknown_preset_is_one_line_with_a_did_you_mean(write_scene, tmp_path
     assert run("render", str(write_scene(SCENE, "ok.yaml")), "--preset", "sd1.5", "-o", str(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean 'sd15'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "kw", [{"seed": 2**64}, {"seed": -1}, {"steps": 0}, {"guidance": float("inf")}, {"scheduler": "heun"}]
+)
+def test_the_callers_values_obey_the_scenes_ranges(write_scene, kw):
+    (name, value), path = next(iter(kw.items())), write_scene(SCENE, "disc.yaml")
+    with pytest.raises(HmeditError) as info:
+        hmedit.plan(path, **kw)
+    assert info.value.location.field == f"--{name}" and repr(value) in str(info.value)
+    assert "\n" not in str(info.value)
+    assert hmedit.plan(path, seed=2**63 - 1, steps=1000, guidance=100).requests[0].steps == 1000
