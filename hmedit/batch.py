@@ -158,22 +158,14 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _inside(folder: Path, relative: str) -> Path | None:
-    """``folder / relative`` if it stays inside ``folder`` (a record is data from disk: trust it little);
-    see ``hmedit.outputs.folder.inside`` (lexical: no absolute name, no '..')."""
-    from hmedit.outputs.folder import inside
-
-    return inside(folder, relative)
-
-
 def up_to_date(job: Job) -> dict[str, Any] | None:
     """The job's existing record if its key matches and every output it lists is there as the record's
     ``files`` describe it (a regular file inside the folder, same size and sha256), else None: a truncated
     output, or one another render wrote, is rendered again (``hmedit.outputs.folder.verify_outputs``)."""
-    from hmedit.outputs.folder import read_json, verify_outputs
+    from hmedit.outputs.folder import verify_outputs
 
-    rec = read_json(job.target, RENDER_JSON)
-    if not isinstance(rec, dict) or rec.get("key") != job.key or not verify_outputs(job.target, rec):
+    rec = read_record(job.target)
+    if rec is None or rec.get("key") != job.key or not verify_outputs(job.target, rec):
         return None
     return rec
 
