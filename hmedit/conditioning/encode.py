@@ -73,9 +73,7 @@ def encode_scene(
     is all zeros, its pooled embedding too."""
 
     def branch(texts: Sequence[str], zero: bool) -> tuple[Branch, dict[int, tuple[int, int]], Tensor | None]:
-        root, pooled = text.encode_window(texts[0])
-        if zero:
-            root, pooled = torch.zeros_like(root), (torch.zeros_like(pooled) if pooled is not None else None)
+        root, pooled = text.encode_window(texts[0], zero=zero)
         parts = [root]
         owner = [torch.full((root.shape[0],), -1, dtype=torch.long)]
         ranges, pos = {}, root.shape[0]

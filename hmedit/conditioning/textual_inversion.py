@@ -16,8 +16,8 @@ then multiplies the token's pull by g at render time and overshoots (on the bund
 out nearly black: error 58 vs 30 with g = 7.5, see the README). g = 1 is eq. 1 exactly.
 
 Learned embeddings are cached by a hash of everything they depend on, in diffusers' ``learned_embeds``
-format, so they load in plain diffusers (``pipe.load_textual_inversion``). Existing embeddings load from the
-diffusers and A1111 formats.
+format (SDXL: ``clip_l`` and ``clip_g``), so they load in plain diffusers (``pipe.load_textual_inversion``).
+Existing embeddings load from the diffusers, A1111 and SDXL formats (:mod:`hmedit.scene.embeddings`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from hmedit.errors import HmeditError
 from hmedit.scene.embeddings import SDXL_KEYS, check_width, load_embedding
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
-# Text-encoder widths of known families, to say where a wrong-width embedding belongs.
 
 Progress = Callable[[int, int, float], None]
 
@@ -242,10 +241,8 @@ def learn_embedding(
     )
     if guided:  # encoded as a render encodes it (a negative longer than one window is not cut off)
         with torch.no_grad():
-            uncond, upooled = stack.encode_window(negative)
-            if fam.zero_empty_negative(model) and not negative:
-                uncond = torch.zeros_like(uncond)
-                upooled = torch.zeros_like(upooled) if upooled is not None else None
+            zero = fam.zero_empty_negative(model) and not negative
+            uncond, upooled = stack.encode_window(negative, zero=zero)
             uncond = uncond[None].to(unet.device, unet.dtype)
 
     def added(pooled: Tensor | None, n: int) -> dict | None:

@@ -75,9 +75,10 @@ class TextStack:
         return torch.cat(hidden, dim=-1), pooled
 
     @torch.no_grad()
-    def encode_window(self, text: str) -> tuple[Tensor, Tensor | None]:
+    def encode_window(self, text: str, *, zero: bool = False) -> tuple[Tensor, Tensor | None]:
         """[77·n, D] embeddings of one prompt, identical to diffusers for prompts that fit the window (longer
-        ones in 75-token chunks, as A1111 does), and the pooled embedding of its first window."""
+        ones in 75-token chunks, as A1111 does), and the pooled embedding of its first window. ``zero``: both
+        all zeros, of the same shapes (SDXL's ``force_zeros_for_empty_prompt`` for an empty negative)."""
         n = self.window
         rows = []
         words = self.word_ids(text)
@@ -98,7 +99,13 @@ class TextStack:
                     )
                 )
         hidden, pooled = self.embed(rows)
-        return hidden.reshape(-1, hidden.shape[-1]), (pooled[0] if pooled is not None else None)
+        hidden, pooled = hidden.reshape(-1, hidden.shape[-1]), (pooled[0] if pooled is not None else None)
+        if zero:
+            hidden, pooled = (
+                torch.zeros_like(hidden),
+                (torch.zeros_like(pooled) if pooled is not None else None),
+            )
+        return hidden, pooled
 
     @torch.no_grad()
     def encode_words(self, text: str) -> Tensor:
