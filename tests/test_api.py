@@ -131,3 +131,22 @@ def test_the_callers_values_obey_the_scenes_ranges(write_scene, kw):
     assert info.value.location.field == f"--{name}" and repr(value) in str(info.value)
     assert "\n" not in str(info.value)
     assert hmedit.plan(path, seed=2**63 - 1, steps=1000, guidance=100).requests[0].steps == 1000
+
+
+def test_a_preset_file_is_read_as_bounded_data(tmp_path):
+    """A preset named by path is read with the scenes' bounded YAML reader and validated key by key."""
+    from hmedit.scene.presets import load_preset
+
+    toy = (ROOT / "configs" / "toy.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(toy.replace("steps: 30", "steps: 12"))
+    assert load_preset("mine.yaml", base_dir=tmp_path).steps == 12
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(HmeditError, match="expands to more than"):
+        load_preset("bomb.yaml", base_dir=tmp_path)
+    (tmp_path / "typo.yaml").write_text(toy.replace("guidance: 7.5", "guidance: 700"))
+    with pytest.raises(HmeditError) as info:
+        load_preset("typo.yaml", base_dir=tmp_path)
+    assert info.value.location.field == "guidance"

@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hmedit.errors import HmeditError
@@ -76,16 +75,6 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _no_aliases(text: str, where: str) -> None:
-    """Presets are plain data: anchors and aliases are refused (a small file could expand without bound)."""
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise HmeditError("YAML aliases (*name) are not allowed in a preset", file=where)
-    except yaml.YAMLError as exc:
-        raise HmeditError(f"not valid YAML: {str(exc).splitlines()[0]}", file=where) from None
-
-
 def _read(path: Path, name: str) -> Preset:
     try:
         if path.stat().st_size > MAX_PRESET_BYTES:
@@ -95,8 +84,13 @@ def _read(path: Path, name: str) -> Preset:
         raise HmeditError(
             f"cannot read the preset: {getattr(exc, 'strerror', None) or exc}", file=path
         ) from None
-    _no_aliases(text, str(path))
-    data = yaml.safe_load(text)
+    from hmedit.errors import Diagnostics
+    from hmedit.scene.load import parse_yaml
+
+    diags = Diagnostics()  # the scenes' bounded YAML reader: a small file cannot expand without bound
+    parsed = parse_yaml(text, path, diags)
+    diags.raise_if_errors()
+    data = parsed[0] if parsed is not None else None
     if not isinstance(data, dict):
         raise HmeditError("a preset is a mapping of defaults", file=path, hint="see configs/toy.yaml")
     try:
