@@ -7,8 +7,9 @@ without a ``render.json`` (a render that failed or was interrupted) are listed w
 (the error, if ``check.json`` records it).
 
 The page needs no server and no network: plain HTML with inline CSS, no script (its Content-Security-Policy
-allows none), the images embedded as ``data:`` URIs (downscaled to ``max_side`` pixels for the page) or,
-with ``embed=False``, linked by relative paths to the files beside it. Everything read from disk is escaped.
+allows none), the images embedded as ``data:`` URIs (downscaled to ``max_side`` pixels for the page; larger
+ones as JPEG, differences always as PNG) or, with ``embed=False``, linked by relative paths to the files
+beside it. Everything read from disk is escaped.
 
 Model-free: the standard library, numpy and PIL.
 """
@@ -154,8 +155,10 @@ def find_scenes(out: Path) -> tuple[list[ReportScene], dict[str, Any] | None]:
 # Images
 
 
-def _png_data(image: Any, max_side: int) -> str:
-    """A PIL image as a ``data:`` URI of a PNG, downscaled so that neither side exceeds ``max_side``."""
+def _data_uri(image: Any, max_side: int, *, lossless: bool = True) -> str:
+    """A PIL image as a ``data:`` URI, downscaled so that neither side exceeds ``max_side``: a PNG, or with
+    ``lossless=False`` a JPEG (quality 90) for an opaque image above 128x128 px, which keeps a page of many
+    large renders a few times smaller. Differences are always PNG: JPEG would invent some."""
     from PIL import Image
 
     if max(image.size) > max_side > 0:
@@ -165,8 +168,13 @@ def _png_data(image: Any, max_side: int) -> str:
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if not lossless and image.mode in ("RGB", "L") and image.width * image.height > 128 * 128:
+        image.save(buf, format="JPEG", quality=90)
+        kind = "jpeg"
+    else:
+        image.save(buf, format="PNG")
+        kind = "png"
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 class _Images:
@@ -188,14 +196,15 @@ class _Images:
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             return None
 
-    def file(self, root: Path, name: str) -> tuple[str, Any] | None:
-        """(src, PIL image) of ``root/name`` (a regular file inside ``root``), or None if it is no image."""
+    def file(self, root: Path, name: str, *, lossless: bool = False) -> tuple[str, Any] | None:
+        """(src, PIL image) of ``root/name`` (a regular file inside ``root``), or None if it is no image;
+        ``lossless``: embedded as PNG whatever its size (a difference image)."""
         image = self._decode(read_bytes(root, name))
         if image is None:
             return None
         self.count += 1
         if self.embed:
-            return _png_data(image, self.max_side), image
+            return _data_uri(image, self.max_side, lossless=lossless), image
         rel = os.path.relpath(os.path.abspath(root / name), os.path.abspath(self.page_dir))
         return url_quote(Path(rel).as_posix()), image
 
@@ -204,7 +213,7 @@ class _Images:
         from PIL import Image
 
         self.count += 1
-        return _png_data(Image.fromarray(pixels), self.max_side)
+        return _data_uri(Image.fromarray(pixels), self.max_side)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,7 +479,7 @@ def _check_html(scene: ReportScene, check: Mapping[str, Any], out: Path, images:
             pictures[label] = got[1]
             cells.append(f'<td><img class="check" src="{_e(got[0])}" alt="{label}"></td>')
         diff = entry.get("diff")
-        got = images.file(out, str(diff)) if diff else None
+        got = images.file(out, str(diff), lossless=True) if diff else None
         if got is not None:
             cells.append(f'<td><img class="check" src="{_e(got[0])}" alt="diff"></td>')
         elif "golden" in pictures and "render" in pictures:

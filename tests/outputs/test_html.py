@@ -18,7 +18,7 @@ from PIL import Image
 from hmedit.errors import HmeditError
 from hmedit.outputs.html import build_report, find_scenes, write_report
 
-CHROMIUM = os.environ.get("HMEDIT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("HMEDIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -61,9 +61,10 @@ class Page(HTMLParser):
         return " ".join(self.text)
 
 
-def decode(src: str) -> Image.Image:
-    assert src.startswith("data:image/png;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+def decode(src: str, kinds=("png", "jpeg")) -> Image.Image:
+    head, data = src.split(",", 1)
+    assert head in {f"data:image/{k};base64" for k in kinds}
+    return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,8 +123,10 @@ def test_page_of_a_hand_made_folder_escapes_and_embeds(tmp_path):
     assert "script" not in page.tags  # the prompt is text, not markup
     assert '<script>alert(1)</script> & "quotes"' in page.plain
     assert [im["alt"] for im in page.images] == ["image.png", "influence of ring"]
-    big = decode(page.images[0]["src"])
+    big = decode(page.images[0]["src"], ["png"])
     assert big.size == (100, 60)  # downscaled to max_side for the page
+    large = Page(build_report(out, max_side=400)).images[0]["src"]
+    assert decode(large, ["jpeg"]).size == (400, 240)  # a large render as JPEG
     assert all(link.startswith(("data:", "#")) for link in page.links)  # nothing from outside the page
     assert "1.750" in page.plain or "1.750 s" in page.plain
 
@@ -203,7 +206,9 @@ def test_report_of_a_check_shows_every_scene_and_the_regression(checked):
     for im in page.images:
         assert decode(im["src"]).size[0] > 0
     # the diff of the injected regression shows the altered square, the passing one is black
-    diffs = [np.asarray(decode(im["src"]).convert("RGB")) for im in page.images if im["alt"] == "diff"]
+    diffs = [
+        np.asarray(decode(im["src"], ["png"]).convert("RGB")) for im in page.images if im["alt"] == "diff"
+    ]
     assert sorted(int(d.max() > 0) for d in diffs) == [0, 0, 1]
     assert "tiled" in text and "euler_a" in text  # the tiled render's settings
 
