@@ -111,7 +111,8 @@ def find_scenes(out: Path) -> tuple[list[ReportScene], dict[str, Any] | None]:
     scenes: dict[str, ReportScene] = {}
     own = read_json(out, RENDER_JSON)
     if _is_record(own):
-        name = str(own.get("scene", {}).get("name") or out.name)
+        about = own.get("scene") if isinstance(own.get("scene"), dict) else {}
+        name = str(about.get("name") or out.name)
         scenes[name] = ReportScene(name, out, own, _images_in(out, own))
     else:
         try:
@@ -377,7 +378,8 @@ def _node_html(node: Mapping[str, Any], scene: ReportScene, images: _Images, dep
 
 
 def _tree_html(scene: ReportScene, images: _Images) -> str:
-    spec = ((scene.record or {}).get("scene") or {}).get("spec") or {}
+    about = (scene.record or {}).get("scene")
+    spec = about.get("spec") if isinstance(about, Mapping) else None
     root = spec.get("root") if isinstance(spec, Mapping) else None
     if not isinstance(root, Mapping):
         return ""

@@ -168,6 +168,30 @@ def test_incomplete_and_unreadable_records_are_listed(tmp_path):
     assert len(page.images) == 4  # good: image + map; cut and junk: their image
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"settings": "x", "timings": [1], "model": "m", "outputs": {"image.png": 1}, "scene": "s"},
+        {
+            "settings": [None, 3],
+            "timings": {"seeds": {"1": "fast"}},
+            "scene": {"spec": {"root": {"children": 5}}},
+        },
+        {
+            "scene": {
+                "spec": {"root": {"id": 7, "prompt": None, "mask": [1], "children": [{"id": "c", "mask": 3}]}}
+            }
+        },
+    ],
+)
+def test_odd_records_still_make_a_page(tmp_path, odd):
+    folder = fake_scene(tmp_path / "out", "a")
+    rec = {**json.loads((folder / "render.json").read_text()), **odd}
+    (folder / "render.json").write_text(json.dumps(rec))
+    page = Page(build_report(tmp_path / "out"))
+    assert page.sections == ["scene-a"]
+
+
 def test_a_folder_without_renders_is_refused(tmp_path):
     fake_scene(tmp_path / "out", "cut", record=False)
     with pytest.raises(HmeditError, match="no renders"):
