@@ -1,5 +1,5 @@
 """A checked output folder, made once per session for the report, JUnit and PNG-metadata tests: three scenes
-(two seeds with regions; a tiled 128x96 render with nested nodes; one that fails to render) rendered on the
+(two seeds with regions; a tiled 96x64 render with nested nodes; one that fails to render) rendered on the
 tiny random model by ``hmedit check --update`` into goldens, one golden altered on purpose (an injected
 regression), then ``hmedit check --out OUT --junit junit.xml``; plus a leftover scene folder with an image
 and no render.json (an interrupted render)."""
@@ -29,7 +29,7 @@ root:
 """
 
 TILED = """
-size: [128, 96]
+size: [96, 64]
 steps: 2
 seed: 7
 scheduler: euler_a

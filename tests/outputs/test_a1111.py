@@ -178,5 +178,5 @@ def test_rendered_pngs_carry_parameters_that_match_the_render(checked):
             assert ("Tiled" in got) == (s["tiling"] is not None)
             children = spec["root"]["children"]
             assert got["Region 1"] == f"{children[0]['id']}: {children[0]['prompt']}"
-    assert "Tiled" in got  # the tiled scene was tiled (128x96 on a 64 px model)
+    assert "Tiled" in got  # the tiled scene was tiled (96x64 on a 64 px model)
     assert got["Region 2"] == "sun/spot.1: a red spot"
