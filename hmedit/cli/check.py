@@ -68,12 +68,11 @@ def check_command(
 
     A failing image gets [bold]<image>.diff.png[/] (difference x4) and [bold]<image>.compare.png[/].
 
-    The result is written as [bold]check.json[/] into the output folder (see [bold]hmedit report[/]) and,
-    with [bold]--junit FILE[/], as JUnit XML.
-
     [bold]<image>.compare.png[/] shows the golden, the new image and the difference side by side.
 
     [bold]--update[/] writes the goldens instead: the images, and golden.json (settings, model hash).
+
+    The result goes to OUT/check.json (for [bold]hmedit report[/]) and with [bold]--junit F[/] to JUnit XML.
 
     Exit code 1 if any image regressed, 2 for a user mistake (no goldens yet, a broken scene), else 0.
 

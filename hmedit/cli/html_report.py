@@ -52,16 +52,17 @@ def report_command(
 ) -> None:
     """Write one static HTML page showing every scene of an output folder.
 
-    For each scene: the image(s), the node tree with prompts and influence maps, timings and provenance
-    (render.json); where [bold]hmedit check[/] ran into the folder (check.json), the golden, the new render
-    and their difference with its PSNR. Scenes whose render failed are listed with what is known.
+    Each scene: its image(s), the node tree with prompts and influence maps, timings and provenance.
 
-    The page opens in any browser without a server or network: images are embedded (or linked with
-    [bold]--link[/]), the style is inline, and there is no script.
+    Where [bold]hmedit check[/] wrote check.json: the golden, the new render and the difference with its PSNR.
+
+    Scenes that failed to render are listed with their error; a folder with no render is refused.
+
+    The page needs no server and no network: embedded images (or [bold]--link[/]), inline style, no script.
 
     [bold]Examples[/]
 
-      [green]hmedit render scenes/ --out out && hmedit report out[/]           out/report.html
+      [green]hmedit render scenes/ --out out && hmedit report out[/]     writes out/report.html
 
       [green]hmedit check scenes/ -g tests/golden -o out; hmedit report out -o report.html[/]
     """
