@@ -10,6 +10,10 @@ Metrics, on uint8 RGB pixels:
   check passes when PSNR >= tolerance (default 35 dB).
 - ``maxdiff``: the largest absolute difference of any channel of any pixel, in 0..255 units; a check
   passes when maxdiff <= tolerance (default 2).
+
+A check writes its result as data too: :func:`check_record` is the content of ``check.json`` in the check's
+output folder (one entry per scene and seed: the image, the golden, the value, the diff), which ``hmedit
+report`` shows and :mod:`hmedit.outputs.junit` turns into JUnit XML.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ if TYPE_CHECKING:
     from hmedit.batch import Result
 
 __all__ = [
+    "CHECK_FORMAT",
+    "CHECK_JSON",
     "DEFAULT_TOLERANCE",
     "GOLDEN_JSON",
     "METRICS",
     "Comparison",
+    "check_record",
     "compare_scene",
     "diff_image",
     "exit_code",
@@ -48,6 +55,8 @@ __all__ = [
 METRICS = ("psnr", "maxdiff")
 DEFAULT_TOLERANCE = {"psnr": 35.0, "maxdiff": 2.0}
 GOLDEN_JSON = "golden.json"
+CHECK_JSON = "check.json"
+CHECK_FORMAT = "hmedit.check"
 DIFF_GAIN = 4
 
 
@@ -224,3 +233,91 @@ def exit_code(comparisons: Sequence[Comparison]) -> int:
     if any(c.user_error for c in comparisons):
         return 2
     return 1 if any(c.internal for c in comparisons) else 0
+
+
+def _relative(path: Path | None, root: Path) -> str | None:
+    """``path`` relative to ``root`` (posix) when it lies below it, else as given; None stays None."""
+    if path is None:
+        return None
+    try:
+        return Path(path).absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _seconds(result: Result | None, seed: int | None, count: int) -> float:
+    """The render time of one seed: its stages in ``render.json``'s timings, else the scene's share."""
+    if result is None:
+        return 0.0
+    stages = ((result.record or {}).get("timings") or {}).get("seeds", {}).get(str(seed))
+    if isinstance(stages, dict) and stages:
+        return round(sum(v for v in stages.values() if isinstance(v, (int, float))), 4)
+    return round(result.seconds / max(count, 1), 4)
+
+
+def check_record(
+    comparisons: Sequence[Comparison],
+    results: Sequence[Result],
+    *,
+    golden: Path,
+    out: Path,
+    metric: str,
+    tolerance: float,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """The content of ``check.json``: the settings of the check and one entry per compared image (or per
+    scene that could not be compared), in order. Paths of files in ``out`` are relative to it; the golden's
+    as given. A value is a number, ``"inf"`` (identical images) or None (not compared)."""
+    import math
+    from datetime import datetime, timezone
+
+    by_file = {r.file: r for r in results}
+    entries = []
+    for c in comparisons:
+        r = by_file.get(c.file)
+        count = len(r.images) if r is not None and r.images else 1
+        image = r.images.get(c.seed) if r is not None and c.seed is not None else None
+        stem = Path(c.image).stem if c.image else None
+        diff = compare = None
+        if c.diff is not None:
+            compare = c.diff
+            candidate = Path(c.diff).with_name(f"{stem}.diff.png")
+            diff = candidate if candidate.is_file() else None
+        value: float | str | None = c.value
+        if isinstance(value, float) and math.isinf(value):
+            value = "inf"
+        entries.append(
+            {
+                "scene": c.name,
+                "file": str(c.file),
+                "seed": c.seed,
+                "image": _relative(image, out),
+                "golden": str((golden / c.name / c.image).absolute()) if c.image else None,
+                "value": value,
+                "passed": c.passed,
+                "regressed": c.regressed,
+                "problem": c.problem,
+                "error": (r.error if r is not None and r.status == "failed" else None),
+                "note": c.note,
+                "diff": _relative(diff, out),
+                "compare": _relative(compare, out),
+                "folder": _relative(r.target, out) if r is not None and r.target is not None else None,
+                "seconds": _seconds(r, c.seed, count),
+            }
+        )
+    passed = sum(c.passed for c in comparisons)
+    failed = sum(c.regressed for c in comparisons)
+    when = created or datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {
+        "format": CHECK_FORMAT,
+        "format_version": 1,
+        "created": when,
+        "metric": metric,
+        "tolerance": tolerance,
+        "golden": str(golden.absolute()),
+        "passed": passed,
+        "failed": failed,
+        "not_compared": len(comparisons) - passed - failed,
+        "exit_code": exit_code(comparisons),
+        "results": entries,
+    }

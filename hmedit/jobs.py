@@ -235,6 +235,9 @@ class Render:
         )
 
     def _png_text(self, settings: Any) -> dict[str, str]:
+        from hmedit import __version__
+        from hmedit.outputs import a1111
+
         return {
             "hmedit:scene": self.job.scene_bytes.decode("utf-8", errors="replace"),
             "hmedit:settings": json.dumps(asdict(settings), sort_keys=True),
@@ -242,6 +245,13 @@ class Render:
                 {"name": self.job.model_ref.name, "hash": self.job.model_hash}, sort_keys=True
             ),
             "Software": f"hmedit {provenance.versions()['hmedit']}",
+            a1111.KEY: a1111.parameters(
+                self.job.scene,
+                settings,
+                model_name=self.job.model_ref.name,
+                model_hash=self.job.model_hash,
+                version=__version__,
+            ),
         }
 
     def save(self, folder: str | Path, *, lock: bool = True) -> dict[str, Any]:

@@ -37,7 +37,7 @@ app = typer.Typer(
     "  [green]hmedit schema -o scene.schema.json[/]   the format, for editor completion",
     rich_markup_mode="rich",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

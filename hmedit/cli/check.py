@@ -49,6 +49,15 @@ def check_command(
             show_default=False,
         ),
     ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option(
+            "--junit",
+            help="Also write the result as JUnit XML to this file (one test case per scene and seed), "
+            "for CI systems.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -63,6 +72,8 @@ def check_command(
 
     [bold]--update[/] writes the goldens instead: the images, and golden.json (settings, model hash).
 
+    The result goes to OUT/check.json (for [bold]hmedit report[/]) and with [bold]--junit F[/] to JUnit XML.
+
     Exit code 1 if any image regressed, 2 for a user mistake (no goldens yet, a broken scene), else 0.
 
     [bold]Examples[/]
@@ -72,6 +83,8 @@ def check_command(
       [green]hmedit check scenes/ --golden tests/golden[/]              compare with them
 
       [green]hmedit check scenes/ -g tests/golden --metric maxdiff -t 0[/]   bit-exact
+
+      [green]hmedit check scenes/ -g tests/golden -o out --junit out/junit.xml[/]   for CI
     """
     import shutil
     import tempfile
@@ -92,6 +105,8 @@ def check_command(
             file=golden,
             hint=f"create it with: hmedit check {shown} --golden {golden} --update",
         )
+    if update and junit is not None:
+        raise HmeditError("--junit reports a comparison; --update makes none", hint="leave out one of them")
     tol = DEFAULT_TOLERANCE[metric] if tolerance is None else tolerance
     temporary = out is None
     out_dir = Path(tempfile.mkdtemp(prefix="hmedit-check-")) if out is None else out
@@ -130,12 +145,29 @@ def check_command(
             comparisons.append(c)
     _table(console, comparisons, metric, tol)
     code = exit_code(comparisons)
+    kept = not temporary or bool(code and any(c.diff for c in comparisons))
+    _write_results(
+        comparisons, results, golden=golden, out=out_dir, metric=metric, tolerance=tol, junit=junit, kept=kept
+    )
     if code and any(c.diff for c in comparisons):
         console.print(f"new renders and diff images are in {out_dir}")
     elif temporary:
         shutil.rmtree(out_dir, ignore_errors=True)
     if code:
         raise typer.Exit(code)
+
+
+def _write_results(comparisons, results, *, golden, out, metric, tolerance, junit, kept) -> None:
+    """check.json into the output folder and, if asked, the JUnit XML file (naming the files in the output
+    folder only if it is ``kept``)."""
+    from hmedit.check import CHECK_JSON, check_record
+    from hmedit.outputs import save_json
+    from hmedit.outputs.junit import write_junit
+
+    record = check_record(comparisons, results, golden=golden, out=out, metric=metric, tolerance=tolerance)
+    save_json(out / CHECK_JSON, record)
+    if junit is not None:
+        write_junit(junit, record, out=out if kept else None)
 
 
 def _table(console, comparisons, metric: str, tol: float) -> None:

@@ -15,7 +15,7 @@ have touched since hmedit wrote it. The rules, each one function here:
 - :func:`describe_outputs` / :func:`verify_outputs`: the size and sha256 of each output, recorded in
   ``render.json`` (``files``) and checked before a render is taken as up to date, so that a truncated output,
   or one from another render, is rendered again.
-- :func:`read_json`: a record read back the same way, bounded in size.
+- :func:`read_json` / :func:`read_bytes`: a record (or any output) read back the same way, bounded in size.
 - :func:`seal_record`: adds ``files`` to a record already written and rewrites it.
 """
 
@@ -44,6 +44,7 @@ __all__ = [
     "inside",
     "lock_folder",
     "pid_alive",
+    "read_bytes",
     "read_json",
     "real_dir",
     "remove_stale_temp",
@@ -542,6 +543,30 @@ def read_json(root: str | os.PathLike, name: str = "render.json", max_bytes: int
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
+
+
+def read_bytes(root: str | os.PathLike, name: str, max_bytes: int = 256 << 20) -> bytes | None:
+    """The bytes of ``root/name`` if it is a regular file inside ``root`` (no symbolic link on the way) of
+    at most ``max_bytes``; None otherwise (missing, a link, too big, unreadable). For readers of an output
+    folder (``hmedit report``): its files are data from disk."""
+    try:
+        fd = _open_file(root, name)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size > max_bytes:
+            return None
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def seal_record(root: str | os.PathLike, record: dict[str, Any], name: str = "render.json") -> dict[str, Any]:
