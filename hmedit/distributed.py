@@ -54,9 +54,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise HmeditError(
-            "--ray needs Ray, which is not installed", field="--ray", hint=INSTALL_HINT
-        ) from None
+        raise HmeditError("--ray needs Ray, which is not installed", hint=INSTALL_HINT) from None
     return ray
 
 
@@ -193,6 +191,12 @@ class RayRunner(Runner):
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         wants = self.device.split(":")[0]
+        if wants == "cuda" and self.device != "cuda":
+            raise HmeditError(
+                f"--device {self.device} names one GPU; on Ray each worker has a GPU of its own",
+                field="--device",
+                hint="use --device cuda or auto",
+            )
         if wants == "cuda" and not gpus:
             raise HmeditError(
                 "--device cuda was asked for but the Ray cluster has no GPU",
@@ -215,7 +219,10 @@ class RayRunner(Runner):
         self._options = {"num_cpus": self.cpus, "num_gpus": 0}
 
     def _pool_key(self) -> tuple:
-        return tuple(sorted(self._options.items()))
+        """Workers are shared by batches of one connection (a later ``ray.init`` has others) with the same
+        resources."""
+        job = self._ray.get_runtime_context().get_job_id()
+        return (job, *sorted(self._options.items()))
 
     def _new_handle(self) -> _Handle:
         ray = self._ray
