@@ -185,8 +185,9 @@ def test_ctrl_c_stops_the_running_jobs_and_leaves_no_temporary_file(cluster, tmp
     assert not list(out.rglob(".hmedit.lock"))
 
     # the workers are free again: the next batch renders
+    quick = write(scenes, "a.yaml", SCENE.format(steps=2, seed=1, colour="a"))
     with RayRunner("local") as runner:
-        results = Batch(Options(out=out), runner=runner).run(files[:1])
+        results = Batch(Options(out=out), runner=runner).run([quick])
     assert results[0].status == OK and (out / "a" / "render.json").is_file()
 
 
