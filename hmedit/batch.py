@@ -564,13 +564,13 @@ class Batch:
         if not jobs:
             return
 
+        shown = {"job": -1, "seed": -1}  # the steps bar follows the job started last
+
         def started(i: int) -> None:
             clocks[i] = time.perf_counter()
             shown.update(job=i, seed=-1)
             report.scene_started(waiting[i].file)
             report.loading(waiting[i].file, jobs[i].model_ref.name)
-
-        shown = {"job": -1, "seed": -1}  # the steps bar follows the job started last
 
         def progress(i: int, seed_index: int, step: int, steps: int) -> None:
             if i != shown["job"]:
@@ -593,7 +593,8 @@ class Batch:
                 self._failed(result, error_from(outcome.error))
             else:
                 data = outcome.internal or {}
-                self._failed(result, internal_error(data), data.get("traceback", ""))
+                trace = data.get("traceback") or "(no traceback came back from the worker)"
+                self._failed(result, internal_error(data), trace)
             report.scene_finished(result)
             return result.status == FAILED and options.fail_fast
 
