@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hmedit.batch import INTERRUPTED, NOT_RUN, OK, Batch, Options, Reporter
+from hmedit.batch import INTERRUPTED, NOT_RUN, OK, Batch, Options, Reporter, prepare
 from hmedit.cli.app import main
 from hmedit.cli.options import ray_value
 from hmedit.distributed import RayRunner, is_address, resolve_address
-
-ray = pytest.importorskip("ray")
 
 SCENE = """
 model: random:tiny
@@ -68,13 +66,14 @@ root:
   prompt: a white background
 """
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster with 2 CPUs, so 2 workers; the batches of this module share it (and its workers,
     which keep their models: RayRunner pools them while the connection is the caller's)."""
+    ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield
@@ -113,6 +112,7 @@ def leftovers(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_ray_batch_equals_serial_reports_failures_and_skips_on_rerun(cluster, tmp_path, capsys):
     scenes = scene_folder(tmp_path)
     assert run("render", scenes, "--out", tmp_path / "serial") == 0
@@ -145,6 +145,7 @@ def test_ray_batch_equals_serial_reports_failures_and_skips_on_rerun(cluster, tm
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing written again
 
 
+@pytest.mark.slow
 def test_check_on_ray_against_serial_goldens(cluster, tmp_path, capsys):
     scenes = tmp_path / "scenes"
     write(scenes, "a.yaml", SCENE.format(steps=2, seed=11, colour="white"))
@@ -171,6 +172,7 @@ class StopAtStart(Reporter):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_running_jobs_and_leaves_no_temporary_file(cluster, tmp_path):
     scenes = tmp_path / "scenes"
     files = [write(scenes, f"{c}.yaml", SCENE.format(steps=400, seed=1, colour=c)) for c in ("a", "b", "c")]
@@ -189,6 +191,15 @@ def test_ctrl_c_stops_the_running_jobs_and_leaves_no_temporary_file(cluster, tmp
     with RayRunner("local") as runner:
         results = Batch(Options(out=out), runner=runner).run([quick])
     assert results[0].status == OK and (out / "a" / "render.json").is_file()
+
+
+def test_jobs_are_planned_for_the_workers_device(tmp_path):
+    """GPU workers behind a driver without CUDA: the jobs (and their keys) are the GPU's."""
+    scene = write(tmp_path, "s.yaml", SCENE.format(steps=2, seed=1, colour="red"))
+    gpu = prepare(scene, Options(out=tmp_path, cuda=True))
+    cpu = prepare(scene, Options(out=tmp_path, cuda=False))
+    assert (gpu.device, gpu.dtype) == ("cuda", "float16") and (cpu.device, cpu.dtype) == ("cpu", "float32")
+    assert gpu.key != cpu.key
 
 
 def test_ray_value_and_address():
