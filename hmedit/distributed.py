@@ -170,6 +170,8 @@ class RayRunner(Runner):
             _pool.setdefault(self._pool_key(), []).extend(handles)
 
     def _connect(self, ray: Any) -> None:
+        if _ADDRESS.match(self.address):  # Ray would retry an unreachable address for minutes, loudly
+            _probe(self.address)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
         if self.address == "local":
@@ -350,6 +352,20 @@ class RayRunner(Runner):
             self._kill(handle, [jobs[i].target] if jobs[i].target is not None else [])
             finished(i, Outcome(INTERRUPTED))
         busy.clear()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Raise the one-line error when nothing answers at ``[ray://]HOST:PORT``."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise HmeditError(
+            f"cannot connect to the Ray cluster at '{address}': {exc.strerror or exc}",
+            field="--ray",
+            hint="is the cluster up (ray start --head)? The address is the head's HOST:PORT",
+        ) from None
 
 
 def _failure(exc: BaseException, what: str | None = None) -> Outcome:

@@ -20,6 +20,7 @@ from hmedit.batch import INTERRUPTED, NOT_RUN, OK, Batch, Options, Reporter, pre
 from hmedit.cli.app import main
 from hmedit.cli.options import ray_value
 from hmedit.distributed import RayRunner, is_address, resolve_address
+from hmedit.errors import HmeditError
 
 SCENE = """
 model: random:tiny
@@ -226,6 +227,18 @@ def test_without_ray_it_is_a_one_line_error(tmp_path, monkeypatch, capsys):
         err == "error: --ray needs Ray, which is not installed (install it with: pip install 'hmedit[ray]')"
     )
     assert not (tmp_path / "out" / "s").exists()
+
+
+def test_unreachable_cluster_is_an_error_at_once():
+    ray = pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(HmeditError) as info:
+        RayRunner(f"127.0.0.1:{port}")._connect(ray)  # Ray itself would retry for minutes
+    assert info.value.problem.startswith(f"cannot connect to the Ray cluster at '127.0.0.1:{port}'")
 
 
 def test_ray_is_imported_only_for_ray():
