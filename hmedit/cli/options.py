@@ -102,8 +102,8 @@ RayOpt = Annotated[
     typer.Option(
         "--ray",
         metavar="[ADDRESS]",
-        help="Run the batch on a Ray cluster (pip install 'hmedit[ray]'): alone or 'local', a new local one "
-        "(or $RAY_ADDRESS's); 'auto', HOST:PORT or ray://HOST:PORT, a running one (ray start --head).",
+        help="Run the batch on a Ray cluster (pip install 'hmedit\\[ray]'): alone or 'local', a new local "
+        "one (or $RAY_ADDRESS's); 'auto', HOST:PORT or ray://HOST:PORT, a running one (ray start --head).",
         show_default=False,
     ),
 ]
