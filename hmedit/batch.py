@@ -13,6 +13,10 @@ The pieces, in the order a batch uses them:
   ``fail_fast``); Ctrl-C stops it after the current file's temporary files are gone.
 - :class:`Reporter`: what the batch tells its user, as structured data (the scene file, the error, its
   severity); the console's bars, problem lines and summary table are ``hmedit.cli.report``.
+- :class:`Runner` and :func:`runner`: the one seam for running the jobs elsewhere (``--ray [ADDRESS]``: the
+  workers of a Ray cluster, :mod:`hmedit.distributed`). The driver still plans every scene and skips the
+  up-to-date ones; each worker calls :func:`work` on a job (the folder's lock, :func:`render_job`, what
+  became of it as plain data) and the batch reports the outcomes as they come, in any order.
 
 Output folder of a scene, ``OUT/<scene name>/``::
 
@@ -26,9 +30,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +45,18 @@ __all__ = [
     "Batch",
     "Job",
     "Options",
+    "Outcome",
     "Reporter",
     "Result",
+    "Runner",
     "exit_code",
     "image_name",
     "prepare",
     "read_record",
     "render_job",
+    "runner",
     "up_to_date",
+    "work",
 ]
 
 
@@ -74,6 +82,7 @@ class Options:
     force: bool = False
     fail_fast: bool = False
     cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
+    cuda: bool | None = None  # the workers have CUDA (None: as this process; a Runner says for its own)
 
     def overrides(self) -> Overrides:
         """The options that change a render."""
@@ -144,6 +153,7 @@ def prepare(
         file=file,
         scene_bytes=scene_bytes,
         cache_dir=options.cache_dir,
+        cuda=options.cuda,
     )
     job.target = target
     return job
@@ -222,6 +232,121 @@ def remove_temp_files(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# One job on a worker
+
+
+@dataclass
+class Outcome:
+    """What became of one job that ran elsewhere (a worker of a :class:`Runner`), as plain data so that it
+    crosses processes: the status, the record written, or the error."""
+
+    status: str  # OK, FAILED or INTERRUPTED
+    seconds: float = 0.0
+    record: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # a user mistake: HmeditError's fields (see error_data)
+    internal: dict[str, str] | None = None  # a bug: {"type", "message", "traceback"}
+
+
+def error_data(err: HmeditError) -> dict[str, Any]:
+    """An ``HmeditError`` as plain data (problem, place, hint, the other errors), for :func:`error_from`."""
+    loc = err.location
+    return {
+        "problem": err.problem,
+        "file": None if loc.file is None else str(loc.file),
+        "line": loc.line,
+        "column": loc.column,
+        "field": loc.field,
+        "hint": err.hint,
+        "others": [error_data(o) for o in getattr(err, "others", ())],
+    }
+
+
+def error_from(data: dict[str, Any]) -> HmeditError:
+    """The ``HmeditError`` that :func:`error_data` described."""
+    where = {k: data.get(k) for k in ("file", "line", "column", "field", "hint")}
+    err = HmeditError(str(data["problem"]), **where)
+    if data.get("others"):
+        err.others = [error_from(o) for o in data["others"]]  # type: ignore[attr-defined]
+    return err
+
+
+def work(
+    job: Job,
+    models: ModelCache | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
+) -> Outcome:
+    """Render one planned job where it runs (what a worker of a :class:`Runner` calls): hold the output
+    folder's lock, :func:`render_job`, and say what became of it. Raises nothing: a user mistake, a bug and
+    a stop all come back in the :class:`Outcome`, and a scene that did not finish leaves no temporary file
+    and no ``render.json`` behind.
+
+    ``stop()`` is asked before the render and at every seed and step; True stops it (status INTERRUPTED).
+    ``on_step(seed index, i, n)``: progress.
+    """
+    from hmedit.outputs.folder import lock_folder
+
+    start = time.perf_counter()
+    outcome = Outcome(INTERRUPTED)
+
+    def check(*_: Any) -> None:
+        if stop is not None and stop():
+            raise KeyboardInterrupt
+
+    seed_index = [0]
+
+    def seed(index: int, _seed: int) -> None:
+        check()
+        seed_index[0] = index
+
+    def step(i: int, n: int) -> None:
+        check()
+        if on_step is not None:
+            on_step(seed_index[0], i, n)
+
+    assert job.target is not None
+    lock = None
+    try:
+        check()
+        lock = lock_folder(job.target)
+        outcome.record = render_job(job, models, on_seed=seed, on_step=step, on_learn=check)
+        outcome.status = OK
+    except KeyboardInterrupt:
+        outcome.status = INTERRUPTED
+    except HmeditError as err:
+        outcome.status, outcome.error = FAILED, error_data(err)
+    except Exception as exc:  # a bug in one scene must not take the worker down
+        import traceback
+
+        outcome.status = FAILED
+        outcome.internal = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exc().rstrip(),
+        }
+    finally:
+        if outcome.status != OK and lock is not None:
+            remove_temp_files(job.target)
+        if lock is not None:
+            lock.release()
+        outcome.seconds = round(time.perf_counter() - start, 3)
+    return outcome
+
+
+class RemoteError(Exception):
+    """A bug met on a worker, rebuilt on the driver for :meth:`Reporter.internal` (its class name is the
+    original exception's)."""
+
+
+def internal_error(data: dict[str, str]) -> RemoteError:
+    """The :class:`RemoteError` of an :class:`Outcome`'s ``internal`` data, named as the original was."""
+    name = str(data.get("type") or "Exception")
+    cls = type(name, (RemoteError,), {"__module__": __name__})
+    return cls(str(data.get("message", "")))
+
+
+# ------------------------------------------------------------------------------------------------
 # The batch
 
 
@@ -251,8 +376,47 @@ class Reporter:
         formatted traceback when the batch runs with ``debug``, else None."""
 
 
+class Runner:
+    """Runs a batch's jobs somewhere else than in this process, several at once (:mod:`hmedit.distributed`:
+    the workers of a Ray cluster). The :class:`Batch` plans every scene here and skips the up-to-date ones;
+    the runner calls :func:`work` on each other job where it runs and hands back its :class:`Outcome`."""
+
+    cuda: bool | None = None
+    """Whether the workers render on CUDA (a batch's jobs are planned for their device), None: as here."""
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        *,
+        started: Callable[[int], None],
+        finished: Callable[[int, Outcome], bool],
+        progress: Callable[[int, int, int, int], None] | None = None,
+    ) -> None:
+        """Run ``jobs``: ``started(i)`` when job ``i`` goes to a worker, ``finished(i, outcome)`` when it is
+        done, in any order; once ``finished`` returns True no further job is started. ``progress(i, seed
+        index, step, steps)``: now and then, where a running job is. On Ctrl-C
+        (``KeyboardInterrupt``) no further job starts, the running ones are stopped (each removes its
+        temporary files) and reported through ``finished``, and the ``KeyboardInterrupt`` goes on."""
+        raise NotImplementedError
+
+
+@contextmanager
+def runner(address: str | None, *, device: str = "auto", cpus: int | None = None) -> Iterator[Runner | None]:
+    """The runner for ``--ray [ADDRESS]`` (``""``: a new local cluster, or ``$RAY_ADDRESS``'s), started for
+    the ``with`` block and stopped after it; ``address`` None: no runner (the batch renders here, one scene
+    after another). ``device``: the batch's ``--device`` (auto: one worker per GPU when the cluster has
+    GPUs, else per ``cpus`` CPUs). Ray is imported only here."""
+    if address is None:
+        yield None
+        return
+    from hmedit.distributed import RayRunner
+
+    with RayRunner(address, device=device, cpus=cpus) as ray_runner:
+        yield ray_runner
+
+
 class Batch:
-    """Render scene files one after another; see the module docstring."""
+    """Render scene files one after another, or with a :class:`Runner`; see the module docstring."""
 
     def __init__(
         self,
@@ -261,13 +425,17 @@ class Batch:
         *,
         debug: bool = False,
         models: ModelCache | None = None,
+        runner: Runner | None = None,
     ) -> None:
         from hmedit.models.load import pick_device
 
+        if runner is not None:  # jobs are planned for the workers' device
+            options = replace(options, cuda=runner.cuda)
         self.options = options
         self.reporter = reporter or Reporter()
         self.debug = debug
-        pick_device(options.device, options.dtype)  # a bad --device or --dtype fails the whole batch
+        self.runner = runner
+        pick_device(options.device, options.dtype, cuda=options.cuda)  # a bad --device or --dtype fails all
         if options.preset is not None:  # and so does a bad --preset
             from hmedit.scene.presets import load_preset
 
@@ -283,6 +451,9 @@ class Batch:
         claimed: dict[Path, Path] = {}
         results = [Result(Path(f)) for f in files]
         self.reporter.batch_started(len(files))
+        if self.runner is not None:
+            self._run_elsewhere(self.runner, results, claimed)
+            return results
         for result in results:
             stop = self._one(result, claimed)
             self.reporter.scene_finished(result)
@@ -328,21 +499,8 @@ class Batch:
             result.status, result.error = INTERRUPTED, "interrupted"
             self.interrupted = True
             return True
-        except HmeditError as err:
-            report.problem(file, err)
-            result.status, result.error = FAILED, err.problem
-        except Exception as exc:  # a bug in one scene must not stop the batch
-            trace = None
-            if self.debug:
-                import traceback
-
-                trace = traceback.format_exc().rstrip()
-            report.internal(file, exc, trace)
-            result.status, result.error, result.internal = (
-                FAILED,
-                f"internal error: {type(exc).__name__}",
-                True,
-            )
+        except Exception as exc:  # a user mistake, or a bug in one scene: it must not stop the batch
+            self._failed(result, exc)
         finally:
             if lock is not None:
                 lock.release()
@@ -350,6 +508,100 @@ class Batch:
         if result.status == FAILED and result.target is not None:
             remove_temp_files(result.target)
         return result.status == FAILED and self.options.fail_fast
+
+    def _failed(self, result: Result, exc: Exception, trace: str | None = None) -> None:
+        """Record and report a scene that failed: a user mistake (``HmeditError``) or a bug (``trace``: its
+        traceback when it was met elsewhere; shown with ``debug``)."""
+        if isinstance(exc, HmeditError):
+            self.reporter.problem(result.file, exc)
+            result.status, result.error = FAILED, exc.problem
+            return
+        if self.debug and trace is None:
+            import traceback
+
+            trace = traceback.format_exc().rstrip()
+        self.reporter.internal(result.file, exc, trace if self.debug else None)
+        result.status, result.error, result.internal = FAILED, f"internal error: {type(exc).__name__}", True
+
+    def _run_elsewhere(self, runner: Runner, results: list[Result], claimed: dict[Path, Path]) -> None:
+        """Plan every scene here and skip the up-to-date ones, then let ``runner`` render the rest; results
+        are reported as they come. The output folders are locked by the workers that write them."""
+        report, options = self.reporter, self.options
+        jobs: list[Job] = []
+        waiting: list[Result] = []  # the result of each job
+        clocks: list[float] = []
+        try:
+            for result in results:
+                file = result.file
+                start = time.perf_counter()
+
+                def warn(warning: HmeditError, result: Result = result) -> None:
+                    result.warnings += 1
+                    report.problem(result.file, warning, "warning")
+
+                try:
+                    job = prepare(file, options, claimed=claimed, on_warning=warn)
+                    result.name, result.target = job.scene.name, job.target
+                    rec = None if options.force else up_to_date(job)
+                except Exception as exc:
+                    self._failed(result, exc)
+                    rec = None
+                if result.status == FAILED or rec is not None:
+                    if rec is not None:
+                        result.status, result.record = SKIPPED, rec
+                        result.images = {s: job.target / image_name(s, job.seeds) for s in job.seeds}
+                    result.seconds = round(time.perf_counter() - start, 3)
+                    report.scene_finished(result)
+                    if result.status == FAILED and options.fail_fast:
+                        return
+                    continue
+                jobs.append(job)
+                waiting.append(result)
+                clocks.append(start)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            return
+        if not jobs:
+            return
+
+        shown = {"job": -1, "seed": -1}  # the steps bar follows the job started last
+
+        def started(i: int) -> None:
+            clocks[i] = time.perf_counter()
+            shown.update(job=i, seed=-1)
+            report.scene_started(waiting[i].file)
+            report.loading(waiting[i].file, jobs[i].model_ref.name)
+
+        def progress(i: int, seed_index: int, step: int, steps: int) -> None:
+            if i != shown["job"]:
+                return
+            if seed_index != shown["seed"]:
+                shown["seed"] = seed_index
+                seeds = jobs[i].seeds
+                report.seed_started(waiting[i].file, seed_index, seeds[seed_index], len(seeds))
+            report.step(step, steps)
+
+        def finished(i: int, outcome: Outcome) -> bool:
+            result, job = waiting[i], jobs[i]
+            result.seconds = round(time.perf_counter() - clocks[i], 3)
+            if outcome.status == OK:
+                result.status, result.record = OK, outcome.record
+                result.images = {s: job.target / image_name(s, job.seeds) for s in job.seeds}
+            elif outcome.status == INTERRUPTED:
+                result.status, result.error = INTERRUPTED, "interrupted"
+            elif outcome.error is not None:
+                self._failed(result, error_from(outcome.error))
+            else:
+                data = outcome.internal or {}
+                trace = data.get("traceback") or "(no traceback came back from the worker)"
+                self._failed(result, internal_error(data), trace)
+            report.scene_finished(result)
+            return result.status == FAILED and options.fail_fast
+
+        try:
+            runner.run(jobs, started=started, finished=finished, progress=progress)
+        except KeyboardInterrupt:
+            self.interrupted = True
 
 
 def exit_code(results: Sequence[Result], interrupted: bool = False) -> int:

@@ -100,15 +100,17 @@ def plan_job(
     file: Path | None = None,
     scene_bytes: bytes | None = None,
     cache_dir: Path | None = None,
+    cuda: bool | None = None,
 ) -> Job:
-    """Plan the render of ``scene`` (see the module docstring); raises ``HmeditError`` for a problem."""
+    """Plan the render of ``scene`` (see the module docstring); raises ``HmeditError`` for a problem.
+    ``cuda``: whether the machines that run the job have CUDA (None: this process's)."""
     from hmedit.masks.raster import reference_size
     from hmedit.models.load import default_preset, model_hash, pick_device
 
     overrides = overrides or Overrides()
     ref = _model_ref(scene, model)
     preset, reqs = plan_requests(scene, overrides, default_preset(ref), image_size=reference_size(scene))
-    dev, dt = pick_device(device, dtype, preset)
+    dev, dt = pick_device(device, dtype, preset, cuda=cuda)
     digest = model_hash(ref)
     assets = {}
     for where, path in provenance.asset_paths(scene).items():

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from hmedit.cli.options import DeviceOpt, DtypeOpt, ModelOpt, ScenePaths
+from hmedit.cli.options import DeviceOpt, DtypeOpt, ModelOpt, RayCpusOpt, RayOpt, ScenePaths
 
 
 def check_command(
@@ -61,6 +61,8 @@ def check_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    ray: RayOpt = None,
+    ray_cpus: RayCpusOpt = None,
 ) -> None:
     """Re-render scenes and compare each image with its golden copy.
 
@@ -73,6 +75,8 @@ def check_command(
     [bold]--update[/] writes the goldens instead: the images, and golden.json (settings, model hash).
 
     The result goes to OUT/check.json (for [bold]hmedit report[/]) and with [bold]--junit F[/] to JUnit XML.
+
+    [bold]--ray[/] renders on a Ray cluster; on several machines give [bold]--out[/] a folder they all share.
 
     Exit code 1 if any image regressed, 2 for a user mistake (no goldens yet, a broken scene), else 0.
 
@@ -89,7 +93,7 @@ def check_command(
     import shutil
     import tempfile
 
-    from hmedit.batch import OK, Batch
+    from hmedit.batch import OK, Batch, runner
     from hmedit.batch import exit_code as batch_exit_code
     from hmedit.check import DEFAULT_TOLERANCE, Comparison, compare_scene, exit_code, update_scene
     from hmedit.cli.options import stdout
@@ -114,8 +118,9 @@ def check_command(
 
     console = stdout()
     debug = bool(ctx.find_root().params.get("debug"))
-    with ConsoleReporter(console, "update" if update else "check") as reporter:
-        batch = Batch(options, reporter, debug=debug)
+    verb = "update" if update else "check"
+    with runner(ray, device=device, cpus=ray_cpus) as elsewhere, ConsoleReporter(console, verb) as reporter:
+        batch = Batch(options, reporter, debug=debug, runner=elsewhere)
         results = batch.run(files)
     if batch.interrupted:
         print_summary(console, results)

@@ -21,6 +21,11 @@ class Command(TyperCommand):
     arguments without a metavar keep that. Register with ``app.command("name", cls=Command)``.
     """
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if any(p.name == "ray" for p in self.params):
+            args = ray_value(args)
+        return super().parse_args(ctx, args)
+
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
@@ -89,6 +94,46 @@ SizeOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+# Batches on a Ray cluster (render, check): hmedit.distributed
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run the batch on a Ray cluster (pip install 'hmedit\\[ray]'): alone or 'local', a new local "
+        "one (or $RAY_ADDRESS's); 'auto', HOST:PORT or ray://HOST:PORT, a running one (ray start --head).",
+        show_default=False,
+    ),
+]
+RayCpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-cpus",
+        min=1,
+        metavar="N",
+        help="With --ray on CPUs: CPUs per worker (default 1, one worker per CPU). On GPUs: one per GPU.",
+        show_default=False,
+    ),
+]
+
+
+def ray_value(args: list[str]) -> list[str]:
+    """``--ray`` takes an address only when one follows it (``local``, ``auto``, ``HOST:PORT``,
+    ``ray://HOST:PORT``); else it stands alone (value ""), so ``--ray scenes/`` renders scenes/ locally."""
+    from hmedit.distributed import is_address
+
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        out.append(arg)
+        if arg == "--":
+            return out + rest
+        if arg == "--ray" and not (rest and is_address(rest[0])):
+            out[-1] = "--ray="
+    return out
 
 
 def stdout() -> Console:

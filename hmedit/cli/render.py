@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from hmedit.cli.options import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, OutDir, ScenePaths, SizeOpt
+from hmedit.cli.options import (
+    CacheDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutDir,
+    RayCpusOpt,
+    RayOpt,
+    ScenePaths,
+    SizeOpt,
+)
 from hmedit.scene.spec import Scheduler
 
 
@@ -99,6 +109,8 @@ def render_command(
             show_default=False,
         ),
     ] = None,
+    ray: RayOpt = None,
+    ray_cpus: RayCpusOpt = None,
 ) -> None:
     """Render scenes: one image per seed, plus influence maps and provenance.
 
@@ -116,6 +128,8 @@ def render_command(
 
     A failing scene is reported in one line and the others go on.
 
+    [bold]--ray[/] renders on a Ray cluster: one worker per GPU (or CPU), each keeping its models loaded.
+
     Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C and 143 on SIGTERM (the summary is printed first), and a rerun resumes.
 
     [bold]Examples[/]
@@ -125,8 +139,10 @@ def render_command(
       [green]hmedit render scenes/nested_rings.yaml --seed 3 --steps 20[/]
 
       [green]hmedit render scenes/ --model ./my-sd15 --size 512x512 -o out/sd15[/]
+
+      [green]hmedit render scenes/ --ray auto -o /shared/out[/]       on the cluster of ray start --head
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
-    from hmedit.batch import Batch, exit_code
+    from hmedit.batch import Batch, exit_code, runner
     from hmedit.cli.options import stdout
     from hmedit.cli.report import ConsoleReporter, print_summary
 
@@ -149,8 +165,8 @@ def render_command(
     files = scene_files(paths)
     console = stdout()
     debug = bool(ctx.find_root().params.get("debug"))
-    with ConsoleReporter(console, "render") as reporter:
-        batch = Batch(options, reporter, debug=debug)
+    with runner(ray, device=device, cpus=ray_cpus) as elsewhere, ConsoleReporter(console) as reporter:
+        batch = Batch(options, reporter, debug=debug, runner=elsewhere)
         results = batch.run(files)
     print_summary(console, results)
     code = exit_code(results, batch.interrupted)

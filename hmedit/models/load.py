@@ -169,17 +169,21 @@ def model_hash(ref: ModelRef) -> str:
     return digest
 
 
-def pick_device(device: str = "auto", dtype: str = "auto", preset=None):
-    """CUDA if present, else CPU; ``dtype`` auto: the preset's for the device (fp16 on CUDA without one)."""
+def pick_device(device: str = "auto", dtype: str = "auto", preset=None, *, cuda: bool | None = None):
+    """CUDA if present, else CPU; ``dtype`` auto: the preset's for the device (fp16 on CUDA without one).
+    ``cuda``: whether the machines that will run the render have CUDA (None: this process's; a distributed
+    batch plans on a driver for its workers)."""
     import torch
 
+    if cuda is None:
+        cuda = torch.cuda.is_available()
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if cuda else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise HmeditError(f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and not cuda:
         raise HmeditError(
             "--device cuda was asked for but no CUDA device is available", hint="use --device cpu"
         )
