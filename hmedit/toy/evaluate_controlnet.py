@@ -91,14 +91,14 @@ def pipelines(controlnet=None, base: Path | None = None, scheduler: str = "ddim"
 
     quiet_libraries()
     plain = StableDiffusionPipeline.from_pretrained(
-        base or BUNDLED["toy"], safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32
-    )
+        base or BUNDLED["toy"], safety_checker=None, requires_safety_checker=False
+    ).to(torch.float32)
     plain.scheduler = make_scheduler(scheduler, dict(plain.scheduler.config))
     plain.set_progress_bar_config(disable=True)
     if controlnet is None:
         return None, plain
     if not isinstance(controlnet, torch.nn.Module):
-        controlnet = ControlNetModel.from_pretrained(controlnet, torch_dtype=torch.float32)
+        controlnet = ControlNetModel.from_pretrained(controlnet).float()
     cn = StableDiffusionControlNetPipeline(**plain.components, controlnet=controlnet.eval())
     cn.set_progress_bar_config(disable=True)
     return cn, plain

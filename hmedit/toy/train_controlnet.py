@@ -68,11 +68,11 @@ def load_frozen(base: Path):
 
     quiet_libraries()
     tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=torch.float32)
-    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     for m in (text, unet, vae):
-        m.eval().requires_grad_(False)
+        m.float().eval().requires_grad_(False)
     return tok, text, unet, vae
 
 
