@@ -306,7 +306,10 @@ def main(argv=None) -> None:
         for k in ("mean_iou_plain", "mean_iou_control"):
             res.setdefault(k, old.get(k))
         for r, o in zip(res["rows"], old["rows"]):
-            assert r["seed"] == o["seed"], "merged runs must share their held-out images"
+            if r["seed"] != o["seed"]:
+                raise SystemExit(
+                    f"{a.merge}: rendered other held-out images (seed {o['seed']}, not {r['seed']})"
+                )
             for k in ("iou_plain", "iou_control"):
                 if k in o:
                     r.setdefault(k, o[k])

@@ -281,16 +281,19 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
     record = {
         "base_model": "toy",
         "conditioning": "hmedit.control.edges.edge_map (white edges on black, RGB, 128x128)",
-        "steps": step,
         "weights": "ema" if use_ema else "raw",
         "train_seeds": f"0..{a.dataset - 1}",
         "conditioning_embedding_out_channels": list(COND_CHANNELS),
         **_arg_record(a),
+        "schedule_steps": a.steps,  # the lr schedule's length
+        "steps": step,  # trained
         **(extra or {}),
     }
     (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     if (out / "README.md").exists():
         shutil.copy2(out / "README.md", tmp / "README.md")
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # package data: readable by all (the library writes its weights 0600)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -305,8 +308,8 @@ def parse_args(argv=None):
     p.add_argument("--stages", default="data,train,export")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--dataset", type=int, default=4096, help="world images 0..N-1")
-    p.add_argument("--steps", type=int, default=600, help="length of the run (the lr schedule's)")
+    p.add_argument("--dataset", type=int, default=1024, help="world images 0..N-1")
+    p.add_argument("--steps", type=int, default=300, help="length of the run (the lr schedule's)")
     p.add_argument("--until", type=int, default=0, help="stop this session at this step (resume later)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
