@@ -129,29 +129,54 @@ def render(pipe, items: list[Held], *, control: bool, steps: int, guidance: floa
 
 
 def evaluate(
-    controlnet, n: int = 50, *, base: Path | None = None, baseline: bool = True, batch: int = 10
+    controlnet,
+    n: int = 50,
+    *,
+    base: Path | None = None,
+    baseline: bool = True,
+    batch: int = 10,
+    part: tuple[int, int] = (0, 1),
 ) -> dict:
     """IoU figures with control (unless ``controlnet`` is None) and without it (``baseline``); see the module
-    docstring. Per-image rows under "rows", the renders under "images_control" / "images_plain"."""
+    docstring. ``part`` (i, k): only the held-out images i, i+k, ... (to split the work between processes;
+    :func:`combine` joins the parts). Per-image rows under "rows", the renders under "images_control" /
+    "images_plain"."""
     cfg = toy_sampling()
-    cn_pipe, plain = pipelines(controlnet, base, cfg["scheduler"])
-    items = held_out(n)
+    items = held_out(n)[part[0] :: part[1]]
     rows = [{"seed": h.seed, "caption": h.sample.caption, "source_iou": h.source_iou} for h in items]
     result = {"images": n, "first_seed": EVAL_SEED, **cfg}
-    runs = ([("control", cn_pipe, True)] if cn_pipe is not None else []) + (
-        [("plain", plain, False)] if baseline else []
-    )
-    for name, pipe, control in runs:
-        images = render(
-            pipe, items, control=control, steps=cfg["steps"], guidance=cfg["guidance"], batch=batch
+    if controlnet is not None or baseline:
+        cn_pipe, plain = pipelines(controlnet, base, cfg["scheduler"])
+        runs = ([("control", cn_pipe, True)] if cn_pipe is not None else []) + (
+            [("plain", plain, False)] if baseline else []
         )
-        for r, h, im in zip(rows, items, images):
-            r[f"iou_{name}"] = iou(foreground(im, h.sample.background), h.truth)
-        result[f"mean_iou_{name}"] = float(np.mean([r[f"iou_{name}"] for r in rows]))
-        result[f"images_{name}"] = images
-    result["mean_source_iou"] = float(np.mean([r["source_iou"] for r in rows]))
-    result["rows"] = rows
-    return result
+        for name, pipe, control in runs:
+            images = render(
+                pipe, items, control=control, steps=cfg["steps"], guidance=cfg["guidance"], batch=batch
+            )
+            for r, h, im in zip(rows, items, images):
+                r[f"iou_{name}"] = iou(foreground(im, h.sample.background), h.truth)
+            result[f"images_{name}"] = images
+    return combine([result], rows)
+
+
+def combine(results: list[dict], rows: list[dict] = ()) -> dict:
+    """Join evaluation results (parts, or control and plain runs of the same held-out images): their rows,
+    merged by seed, and the means over them. A mean is only given where every one of the ``images`` rows has
+    that score."""
+    by_seed: dict[int, dict] = {}
+    for r in [r for res in results for r in res.get("rows", [])] + list(rows):
+        by_seed.setdefault(r["seed"], {}).update(r)
+    out = {k: v for k, v in results[0].items() if not k.startswith(("mean_", "count_", "rows"))}
+    out["rows"] = [by_seed[s] for s in sorted(by_seed)]
+    n = out["images"]
+    for name in ("control", "plain"):
+        vals = [r[f"iou_{name}"] for r in out["rows"] if f"iou_{name}" in r]
+        out[f"count_{name}"] = len(vals)
+        if vals and len(vals) == n:
+            out[f"mean_iou_{name}"] = float(np.mean(vals))
+    out["mean_source_iou"] = float(np.mean([r["source_iou"] for r in out["rows"]]))
+    return out
 
 
 def grid(items: list[Held], rows: dict[str, list[np.ndarray]]) -> np.ndarray:
@@ -286,34 +311,24 @@ def main(argv=None) -> None:
     p.add_argument("--no-control", action="store_true", help="only the renders without control")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--json", default=None)
-    p.add_argument(
-        "--merge", default=None, help="a JSON of an earlier run whose renders (e.g. plain) this one skipped"
-    )
+    p.add_argument("--part", default="0/1", help="I/K: only held-out images I, I+K, ... (split the work)")
+    p.add_argument("--merge", nargs="*", help="JSONs of earlier runs (parts, the plain renders) to join")
     p.add_argument("--card", action="store_true", help="write README.md into the ControlNet folder")
     p.add_argument("--docs", default=None, help="write the summary figures (JSON) here")
     p.add_argument("--grid", default=None, help="PNG: source | edges | renders, a line per image")
     a = p.parse_args(argv)
+    part = tuple(int(x) for x in a.part.split("/"))
     res = evaluate(
         None if a.no_control else a.controlnet,
         a.images,
         base=a.base,
         baseline=not a.no_baseline,
         batch=a.batch,
+        part=(part[0], part[1]),
     )
     images = {k[len("images_") :]: res.pop(k) for k in list(res) if k.startswith("images_")}
     if a.merge:
-        old = json.loads(Path(a.merge).read_text())
-        for k in ("mean_iou_plain", "mean_iou_control"):
-            res.setdefault(k, old.get(k))
-        for r, o in zip(res["rows"], old["rows"]):
-            if r["seed"] != o["seed"]:
-                raise SystemExit(
-                    f"{a.merge}: rendered other held-out images (seed {o['seed']}, not {r['seed']})"
-                )
-            for k in ("iou_plain", "iou_control"):
-                if k in o:
-                    r.setdefault(k, o[k])
-        res = {k: v for k, v in res.items() if v is not None}
+        res = combine([res] + [json.loads(Path(f).read_text()) for f in a.merge])
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
@@ -324,7 +339,7 @@ def main(argv=None) -> None:
         if a.docs:
             Path(a.docs).write_text(json.dumps(fig, indent=2) + "\n")
     if a.grid:
-        save_png(a.grid, grid(held_out(a.images), images))
+        save_png(a.grid, grid(held_out(a.images)[part[0] :: part[1]], images))
 
 
 if __name__ == "__main__":
