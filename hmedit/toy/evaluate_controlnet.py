@@ -220,6 +220,14 @@ def write_card(folder: Path, fig: dict) -> Path:
         for r in fig["rows"][:10]
     )
     plain = fig.get("mean_iou_plain")
+    ctrl = fig["mean_iou_control"]
+    verdict = (
+        f"The target (mean IoU >= 0.8) is met ({ctrl:.3f})."
+        if ctrl >= 0.8
+        else f"**The target (mean IoU >= 0.8) is not met: {ctrl:.3f}.** This ControlNet saw only"
+        f" {t['steps']} training steps (2 shared CPU cores); ControlNets learn to follow their condition"
+        " abruptly after a slow start, and this one had only begun to (see the training note)."
+    )
     text = f"""# toy-controlnet: an edge ControlNet for hmedit's bundled toy model
 
 A diffusers `ControlNetModel` (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion
@@ -279,6 +287,8 @@ the source's background colour. **Score**: IoU of that foreground with the union
 | mean IoU with control (edges) | {fig["mean_iou_control"]:.3f} | >= 0.8 |
 | mean IoU without control (baseline) | {"n/a" if plain is None else f"{plain:.3f}"} | |
 | ceiling: the oracle on the source images themselves | {fig["mean_source_iou"]:.3f} | |
+
+{verdict}
 
 First images (seed, caption, IoU with control, IoU without):
 

@@ -116,12 +116,43 @@ def make_data(a, tok=None, vae=None) -> None:
     )
 
 
+# ---------------------------------------------------------------- optimiser
+# The zero-initialised layers (the 1x1 convolutions onto every residual, the conditioning encoder's last
+# convolution) and the conditioning encoder learn at ``--fast-lr-mult`` times the rate of the copied UNet
+# encoder: both factors of the residual path start at or near zero, so at one shared small rate their product
+# stays near zero for many steps (the "sudden convergence" of ControlNet training).
+FAST_PREFIXES = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.")
+
+
+def param_groups(cn) -> list[tuple[list[str], list[torch.nn.Parameter], float]]:
+    """(names, parameters, lr multiplier) of the body and of the fast layers (omitted when empty), in the
+    optimiser's order."""
+    named = list(cn.named_parameters())
+    fast = [(n, p) for n, p in named if n.startswith(FAST_PREFIXES)]
+    body = [(n, p) for n, p in named if not n.startswith(FAST_PREFIXES)]
+    return [([n for n, _ in g], [p for _, p in g], m) for g, m in ((body, 1.0), (fast, None)) if g]
+
+
+def make_optimizer(cn, lr: float, fast_mult: float = 1.0):
+    groups = param_groups(cn)
+    opt = torch.optim.AdamW(
+        [{"params": ps, "lr_mult": fast_mult if m is None else m} for _, ps, m in groups],
+        lr=lr,
+        weight_decay=0.0,
+    )
+    names = [n for ns, _, _ in groups for n in ns]
+    return opt, names
+
+
 # ---------------------------------------------------------------- checkpoints
-def save_state(path: Path, cn, opt, ema: list[torch.Tensor], step: int, a) -> None:
-    """Model, EMA and Adam moments as one safetensors file (no pickle), written atomically."""
+def save_state(
+    path: Path, cn, opt, ema: list[torch.Tensor], step: int, a, names: list[str] | None = None
+) -> None:
+    """Model, EMA and Adam moments (all keyed by parameter name) as one safetensors file (no pickle), written
+    atomically. ``names``: the parameters' names in the optimiser's (and ``ema``'s) order."""
     from hmedit.outputs.write import save_safetensors
 
-    names = [n for n, _ in cn.named_parameters()]
+    names = names or [n for n, _ in cn.named_parameters()]
     tensors = {f"model.{n}": p for n, p in cn.named_parameters()}
     tensors.update({f"ema.{n}": e for n, e in zip(names, ema)})
     for i, st in opt.state_dict()["state"].items():
@@ -130,8 +161,9 @@ def save_state(path: Path, cn, opt, ema: list[torch.Tensor], step: int, a) -> No
     save_safetensors(path, tensors, metadata={"step": str(step), "args": json.dumps(_arg_record(a))})
 
 
-def load_state(path: Path, cn, opt) -> tuple[list[torch.Tensor], int]:
-    """Restore ``cn`` and ``opt`` from :func:`save_state`'s file; returns (EMA tensors, step)."""
+def load_state(path: Path, cn, opt, names: list[str] | None = None) -> tuple[list[torch.Tensor], int]:
+    """Restore ``cn`` and ``opt`` from :func:`save_state`'s file; returns (EMA tensors in ``names``' order,
+    step)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -142,7 +174,7 @@ def load_state(path: Path, cn, opt) -> tuple[list[torch.Tensor], int]:
             meta = f.metadata() or {}
         data = load_file(path)
         step = int(meta["step"])
-        names = [n for n, _ in cn.named_parameters()]
+        names = names or [n for n, _ in cn.named_parameters()]
         with torch.no_grad():
             for n, p in cn.named_parameters():
                 p.copy_(data[f"model.{n}"])
@@ -167,8 +199,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _arg_record(a) -> dict:
-    keys = ("seed", "dataset", "steps", "batch", "lr", "warmup", "ema", "t_bias", "save_every")
-    return {k: getattr(a, k) for k in keys}
+    keys = (
+        "seed",
+        "dataset",
+        "steps",
+        "batch",
+        "lr",
+        "fast_lr_mult",
+        "warmup",
+        "ema",
+        "t_bias",
+        "save_every",
+    )
+    return {k: getattr(a, k, None) for k in keys}
 
 
 # ---------------------------------------------------------------- stage 2: train
@@ -195,13 +238,13 @@ def train(a, frozen=None) -> None:
     z_all, edges, ids_all = data["latents"], data["edges"], data["ids"]
     empty = tok([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
     cn = build_controlnet(unet).train()
-    params = list(cn.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    opt, names = make_optimizer(cn, a.lr, a.fast_lr_mult)
+    params = [p for g in opt.param_groups for p in g["params"]]
     ema = [p.detach().clone() for p in params]
     step = 0
     ckpt = a.run_dir / CKPT
     if ckpt.exists():
-        ema, step = load_state(ckpt, cn, opt)
+        ema, step = load_state(ckpt, cn, opt, names)
     sched = DDPMScheduler(
         **{k: v for k, v in build_scheduler_config().items() if k not in ("set_alpha_to_one", "steps_offset")}
     )
@@ -216,7 +259,7 @@ def train(a, frozen=None) -> None:
     while step < stop:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
         for pg in opt.param_groups:
-            pg["lr"] = _lr(step, a.steps, a.lr, warmup=a.warmup)
+            pg["lr"] = _lr(step, a.steps, a.lr, warmup=a.warmup) * pg["lr_mult"]
         idx = torch.randint(0, len(z_all), (a.batch,), generator=g)
         ids = ids_all[idx].clone()
         ids[torch.rand(len(idx), generator=g) < 0.1] = empty
@@ -251,7 +294,7 @@ def train(a, frozen=None) -> None:
             )
             losses, t0, done = [], time.time(), 0
         if step % a.save_every == 0 or step == stop:
-            save_state(ckpt, cn, opt, ema, step, a)
+            save_state(ckpt, cn, opt, ema, step, a, names)
 
 
 def load_data(path: Path) -> dict[str, torch.Tensor]:
@@ -267,12 +310,13 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
     if unet is None:
         unet = load_frozen(a.base)[2]
     cn = build_controlnet(unet)
-    opt = torch.optim.AdamW(cn.parameters())
-    ema, step = load_state(a.run_dir / CKPT, cn, opt)
+    opt, names = make_optimizer(cn, a.lr, a.fast_lr_mult)
+    ema, step = load_state(a.run_dir / CKPT, cn, opt, names)
     if use_ema:
+        params = dict(cn.named_parameters())
         with torch.no_grad():
-            for p, e in zip(cn.parameters(), ema):
-                p.copy_(e)
+            for n, e in zip(names, ema):
+                params[n].copy_(e)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -313,6 +357,7 @@ def parse_args(argv=None):
     p.add_argument("--until", type=int, default=0, help="stop this session at this step (resume later)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--fast-lr-mult", type=float, default=10.0, help="lr factor of the zero convs (see above)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--ema", type=float, default=0.98)
     p.add_argument("--t-bias", choices=("cubic", "uniform"), default="cubic")
