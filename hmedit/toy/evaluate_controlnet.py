@@ -224,9 +224,16 @@ def write_card(folder: Path, fig: dict) -> Path:
     verdict = (
         f"The target (mean IoU >= 0.8) is met ({ctrl:.3f})."
         if ctrl >= 0.8
-        else f"**The target (mean IoU >= 0.8) is not met: {ctrl:.3f}.** This ControlNet saw only"
-        f" {t['steps']} training steps (2 shared CPU cores); ControlNets learn to follow their condition"
-        " abruptly after a slow start, and this one had only begun to (see the training note)."
+        else f"**The target (mean IoU >= 0.8) is not met: {ctrl:.3f}"
+        + ("" if plain is None else f", no better than without control ({plain:.3f})")
+        + f".** After {t['steps']} training steps the ControlNet barely changes the renders. ControlNet"
+        " training starts slowly (the residual convolutions and the conditioning encoder's last convolution"
+        " both start at zero, so the edges reach the UNet only as their product grows), and the steps that 2"
+        " shared CPU cores allowed were too few to get past that start. Continuing this run for a few"
+        " thousand steps (`make train-controlnet` resumes it from `runs/cnet`; minutes on a GPU) is what"
+        " should reach the target; starting the conditioning encoder's last convolution from small random"
+        " weights (only the residual convolutions need zeros to leave the base model unchanged at first)"
+        " should shorten the slow start."
     )
     text = f"""# toy-controlnet: an edge ControlNet for hmedit's bundled toy model
 
