@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmedit-installed
 SPEC := $(TORCH) | $(shell cat pyproject.toml | cksum)
 
-.PHONY: setup demo test test-fast test-huge lint format bench train-toy goldens clean
+.PHONY: setup demo test test-fast test-huge lint format bench train-toy train-controlnet goldens clean
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ format: setup
 
 train-toy: setup
 	$(BIN)/python -m hmedit.toy.train --run-dir runs/toy --out hmedit/models/weights/toy
+
+# The bundled edge ControlNet (resumable: run again to continue), then its figures into its model card.
+train-controlnet: setup
+	$(BIN)/python -m hmedit.toy.train_controlnet --run-dir runs/cnet --out hmedit/models/weights/toy-controlnet
+	$(BIN)/python -m hmedit.toy.evaluate_controlnet --card --docs docs/toy-controlnet-eval.json
 
 # Re-render the golden images (after an intended change of the model or the pipeline).
 goldens: setup

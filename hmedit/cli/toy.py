@@ -32,6 +32,28 @@ def evaluate(ctx: typer.Context) -> None:
     main(list(ctx.args))
 
 
+@toy_app.command("train-controlnet", context_settings=_PASS, add_help_option=False)
+def train_controlnet(ctx: typer.Context) -> None:
+    """Train the bundled edge ControlNet; every option of ``python -m hmedit.toy.train_controlnet``.
+
+    Example: hmedit toy train-controlnet --run-dir runs/cnet --out hmedit/models/weights/toy-controlnet
+    """
+    from hmedit.toy.train_controlnet import main
+
+    main(list(ctx.args))
+
+
+@toy_app.command("evaluate-controlnet", context_settings=_PASS, add_help_option=False)
+def evaluate_controlnet(ctx: typer.Context) -> None:
+    """Measure the bundled ControlNet (IoU of renders from held-out edges, with and without control).
+
+    Example: hmedit toy evaluate-controlnet --json cnet.json   (--help for all options)
+    """
+    from hmedit.toy.evaluate_controlnet import main
+
+    main(list(ctx.args))
+
+
 @toy_app.command("sample")
 def sample(
     out: str = typer.Option("world.png", "--out", "-o", help="PNG file for the grid."),
