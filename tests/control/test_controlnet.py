@@ -1,5 +1,6 @@
-"""Per-node ControlNet on tiny random SD1 / SDXL models (and the bundled toy pair when it is there): parity
-with diffusers' ControlNet pipelines, weight maps, shared passes, tiling, noise holds, errors, key and maps."""
+"""Per-node ControlNet on tiny random SD1 / SDXL models (and the bundled toy pair when it is there):
+parity with diffusers' ControlNet pipelines, weight maps, shared passes, tiling, noise holds, errors, key
+and maps."""
 
 from __future__ import annotations
 
@@ -341,8 +342,8 @@ def test_controls_enter_the_key_render_json_and_influence_maps(nets, cond_dir, t
     cn2 = tmp_path / "cn2"
     shutil.copytree(cn, cn2)
     before = hmedit.plan(hmedit.load_scene(_two_nodes(cn, cn2), base_dir=work), model).key
+
     from hmedit.models.random import tiny_controlnet
-    from diffusers import ControlNetModel
 
     tiny_controlnet(model.unet, seed=5).save_pretrained(cn2)
     assert hmedit.plan(hmedit.load_scene(_two_nodes(cn, cn2), base_dir=work), model).key != before

@@ -1,5 +1,5 @@
-"""control: in scenes (validation, one-line errors) and the model-free part: preprocessors, conditioning images,
-weight maps, groups, the key and the assets."""
+"""control: in scenes (validation, one-line errors) and the model-free part: preprocessors, conditioning
+images, weight maps, groups, the key and the assets."""
 
 from __future__ import annotations
 
