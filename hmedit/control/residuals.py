@@ -30,6 +30,7 @@ from hmedit.control.images import ControlGroup
 from hmedit.sampling.tiling import Window
 
 MAX_CACHED_MAPS = 4096
+MAX_EMBED_BYTES = 256 << 20  # conditioning embeddings kept per render (tiled: one per window)
 
 
 class ControlResiduals:
@@ -50,6 +51,12 @@ class ControlResiduals:
         self.scale, self.device, self.dtype = scale, device, dtype
         self.images = [g.image[None].to(device, net.dtype) for g, net in zip(groups, nets, strict=True)]
         self._maps: dict[tuple, Tensor] = {}
+        self._embeds: dict[tuple, Tensor] = {}
+        # the conditioning image's embedding does not change over the steps: computed once per window and
+        # handed to the ControlNet in place of the image (its embedding module is an identity meanwhile)
+        self.cache_embeddings = [
+            getattr(net.config, "controlnet_conditioning_channel_order", "rgb") == "rgb" for net in nets
+        ]
         self.passes = 0  # ControlNet calls made (for tests and benchmarks)
 
     def inputs(self, i: int, windows, n: int) -> dict:
@@ -61,8 +68,10 @@ class ControlResiduals:
         from hmedit.attention.processor import regional_attention
 
         with ExitStack() as stack:
-            for net in {id(n): n for n in self.nets}.values():
+            for k, net in {id(n): (k, n) for k, n in enumerate(self.nets)}.values():
                 stack.enter_context(regional_attention(net))
+                if self.cache_embeddings[k]:
+                    stack.enter_context(_embedding_given(net))
             yield
 
     def maps(self) -> dict[str, Tensor]:
@@ -95,6 +104,22 @@ class ControlResiduals:
             return img
         return torch.cat([img[win.scaled(self.scale).slice] for win in windows])
 
+    def _cond(self, g: int, net, windows: Sequence[Window] | None) -> Tensor:
+        """What the ControlNet takes as ``controlnet_cond`` for the windows: the image, or (inside
+        :meth:`attention`) its embedding, computed once per window."""
+        if not (self.cache_embeddings[g] and isinstance(net.controlnet_cond_embedding, _Given)):
+            return self._image(g, windows)
+        out = []
+        for win in windows or [None]:
+            key = (g, win)
+            if key not in self._embeds:
+                if sum(e.numel() * e.element_size() for e in self._embeds.values()) > MAX_EMBED_BYTES:
+                    self._embeds.clear()
+                image = self._image(g, None if win is None else [win])
+                self._embeds[key] = net.controlnet_cond_embedding.inner(image)
+            out.append(self._embeds[key])
+        return torch.cat(out)
+
     def residuals(self, x: Tensor, t, i: int, windows: Sequence[Window] | None, n: int, kwargs: dict) -> dict:
         """The summed weighted residuals for UNet input ``x`` (the guidance batch, [branches · n, C, h, w])
         and the UNet's other inputs ``kwargs``; {} when no control acts at step ``i``."""
@@ -117,7 +142,7 @@ class ControlResiduals:
         ehs = kwargs["encoder_hidden_states"]
         added = kwargs.get("added_cond_kwargs")
         region = (kwargs.get("cross_attention_kwargs") or {}).get("region")
-        image = self._image(g, windows)
+        image = self._cond(g, net, windows)
         if split:
             x, ehs = x[-n:], ehs[-n:]
             if added is not None:
@@ -156,6 +181,27 @@ class ControlResiduals:
             return r
 
         return [weigh(r) for r in down], weigh(mid)
+
+
+class _Given(torch.nn.Module):
+    """Stands in for a ControlNet's conditioning embedding: its input is the embedding already."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@contextmanager
+def _embedding_given(net):
+    original = net.controlnet_cond_embedding
+    net.controlnet_cond_embedding = _Given(original)
+    try:
+        yield
+    finally:
+        net.controlnet_cond_embedding = original
 
 
 def has_controls(scene) -> bool:
