@@ -178,3 +178,14 @@ def test_huge_control_images_are_refused_before_decoding(tmp_path, monkeypatch):
     plan = build_plan(sc, [1, 2], 64, 64, 8)
     with pytest.raises(HmeditError, match=r"big.png.*the control image of node 'root'"):
         control_nodes(sc, plan.flat, plan.effective, 64, 64)
+
+
+def test_validate_reads_control_pictures_and_names_the_field(tmp_path):
+    from hmedit.masks.checks import validate
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    path = tmp_path / "s.yaml"
+    path.write_text("size: [64, 64]\nroot:\n  prompt: a\n  control: {source: bad.png}\n")
+    _, diags = validate(path)
+    (err,) = diags.errors
+    assert err.location.field == "root.control.source" and "bad.png" in err.problem and err.location.line == 4
