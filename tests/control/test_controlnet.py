@@ -25,7 +25,7 @@ def nets(tiny_model_dir, tmp_path_factory):
     from hmedit.models.random import save_tiny_controlnet
 
     out = {}
-    for fam in ("sd1", "sdxl"):
+    for fam in ("sd1", "sd2", "sdxl"):
         folder = tiny_model_dir(fam)
         out[fam] = (folder, save_tiny_controlnet(tmp_path_factory.mktemp(f"cn-{fam}") / "cn", folder))
     return out
@@ -97,7 +97,8 @@ CASES = {
 
 
 @pytest.mark.parametrize(
-    "fam, case", [("sd1", c) for c in CASES] + [("sdxl", "weight 1"), ("sdxl", "guess, start 0.3")]
+    "fam, case",
+    [("sd1", c) for c in CASES] + [("sd2", "weight 1"), ("sdxl", "weight 1"), ("sdxl", "guess, start 0.3")],
 )
 def test_a_root_control_equals_the_diffusers_controlnet_pipeline(nets, cond_dir, fam, case):
     folder, cn = nets[fam]

@@ -189,3 +189,27 @@ def test_validate_reads_control_pictures_and_names_the_field(tmp_path):
     _, diags = validate(path)
     (err,) = diags.errors
     assert err.location.field == "root.control.source" and "bad.png" in err.problem and err.location.line == 4
+
+
+def test_controlnets_resolve_from_folders_the_hub_cache_and_the_bundle(tmp_path, monkeypatch):
+    import json
+
+    from hmedit.models.load import BUNDLED, resolve, resolve_controlnet
+
+    snap = tmp_path / "hub" / "models--org--cn" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    (tmp_path / "hub" / "models--org--cn" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cn" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    ref = resolve_controlnet("org/cn")
+    assert ref.source == "hub" and ref.path == snap
+    local = tmp_path / "scene" / "nets" / "mine"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    got = resolve_controlnet("nets/mine", base_dir=tmp_path / "scene")
+    assert got.source == "folder" and got.path == local
+    monkeypatch.setitem(BUNDLED, "toy-controlnet", local)
+    assert resolve_controlnet("toy-controlnet").source == "bundled"
+    with pytest.raises(HmeditError, match="'toy-controlnet' is a ControlNet, not a model"):
+        resolve("toy-controlnet")
