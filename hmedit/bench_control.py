@@ -50,7 +50,7 @@ class ControlNetConfig:
     tiled_scenes: int = 2
     untiled_size: int = 256
     tiled_size: int = 1024
-    tiled_steps: int = 8
+    tiled_steps: int = 6
 
     @classmethod
     def of(cls, cfg) -> ControlNetConfig:
