@@ -7,7 +7,9 @@ control (``source: layer``, ``kind: edges``; the model's bundled ControlNet). Fi
 seeds:
 
 - structure: the controlled object's IoU with its layer's shape (pixels whose nearest palette colour is the
-  object's), with the control and without it (the same scene with no control at all);
+  object's), with the control and without it (the same scene with no control at all); and the same with the
+  controlled node's region loosened to its layer's bounding box (``loose``), where only the control knows
+  the shape (with the layer as region, hmedit's regional attention alone already draws the silhouette);
 - locality: the uncontrolled object's mean absolute pixel change (0..255) between the two renders, over its
   region outside the controlled node's mask dilated by its feather plus a margin;
 - cost: one scene timed with and without its control, alternating after a warm-up each (medians);
@@ -104,18 +106,42 @@ def collage(seed: int, folder: Path, *, size: int = 128) -> dict[str, Any]:
         layer = object_layer(shapes[k], colours[k + 1], float(c[k][0]), float(c[k][1]), float(r[k]), size)
         name = folder / f"{seed}-layer{k}.png"
         Image.fromarray(layer, "RGBA").save(name)
-        objects.append({"shape": shapes[k], "colour": colours[k + 1], "layer": str(name)})
+        ys, xs = np.nonzero(layer[..., 3] > 127)
+        box = [
+            xs.min() / size,
+            ys.min() / size,
+            (xs.max() + 1 - xs.min()) / size,
+            (ys.max() + 1 - ys.min()) / size,
+        ]
+        objects.append(
+            {
+                "shape": shapes[k],
+                "colour": colours[k + 1],
+                "layer": str(name),
+                "box": [round(float(v), 4) for v in box],
+            }
+        )
     return {"background": colours[0], "init": str(folder / f"{seed}-init.png"), "objects": objects}
 
 
 def control_net_scene(
-    seed: int, pics: dict, *, size: int, steps: int, guidance: float, feather: float, control: bool = True
+    seed: int,
+    pics: dict,
+    *,
+    size: int,
+    steps: int,
+    guidance: float,
+    feather: float,
+    control: bool = True,
+    loose: bool = False,
 ) -> dict:
     """The collage as a scene: node ``ctl`` (the first object, with its layer's edges as control when
-    ``control``) and node ``free`` (the second, never controlled)."""
+    ``control``) and node ``free`` (the second, never controlled). ``loose``: ``ctl``'s region is its
+    layer's bounding box instead of the layer (a rect mask), so that only the control gives the shape; its
+    control is then the layer picture's edges (``source: <file>``)."""
     nodes = []
     for node_id, obj in zip(("ctl", "free"), pics["objects"], strict=True):
-        node = {
+        node: dict[str, Any] = {
             "id": node_id,
             "prompt": world.object_phrase(obj["colour"], obj["shape"]),
             "layer": obj["layer"],
@@ -123,8 +149,12 @@ def control_net_scene(
             "noise": 1.0,
             "feather": feather,
         }
+        if loose and node_id == "ctl":
+            del node["layer"], node["scale"]
+            node["mask"] = {"rect": obj["box"]}
         if control and node_id == "ctl":
-            node["control"] = {"source": "layer", "kind": "edges"}
+            source = obj["layer"] if loose else "layer"
+            node["control"] = {"source": source, "kind": "edges"}
         nodes.append(node)
     return {
         "name": f"control-net-{seed}{'' if control else '-plain'}",
@@ -189,6 +219,14 @@ def suite_control_net(b) -> dict:
             }
             masks = _masks(raws["control"], cc.size)
             images = {v: _render(b, raw, f"{seed}-{v}")[0].image for v, raw in raws.items()}
+            loose = {
+                v: _render(
+                    b,
+                    control_net_scene(seed, pics, control=v == "control", loose=True, **kw),
+                    f"{seed}-loose-{v}",
+                )[0].image
+                for v in ("control", "plain")
+            }
             ctl, free = pics["objects"]
             ctl_shape = masks["ctl"] > 0.5
             outside = metrics.inside(masks["free"]) & ~metrics.dilate(ctl_shape, cc.feather + cc.margin)
@@ -202,6 +240,8 @@ def suite_control_net(b) -> dict:
                     "free": f"{free['colour']} {free['shape']}",
                     "iou_control": round(object_iou(images["control"], ctl_shape, ctl["colour"]), 4),
                     "iou_plain": round(object_iou(images["plain"], ctl_shape, ctl["colour"]), 4),
+                    "iou_loose_control": round(object_iou(loose["control"], ctl_shape, ctl["colour"]), 4),
+                    "iou_loose_plain": round(object_iou(loose["plain"], ctl_shape, ctl["colour"]), 4),
                     "free_change": round(float(change[outside].mean()) if outside.any() else 0.0, 3),
                     "outside_change": round(float(change[whole].mean()), 3),
                 }
@@ -226,6 +266,8 @@ def suite_control_net(b) -> dict:
         "iou_control": iou_c,
         "iou_plain": iou_p,
         "iou_control_min": min(c["iou_control"] for c in cases),
+        "iou_loose_control": float(np.mean([c["iou_loose_control"] for c in cases])),
+        "iou_loose_plain": float(np.mean([c["iou_loose_plain"] for c in cases])),
         "free_change_mean": free_change,
         "free_change_max": max(c["free_change"] for c in cases),
         "outside_change_mean": float(np.mean([c["outside_change"] for c in cases])),
@@ -323,7 +365,7 @@ def _tiled(b, folder: Path, cc: ControlNetConfig) -> dict:
 
 def render_count(cfg) -> int:
     cc = ControlNetConfig.of(cfg)
-    return 2 * cc.scenes + 2 + 2 * cc.repeats + 2 * cc.tiled_scenes
+    return 4 * cc.scenes + 2 + 2 * cc.repeats + 2 * cc.tiled_scenes
 
 
 def table(f: dict):
@@ -344,6 +386,9 @@ def table(f: dict):
         f"{f['iou_control']:.3f}",
         f"{f['iou_plain']:.3f}",
         f">= {f['target_iou']} " + mark(f["pass_iou"]),
+    )
+    t.add_row(
+        "IoU, region = bounding box", f"{f['iou_loose_control']:.3f}", f"{f['iou_loose_plain']:.3f}", ""
     )
     t.add_row(
         "free object change (/255)",
