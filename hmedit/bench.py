@@ -38,8 +38,8 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale")
-OPT_IN_SUITES = ("scale",)  # for accelerators: run when asked for by name
+SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale", "control-net")
+OPT_IN_SUITES = ("scale", "control-net")  # run when asked for by name (accelerators; the bundled ControlNet)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
@@ -393,6 +393,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "tiling": len(_tiled().tiling_scene_names(cfg)) + 2 * len(cfg.panorama_scenes),
         "memory": 1,
         "scale": 2 * len(cfg.scale_sizes),
+        "control-net": _control().render_count(cfg),
     }[suite]
 
 
@@ -778,7 +779,14 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "tiling": lambda b: _tiled().suite_tiling(b),
     "memory": lambda b: _tiled().suite_memory(b),
     "scale": lambda b: _tiled().suite_scale(b),
+    "control-net": lambda b: _control().suite_control_net(b),
 }
+
+
+def _control():
+    from hmedit import bench_control
+
+    return bench_control
 
 
 def _tiled():

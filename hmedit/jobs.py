@@ -67,6 +67,7 @@ class Job:
     overrides: Overrides = field(default_factory=Overrides)
     cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
     target: Path | None = None  # a batch's output folder for the scene
+    controls: dict[str, dict[str, str]] = field(default_factory=dict)  # control field -> its ControlNet
 
     @property
     def seeds(self) -> list[int]:
@@ -120,6 +121,7 @@ def plan_job(
             raise HmeditError(f"cannot read {path}: {exc.strerror or exc}", **scene.where(where)) from None
     data = scene_bytes if scene_bytes is not None else scene_bytes_of(scene)
     device_s, dtype_s = str(dev), str(dt).replace("torch.", "")
+    controls = _controls(scene, ref)
     key = provenance.render_key(
         scene_bytes=data,
         assets={k: v["sha256"] for k, v in assets.items()},
@@ -127,10 +129,22 @@ def plan_job(
         settings=[r.key() for r in reqs],
         device=device_s,
         dtype=dtype_s,
+        controls=controls,
     )
-    return Job(
+    job = Job(
         scene, data, file, ref, digest, preset, reqs, assets, device_s, dtype_s, key, overrides, cache_dir
     )
+    job.controls = controls
+    return job
+
+
+def _controls(scene: Scene, ref: ModelRef) -> dict[str, dict[str, str]]:
+    """The ControlNet of each control node (none: {}), resolved and hashed without loading it."""
+    if not any(f.node.control is not None for f in scene.flat()):
+        return {}
+    from hmedit.control.models import describe
+
+    return describe(scene, ref)
 
 
 class ModelCache:
@@ -234,6 +248,7 @@ class Render:
             embeddings=self.tokens.describe() if self.tokens is not None else None,
             preset={"name": job.preset.name, "source": job.preset.source, **job.preset.values()},
             files=self.files or None,
+            controls=job.controls or None,
         )
 
     def _png_text(self, settings: Any) -> dict[str, str]:

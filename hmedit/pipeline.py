@@ -9,6 +9,7 @@ baseline.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from hmedit.attention.processor import regional_attention
 from hmedit.conditioning.encode import encode_scene
+from hmedit.control.residuals import has_controls, make_controls
 from hmedit.errors import HmeditError
 from hmedit.models.load import Model, make_scheduler
 from hmedit.sampling import vae as tiled_vae
@@ -228,8 +230,12 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     holds = None
     if source is not None and plan.noise_map is not None:
         holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
+    controls = None
+    if has_controls(scene):
+        controls = make_controls(scene, plan, model, guidance, len(timesteps))
+        parts.append(controls)
     den = Denoiser(model.unet, sched, parts, guidance, tiler=tiler, holds=holds)
-    with torch.no_grad(), regional_attention(model.unet):
+    with torch.no_grad(), regional_attention(model.unet), controls.attention() if controls else nullcontext():
         latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
     lap("sample")
     with torch.no_grad():
@@ -244,6 +250,8 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     image = (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     lap("decode")
     maps = influence_maps(plan, region.attention_maps() if region is not None else None)
+    if controls is not None:
+        maps.update(controls.maps())
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
     return RenderResult(image, s, maps, timings, plan, stats)

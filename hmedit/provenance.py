@@ -61,8 +61,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def asset_paths(scene: Scene) -> dict[str, Path]:
-    """Every file the scene names (init image, layers, mask images, embeddings), by field path, in file
-    order."""
+    """Every file the scene names (init image, layers, mask images, embeddings, control images), by field
+    path, in file order."""
     found: dict[str, Path] = {}
     if scene.init_image is not None:
         found["init_image"] = scene.init_image.path
@@ -75,6 +75,12 @@ def asset_paths(scene: Scene) -> dict[str, Path]:
             found[f"{flat.path}.mask.image"] = image.path
         if node.embedding is not None:
             found[f"{flat.path}.embedding"] = node.embedding.path
+        control = node.control
+        if control is not None:
+            for key in ("image", "source"):
+                value = getattr(control, key)
+                if hasattr(value, "path"):  # a file (source may also name the layer or the init image)
+                    found[f"{flat.path}.control.{key}"] = value.path
     return found
 
 
@@ -91,12 +97,15 @@ def render_key(
     device: str,
     dtype: str,
     version: str = hmedit.__version__,
+    controls: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """sha256 (hex) over everything that decides a render's output files.
 
     ``assets``: sha256 of each referenced file by field path; ``settings``: one mapping per seed with every
     setting after defaults and command-line overrides. A setting that defaults to the model's own value
     (the native size) is given as None: the model hash already pins it, so the key needs no loaded model.
+    ``controls``: the ControlNet of each control by field path (its hash decides the output); a scene without
+    controls keys as before.
     """
     h = hashlib.sha256()
     h.update(_canonical({"format": FORMAT, "format_version": FORMAT_VERSION, "hmedit": version}))
@@ -109,6 +118,7 @@ def render_key(
                 "settings": [dict(s) for s in settings],
                 "device": device,
                 "dtype": dtype,
+                **({"controls": {k: dict(v) for k, v in controls.items()}} if controls else {}),
             }
         )
     )
@@ -158,6 +168,7 @@ def record(
     embeddings: Mapping[str, Any] | None = None,
     files: Mapping[str, Mapping[str, Any]] | None = None,
     preset: Mapping[str, Any] | None = None,
+    controls: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The content of ``render.json`` (save it with ``outputs.save_json``: sorted keys).
 
@@ -167,7 +178,8 @@ def record(
     scene's output folder; ``embeddings``: the tokens of nodes with ``learn`` / ``embedding``, by node id
     (``SceneTokens.describe()``: the cache key or file and its sha256, the learn settings); ``files``: the
     size and sha256 of each output (``hmedit.outputs.folder.describe_outputs``), which the up-to-date check
-    verifies (a record without them is never up to date).
+    verifies (a record without them is never up to date); ``controls``: the ControlNets by control field
+    path (name, path, source, hash).
     """
     plain = [_plain(s) for s in settings]
     when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
@@ -200,4 +212,6 @@ def record(
         out["preset"] = dict(preset)
     if embeddings:
         out["embeddings"] = {k: dict(v) for k, v in embeddings.items()}
+    if controls:
+        out["controls"] = {k: dict(v) for k, v in controls.items()}
     return out

@@ -58,6 +58,7 @@ def test_examples_cover_the_features():
     assert any(len(n.levels) < 3 for n in nodes)
     assert any(n.negative and f.depth > 0 for f, n in zip(flats, nodes, strict=True))
     assert any(s.init_image is not None for s in scenes)
+    assert any(n.control is not None for n in nodes)  # per-node ControlNet
 
 
 def test_some_siblings_overlap():

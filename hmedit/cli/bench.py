@@ -188,6 +188,10 @@ def table(name: str, f: dict):
         return _tiling_table(f)
     if name == "scale":
         return _scale_table(f)
+    if name == "control-net":
+        from hmedit.bench_control import table as control_net_table
+
+        return control_net_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

@@ -22,11 +22,11 @@ def _folder_size(path: Path) -> int:
 
 def bundled() -> list[dict[str, Any]]:
     """Each bundled model: name, folder, whether it is there, its size in MB and hash (None when absent)."""
-    from hmedit.models.load import BUNDLED, ModelRef, model_hash
+    from hmedit.models.load import BUNDLED, BUNDLED_CONTROLNETS, ModelRef, model_hash
 
     rows = []
     for name, folder in BUNDLED.items():
-        present = (folder / "model_index.json").is_file()
+        present = (folder / ("config.json" if name in BUNDLED_CONTROLNETS else "model_index.json")).is_file()
         ref = ModelRef(name, folder, "bundled")
         rows.append(
             {
@@ -101,18 +101,21 @@ def models_command(
 
       [green]hmedit models --path toy[/]      the toy model's folder, for scripts
 
+      [green]hmedit models --path toy-controlnet[/]      the bundled ControlNet's folder
+
       [green]hmedit models --json[/]
     """
     from hmedit.errors import HmeditError
 
     if path is not None:
-        from hmedit.models.load import BUNDLED, resolve
+        from hmedit.models.load import BUNDLED, BUNDLED_CONTROLNETS, resolve, resolve_controlnet
 
         if path not in BUNDLED:
             raise HmeditError(
                 f"'{path}' is not a bundled model", hint="bundled models: " + ", ".join(sorted(BUNDLED))
             )
-        typer.echo(str(resolve(path).path))  # resolve raises the one-line error when it is missing
+        found = resolve_controlnet(path) if path in BUNDLED_CONTROLNETS else resolve(path)
+        typer.echo(str(found.path))  # resolve raises the one-line error when it is missing
         return
 
     rows = bundled() + hub_models()

@@ -21,7 +21,9 @@ from hmedit.models.family import FAMILIES, Family, detect
 from hmedit.scene.spec import DTYPES, SCHEDULERS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED = {"toy": WEIGHTS_DIR / "toy"}
+BUNDLED = {"toy": WEIGHTS_DIR / "toy", "toy-controlnet": WEIGHTS_DIR / "toy-controlnet"}
+BUNDLED_CONTROLNETS = {"toy-controlnet": "toy"}  # bundled ControlNet -> the bundled model it is made for
+CONTROLNET_CLASSES = ("ControlNetModel",)  # config.json _class_name of a diffusers ControlNet folder
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 RANDOM_PREFIX = "random:"  # "random:sd15": the published architecture with random weights (benchmarks)
 
@@ -74,6 +76,9 @@ class ModelRef:
 
 def resolve(name: str, *, base_dir: Path | None = None) -> ModelRef:
     """Turn a model name from a scene or the command line into a place on disk, or a clear error."""
+    if name in BUNDLED_CONTROLNETS:
+        hint = "name it in a node's control: {model: " + name + "}"
+        raise HmeditError(f"'{name}' is a ControlNet, not a model", hint=hint)
     if name in BUNDLED:
         path = BUNDLED[name]
         if not (path / "model_index.json").exists():
@@ -131,6 +136,56 @@ def resolve(name: str, *, base_dir: Path | None = None) -> ModelRef:
         hint="use 'toy', a diffusers folder, a hub id like "
         "'org/name' in the local cache, or a .safetensors/.ckpt file",
     )
+
+
+def resolve_controlnet(name: str, *, base_dir: Path | None = None) -> ModelRef:
+    """A ControlNet named in a scene (``control: {model: ...}``): a bundled one, a diffusers ControlNet folder
+    (config.json with ``_class_name: ControlNetModel``), or a hub id found in the local Hugging Face cache."""
+
+    def checked(path: Path, source: str) -> ModelRef:
+        try:
+            kind = json.loads((path / "config.json").read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind not in CONTROLNET_CLASSES:
+            what = "no readable config.json" if kind is None else f"config.json names {kind}"
+            raise HmeditError(
+                f"{path} is not a diffusers ControlNet ({what})",
+                hint="point to the folder that holds a ControlNetModel's config.json and weights",
+            )
+        return ModelRef(name, path, source)
+
+    if name in BUNDLED_CONTROLNETS:
+        path = BUNDLED[name]
+        if not (path / "config.json").is_file():
+            raise HmeditError(
+                f"the bundled ControlNet '{name}' is missing from {path}",
+                hint="reinstall hmedit (it ships hmedit/models/weights/" + name + ")",
+            )
+        return checked(path, "bundled")
+    if name in BUNDLED:
+        raise HmeditError(f"'{name}' is a model, not a ControlNet", hint="use e.g. toy-controlnet")
+    cand = Path(name).expanduser()
+    if base_dir is not None and not cand.is_absolute() and (base_dir / cand).exists():
+        cand = base_dir / cand
+    if cand.is_dir():
+        return checked(cand.resolve(), "folder")
+    if cand.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise HmeditError(
+            f"ControlNet '{name}' not found",
+            hint="use toy-controlnet, a diffusers ControlNet folder (relative paths are taken from the "
+            "scene's folder) or a hub id 'org/name' in the local cache",
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss means "not in the cache"
+        raise HmeditError(
+            f"ControlNet '{name}' is not in the local Hugging Face cache and hmedit does not download",
+            hint=f"on a machine with network run `hf download {name}` (or copy its folder here)",
+        ) from None
+    return checked(path, "hub")
 
 
 def model_hash(ref: ModelRef) -> str:

@@ -202,6 +202,43 @@ def save_tiny(path: Path, family: str = "sd1", seed: int = 0, sample_size: int =
     return Path(path)
 
 
+def tiny_controlnet(unet, seed: int = 0, vae_scale: int = 2, scale: float = 0.05):
+    """A random ControlNet for a (tiny) UNet: ``ControlNetModel.from_unet`` (the UNet's encoder copied), its
+    conditioning embedding sized for a VAE of factor ``vae_scale``, and its zero convolutions (and the
+    embedding's last conv) filled with N(0, ``scale``²) weights instead of zeros, so its residuals are not
+    zero and tests can see them."""
+    import math
+
+    import torch
+    from diffusers import ControlNetModel
+
+    levels = int(math.log2(vae_scale)) + 1
+    net = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=tuple(16 * 2**k for k in range(levels))
+    )
+    g = torch.Generator("cpu").manual_seed(seed)
+    zeros = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zeros:
+            for p in conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+def save_tiny_controlnet(path: Path, model_dir: Path, seed: int = 0) -> Path:
+    """Write :func:`tiny_controlnet` of the tiny model folder ``model_dir``'s UNet as a diffusers ControlNet
+    folder at ``path``."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    vae = json.loads((Path(model_dir) / "vae" / "config.json").read_text())
+    net = tiny_controlnet(unet, seed, vae_scale=2 ** (len(vae["block_out_channels"]) - 1))
+    net.save_pretrained(path)
+    return Path(path)
+
+
 # The published architectures (runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-2-1 config.json
 # files), for speed and memory benchmarks with random weights: speed does not depend on the weights.
 _SD_UNET = dict(

@@ -7,7 +7,8 @@ Each part adds keyword arguments to the UNet call for step ``i`` and a batch of 
   processor (masks, weights, σ, recording);
 * :class:`AddedConditioning`: SDXL's ``added_cond_kwargs`` (pooled embedding, size and crop ids per window).
 
-A new input (ControlNet residuals, ...) is a new part; the others do not change. :class:`Guidance` doubles the
+A new input is a new part; the others do not change. A part may also compute inputs from the latents
+(``residuals``: ControlNet residuals, :mod:`hmedit.control.residuals`). :class:`Guidance` doubles the
 batch and combines the branches (classifier-free guidance, Ho & Salimans, "Classifier-Free Diffusion
 Guidance", arXiv:2207.12598); tiled fusion is :func:`hmedit.sampling.tiled.fuse_windows`; per-node noise
 levels are :class:`NoiseHolds` (Collage Diffusion, Sarukkai et al., "Collage Diffusion", arXiv:2303.00262,
@@ -34,6 +35,10 @@ class Part(Protocol):
     [uncond × n, cond × n] with guidance, [cond × n] without."""
 
     def inputs(self, i: int, windows: Sequence[Window] | None, n: int) -> dict: ...
+
+    # Optional: ``residuals(x, t, i, windows, n, kwargs) -> dict``, called with the UNet's input batch ``x``
+    # and the other parts' merged inputs, for inputs computed from the latents (ControlNet residuals:
+    # hmedit.control.residuals.ControlResiduals).
 
 
 def merge(kwargs: dict, more: dict) -> dict:
@@ -248,7 +253,11 @@ class Denoiser:
         kwargs: dict = {}
         for part in self.parts:
             merge(kwargs, part.inputs(i, windows, n))
-        out = self.unet(self.guidance.expand(x), t, **kwargs, return_dict=False)[0]
+        xin = self.guidance.expand(x)
+        for part in self.parts:
+            if hasattr(part, "residuals"):
+                merge(kwargs, part.residuals(xin, t, i, windows, n, kwargs))
+        out = self.unet(xin, t, **kwargs, return_dict=False)[0]
         return self.guidance.combine(out)
 
     def __call__(self, x: Tensor, t, i: int) -> Tensor:

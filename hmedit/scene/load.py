@@ -24,6 +24,7 @@ from hmedit.scene.spec import (
     MASK_KINDS,
     MASK_TAGS,
     MAX_NAME_CHARS,
+    AssetRef,
     AttentionWeights,
     LearnSpec,
     Node,
@@ -271,6 +272,10 @@ def check_inputs(scene: Scene, diags: Diagnostics) -> None:
                 attempt(f"{flat.path}.{key}", image_size, ref)
         if node.embedding is not None:
             attempt(f"{flat.path}.embedding", _check_embedding, node.embedding)
+        for key in ("image", "source"):  # control pictures: header, then decoded reduced
+            ref = getattr(node.control, key, None)
+            if isinstance(ref, AssetRef) and attempt(f"{flat.path}.control.{key}", image_size, ref):
+                attempt(f"{flat.path}.control.{key}", open_image, ref, max_side=CHECK_DECODE_SIDE)
 
     size, where = (scene.size, "size") if scene.size is not None else (init_size, "init_image")
     if size is not None:

@@ -399,6 +399,97 @@ Learn = Annotated[
 ]
 
 
+CONTROL_SOURCES = ("layer", "init_image")
+"""``control: {source: ...}`` names: the node's own layer, the scene's init image; anything else is a path."""
+
+
+def _control_source_kind(value: Any) -> str:
+    return "ControlSourceName" if value in CONTROL_SOURCES else "ControlSourcePath"
+
+
+ControlSource = Annotated[
+    Annotated[Literal[CONTROL_SOURCES], Tag("ControlSourceName")]  # type: ignore[valid-type]
+    | Annotated[AssetRef, Tag("ControlSourcePath")],
+    Discriminator(_control_source_kind),
+]
+MASK_TAGS = MASK_TAGS | {"ControlSourceName", "ControlSourcePath"}  # union tags, dropped from error paths
+
+
+class ControlSpec(_Spec):
+    """A ControlNet acting in the node's region (Collage Diffusion, Sarukkai et al., arXiv:2303.00262,
+    §4.3: its residuals are multiplied by a weight map, the node's weight times its effective mask)."""
+
+    image: AssetRef | None = Field(
+        None, description="A ready conditioning image (e.g. an edge map), relative to the scene file."
+    )
+    source: ControlSource | None = Field(
+        None,
+        description="Make the conditioning image from: layer (the node's layer), init_image, or a picture "
+        "file relative to the scene file; 'kind' says how.",
+    )
+    kind: str | None = Field(
+        None,
+        min_length=1,
+        description="The preprocessor that turns 'source' into the conditioning image: edges (default), "
+        "none, or one registered in hmedit.control.preprocess.",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="The ControlNet: toy-controlnet (bundled, the default with the toy model), a diffusers "
+        "ControlNet folder or a hub id in the local Hugging Face cache. Required with other models.",
+    )
+    weight: Number = Field(1.0, ge=0, le=10, description="Strength of the control in the region, 0..10.")
+    start: Number = Field(0.0, ge=0, le=1, description="Fraction of the steps at which the control starts.")
+    end: Number = Field(1.0, ge=0, le=1, description="Fraction of the steps at which the control ends.")
+    guess: bool = Field(
+        False, description="Guess mode (diffusers'): the control acts on the conditional branch only."
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        from hmedit.control.preprocess import PREPROCESSORS
+
+        if value is not None and value not in PREPROCESSORS:
+            close = difflib.get_close_matches(value, list(PREPROCESSORS), n=1)
+            known = ", ".join(sorted(PREPROCESSORS))
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {known}"
+            raise _error("control_kind", f"unknown control kind {value!r}", hint=hint)
+        return value
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ControlSpec:
+        if (self.image is None) == (self.source is None):
+            raise _error(
+                "control_image",
+                "a control needs exactly one of image (a ready conditioning image) or source",
+                hint="e.g. control: {source: layer, kind: edges}",
+            )
+        if self.image is not None and self.kind is not None:
+            raise _error(
+                "control_kind_image",
+                "kind applies to source, not to a ready image",
+                hint="remove kind, or use source: <file> with kind",
+            )
+        if self.start >= self.end:
+            raise _error(
+                "control_window",
+                f"start ({self.start:g}) must be smaller than end ({self.end:g})",
+                hint="fractions of the sampling steps, e.g. start: 0.0, end: 0.8",
+            )
+        return self
+
+    @property
+    def preprocessor(self) -> str | None:
+        """The preprocessor's name (None for a ready image)."""
+        if self.source is None:
+            return None
+        from hmedit.control.preprocess import DEFAULT_KIND
+
+        return self.kind or DEFAULT_KIND
+
+
 # ------------------------------------------------------------------------------------------------
 # Nodes
 
@@ -520,6 +611,11 @@ class Node(_Spec):
         description="A textual-inversion embedding to use for this node instead of learning one: diffusers "
         "learned_embeds.safetensors/.bin or an A1111 .pt/.safetensors file, relative to the scene file.",
     )
+    control: ControlSpec | None = Field(
+        None,
+        description="A ControlNet for this region: {image} or {source: layer | init_image | <file>, kind}, "
+        "plus model, weight, start, end, guess.",
+    )
     children: tuple[Node, ...] = Field((), description="Nodes that refine this one, each inside its parent.")
 
     @field_validator("id")
@@ -564,6 +660,17 @@ class Node(_Spec):
                         "learn_and_embedding",
                         "a node has either learn or embedding, not both",
                         hint="embedding loads a token, learn makes one: remove one of them",
+                    )
+                )
+            control = data.get("control")
+            if _given(control, "source") == "layer" and data.get("layer") is None:
+                extra.append(
+                    _detail(
+                        ("control", "source"),
+                        data,
+                        "control_layer",
+                        "control source 'layer' needs the node's layer, and this node has none",
+                        hint="give the node a layer, or use source: <picture file> or image: <file>",
                     )
                 )
             for key in ("at", "scale"):
@@ -807,6 +914,7 @@ class Scene(_Spec):
                         )
                 extra.extend(_duplicate_ids(root, data))
                 extra.extend(_learn_sources(root, data))
+                extra.extend(_control_sources(root, data))
         return _merge_errors(cls.__name__, extra, data, handler)
 
     # ---------------------------------------------------------------------------------------------
@@ -961,6 +1069,27 @@ def _learn_sources(root: Any, data: Any) -> list[InitErrorDetails]:
                 problem = None
             if problem:
                 out.append(_detail((*path, "learn"), data, "learn_source", problem, hint=hint))
+        children = _given(node, "children")
+        if isinstance(children, (list, tuple)):
+            for i, child in enumerate(children):
+                visit(child, (*path, "children", i))
+
+    visit(root, ("root",))
+    return out
+
+
+def _control_sources(root: Any, data: Any) -> list[InitErrorDetails]:
+    """``control: {source: init_image}`` needs the scene's init_image."""
+    has_init = _given(data, "init_image") is not None
+    out: list[InitErrorDetails] = []
+
+    def visit(node: Any, path: tuple) -> None:
+        if not isinstance(node, (dict, Node)):
+            return
+        if _given(_given(node, "control"), "source") == "init_image" and not has_init:
+            problem = "control source 'init_image' needs the scene's init_image, and this scene has none"
+            hint = "set init_image, or use source: <picture file> or image: <file>"
+            out.append(_detail((*path, "control", "source"), data, "control_init", problem, hint=hint))
         children = _given(node, "children")
         if isinstance(children, (list, tuple)):
             for i, child in enumerate(children):

@@ -86,3 +86,20 @@ def test_hub_cache_pipelines_are_found(tmp_path):
     rows = hub_models(tmp_path)
     assert [(r["name"], r["pipeline"]) for r in rows] == [("org/sd-tiny", "StableDiffusionPipeline")]
     assert hub_models(tmp_path / "absent") == []
+
+
+def test_the_bundled_controlnet_is_listed_and_its_path_printed(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "toy-controlnet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 200_000)
+    monkeypatch.setitem(BUNDLED, "toy-controlnet", folder)
+    assert run("models", "--path", "toy-controlnet") == 0
+    assert capsys.readouterr().out.strip() == str(folder)
+    assert run("models", "--json") == 0
+    (row,) = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "toy-controlnet"]
+    assert row["present"] and row["size_mb"] == 0.2 and len(row["hash"]) == 16
+    monkeypatch.setitem(BUNDLED, "toy-controlnet", tmp_path / "absent")
+    assert run("models", "--path", "toy-controlnet") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "bundled ControlNet 'toy-controlnet' is missing" in err
