@@ -38,8 +38,8 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale")
-OPT_IN_SUITES = ("scale",)  # for accelerators: run when asked for by name
+SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale", "edit")
+OPT_IN_SUITES = ("scale", "edit")  # for accelerators: run when asked for by name
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
@@ -393,6 +393,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "tiling": len(_tiled().tiling_scene_names(cfg)) + 2 * len(cfg.panorama_scenes),
         "memory": 1,
         "scale": 2 * len(cfg.scale_sizes),
+        "edit": _edit().render_count(cfg),
     }[suite]
 
 
@@ -778,6 +779,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "tiling": lambda b: _tiled().suite_tiling(b),
     "memory": lambda b: _tiled().suite_memory(b),
     "scale": lambda b: _tiled().suite_scale(b),
+    "edit": lambda b: _edit().suite_edit(b),
 }
 
 
@@ -785,6 +787,12 @@ def _tiled():
     from hmedit import bench_tiled
 
     return bench_tiled
+
+
+def _edit():
+    from hmedit import bench_edit
+
+    return bench_edit
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

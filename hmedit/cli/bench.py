@@ -188,6 +188,10 @@ def table(name: str, f: dict):
         return _tiling_table(f)
     if name == "scale":
         return _scale_table(f)
+    if name == "edit":
+        from hmedit.bench_edit import table as edit_table
+
+        return edit_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

@@ -614,3 +614,44 @@ def prepare(
     )
     out.tiler = inversion_tiler(settings.tiling, plan)
     return out
+
+
+def invert_scene(
+    scene,
+    model,
+    settings,
+    *,
+    cache: InversionCache | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Inversion | None:
+    """``hmedit invert``: the inversion a render of ``scene`` with ``settings`` (a
+    :class:`hmedit.pipeline.Settings`) needs, from the cache or computed now; None when the scene inverts
+    nothing (``inversion: none``, or no init image or layer)."""
+    from hmedit.sampling.plan import build_plan
+
+    if scene.inversion == "none":
+        return None
+    fam = model.family
+    plan = build_plan(
+        scene,
+        fam.factors(model.unet),
+        settings.width,
+        settings.height,
+        model.vae_scale_factor,
+        cross_attention=fam.cross_attention_factors(model.unet),
+    )
+    if plan.canvas is None:
+        return None
+    return invert(
+        model,
+        plan,
+        scene.inversion,
+        settings.steps,
+        settings.guidance,
+        tiling=settings.tiling,
+        encode_tiled_above=settings.encode_tiled_above,
+        cache=cache,
+        force=force,
+        progress=progress,
+    )
