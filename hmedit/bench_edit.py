@@ -40,7 +40,7 @@ RECON_SEEDS = HELD_OUT_FROM + 1_000  # reconstruction images: seeds from here
 EDIT_SEEDS = HELD_OUT_FROM + 2_000  # edit images: candidate seeds from here
 RECON_IMAGES = 20
 EDIT_IMAGES = 24
-WORKERS = 3  # on a CPU the images are spread over this many forked processes (the cost part runs alone first)
+WORKERS = 4  # on a CPU the images are spread over this many forked processes (the cost part runs alone first)
 EDIT_NOISE = 0.8
 FEATHER_PX = 2.0
 MARGIN_PX = 6.0  # SSIM-i: pixels farther than this from the edited box
@@ -348,10 +348,19 @@ def _run_item(item: tuple) -> tuple[str, int, dict]:
 
 
 def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) -> dict[str, list[dict]]:
-    """Every item's case, in item order per kind; ``workers`` > 1: forked processes (CPU only)."""
+    """Every item's case, in item order per kind; ``workers`` > 1: forked processes (CPU only). With an
+    images folder, the cases finished so far are also written to ``edit-partial.json`` beside it as they
+    arrive (a long run that is stopped keeps them)."""
     import multiprocessing as mp
 
     out: dict[str, dict[int, dict]] = {}
+
+    def keep() -> None:
+        if b.images is not None:
+            from hmedit.outputs.write import save_json
+
+            save_json(b.images.parent / "edit-partial.json", out)
+
     renders = {"edit": len(METHODS), "recon": 2 * len(METHODS), "photo": 2 * len(METHODS)}
     _WORK.update(run=run, tmp=tmp, cfg=cfg)
     try:
@@ -360,6 +369,7 @@ def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) 
             with mp.get_context("fork").Pool(workers) as pool:
                 for kind, index, case in pool.imap_unordered(_run_item, items):
                     out.setdefault(kind, {})[index] = case
+                    keep()
                     for _ in range(renders[kind]):
                         b.tick(f"edit {kind} {index}")
         else:
@@ -371,11 +381,21 @@ def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) 
     return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
 
 
+def image_counts(cfg) -> tuple[int, int]:
+    """Reconstruction and edit images: 20 and 24; ``--seeds N``: N each; quick: 2 each."""
+    from hmedit.bench import Config
+
+    if cfg.quick:
+        return 2, 2
+    if cfg.control_scenes != Config.control_scenes:  # --seeds N sets every suite's count
+        return cfg.control_scenes, cfg.control_scenes
+    return RECON_IMAGES, EDIT_IMAGES
+
+
 def suite_edit(b) -> dict:
     """The suite (see the module docstring). Quick mode: 2 images each, the configured (quick) steps."""
     cfg = b.config
-    n_recon = 2 if cfg.quick else RECON_IMAGES
-    n_edit = 2 if cfg.quick else EDIT_IMAGES
+    n_recon, n_edit = image_counts(cfg)
     size = cfg.size
     out: dict[str, Any] = {
         "size": [size, size],
@@ -387,6 +407,10 @@ def suite_edit(b) -> dict:
         tmp = Path(tmp_name)
         run = _Runner(b, tmp / "cache")
         out["cost"] = _cost(run, tmp, size, cfg.steps, cfg.guidance)
+        if b.images is not None:
+            from hmedit.outputs.write import save_json
+
+            save_json(b.images.parent / "edit-cost.json", out["cost"])
         run = _Runner(b, tmp / "cache")
         items: list[tuple] = []
         for i in range(n_recon):
@@ -402,7 +426,9 @@ def suite_edit(b) -> dict:
                 items.append(("photo", i, (name, img, prompt)))
         for i, (seed, w, k, colour) in enumerate(edit_images(n_edit, size)):
             items.append(("edit", i, (seed, w, k, colour)))
-        items.sort(key=lambda it: {"edit": 0, "recon": 1, "photo": 2}[it[0]])  # the costlier first
+        # interleaved, so that a stopped run has some of each: world reconstructions, edits, photographs
+        rank = {"recon": 0, "edit": 1, "photo": 2}
+        items.sort(key=lambda it: (it[1] + (0.5 if it[0] == "photo" else 0), rank[it[0]]))
         cpu = getattr(b.model.device, "type", str(b.model.device)) == "cpu"
         cases = _run_all(b, run, tmp, cfg, items, WORKERS if cpu else 1)
         out["workers"] = WORKERS if cpu else 1
@@ -434,8 +460,7 @@ def suite_edit(b) -> dict:
 
 def render_count(cfg) -> int:
     """Renders of the suite (for the progress bar)."""
-    n_recon = 2 if cfg.quick else RECON_IMAGES
-    n_edit = 2 if cfg.quick else EDIT_IMAGES
+    n_recon, n_edit = image_counts(cfg)
     photos = sum((photos_dir() / f"{n}.png").is_file() for n in PHOTO_PROMPTS)
     return 5 + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS)
 
