@@ -10,11 +10,12 @@ null_text``), side by side on one model.
   trained on) and the shipped photographs (tests/assets/photos, when present), each rendered back from
   itself (root prompt = its caption, noise 1) with every method at guidance 1 and at the configured guidance;
   PSNR against the source beside the VAE round trip's (posterior mean, decoded: the ceiling).
-- edits: held-out world images with a solid background and a solid object, one node per object (its box);
-  the chosen object's colour word changed (its ``source_prompt`` the old phrase), noise 0.8 on it, 0
-  elsewhere. Per method: the colour oracle on the object's pixels, the IoU of the object's foreground (pixels
-  in its box whose nearest palette colour is not the background's) before and after, SSIM-i and SSIM-e
-  (MRGD's: SSIM outside the dilated edited box, and in a band around it).
+- edits: held-out world images with a solid background and a solid object, one node per object (its
+  visible region as an image mask); the chosen object's colour word changed (its ``source_prompt`` the old
+  phrase), noise 0.8 on it (feathered 2 px), 0 elsewhere. Per method: the colour oracle on the object's
+  pixels, the IoU of the object's foreground (pixels within 6 px of it whose nearest palette colour is not
+  the background's) before and after, SSIM-i and SSIM-e (MRGD's: SSIM farther than 6 px from the edited
+  object, and in an 8 px band around it).
 
 Every inversion goes to a temporary cache, so each is computed once per run (ddim and negative_prompt share
 their trajectory).
@@ -43,8 +44,8 @@ EDIT_IMAGES = 24
 WORKERS = 4  # on a CPU the images are spread over this many forked processes (the cost part runs alone first)
 EDIT_NOISE = 0.8
 FEATHER_PX = 2.0
-MARGIN_PX = 6.0  # SSIM-i: pixels farther than this from the edited box
-BAND_PX = 8.0  # SSIM-e: the band around the edited box
+MARGIN_PX = 6.0  # SSIM-i: pixels farther than this from the edited object; IoU: pixels nearer
+BAND_PX = 8.0  # SSIM-e: the band around the edited object
 MIN_OBJECT_FRACTION = 0.03  # edit images: the edited object covers at least this share of the image
 PHOTO_PROMPTS = {
     "astronaut": "a photo of an astronaut",
@@ -158,7 +159,7 @@ def edit_scene(
 
 
 def foreground(image: np.ndarray, box: np.ndarray, background: str) -> np.ndarray:
-    """Pixels inside ``box`` whose nearest palette colour is not ``background``."""
+    """Pixels inside the mask ``box`` whose nearest palette colour is not ``background``."""
     idx = metrics.nearest_colour(image, PALETTE)
     return box & (idx != metrics.colour_index(background, PALETTE))
 

@@ -1,6 +1,6 @@
 """Real-image inversion: the init image turned into the model's own DDIM trajectory, so that sampling from it
 reconstructs the image and an edit keeps the structure of what it does not change (MRGD, Multi-Region Guided
-Diffusion, §3.1-3.3, Alg. 1; the file /work/shared/seeds/003 of this project).
+Diffusion, §3.1-3.3, Alg. 1).
 
 Methods (the scene key ``inversion``):
 
@@ -13,9 +13,10 @@ Methods (the scene key ``inversion``):
 * ``null_text``: the same trajectory as pivots, then per sampling step the unconditional embeddings are
   optimised so that the guided step from the current latent lands on the next pivot (Mokady et al.,
   "Null-text Inversion for Editing Real Images using Guided Diffusion Models", arXiv:2211.09794, Alg. 1:
-  Adam, 10 inner steps, lr 1e-2·(1 − i/100), early stop at loss < 1e-5 + i·2e-5; fp32). The whole
-  unconditional branch is optimised: the root's negative and every node's negative tokens, each node's
-  under its own regional bias (per node where the scene has per-node negatives).
+  Adam, 10 inner steps, lr 1e-2·(1 − i/100), early stop at loss < 1e-5 + i·2e-5; the embeddings in fp32).
+  The optimisation starts from the source prompts (where negative-prompt inversion stops; see
+  :func:`null_text_base`), and the whole unconditional branch is optimised: the root's tokens and every
+  node's, each node's under its own regional bias.
 
 Sampling (``hmedit.pipeline.render``) then starts from z at the largest noise level instead of re-noised
 source, and the positions the per-node noise levels hold follow the inverted trajectory
