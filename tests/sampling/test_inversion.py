@@ -290,3 +290,34 @@ def test_every_method_runs_on_other_families(tiny_model_dir, family, tmp_path):
         inv = I.invert_scene(sc, model, out.settings, cache=cache)
         assert inv is not None and inv.cached
         assert (inv.uncond is not None) == (method == "null_text")
+
+
+@pytest.mark.slow
+def test_a_learned_token_is_in_the_source_prompt_and_in_the_cache_key(learn_scene, tiny, tmp_path):
+    """With learn: and inversion: the image is inverted under the node's token too, and a rerun reuses the
+    learned token and the inversion."""
+    import hmedit
+
+    path = learn_scene(
+        edit=lambda t: t.replace(
+            "init_image: bg.png", "init_image: bg.png\ninversion: null_text\nguidance: 3"
+        ).replace("prompt: a square", "prompt: a red square\n      source_prompt: a square")
+    )
+    seen: list[list[str]] = []
+    real = I.source_prompts
+
+    def spy(plan):
+        seen.append(real(plan))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(I, "source_prompts", spy)
+        first = hmedit.render(path, str(tiny), cache_dir=tmp_path / "cache", device="cpu", record=False)
+    token_prompt = seen[0][1]
+    assert token_prompt.startswith("<hm-sq-") and token_prompt.endswith(" a square")
+    assert len(list((tmp_path / "cache").glob("*/inversion.safetensors"))) == 1
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(I, "null_text", lambda *a, **k: calls.append(1))
+        again = hmedit.render(path, str(tiny), cache_dir=tmp_path / "cache", device="cpu", record=False)
+    assert calls == [] and np.array_equal(np.asarray(first.image), np.asarray(again.image))
