@@ -62,6 +62,8 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
     from hmedit.cli.app import main
 
     monkeypatch.setattr(bench_edit, "WORKERS", 1)
+    monkeypatch.setattr(bench_edit, "PHOTO_PROMPTS", {"coffee": "a cup of coffee"})
+    monkeypatch.setattr(bench_edit, "image_counts", lambda cfg: (1, 1))
     model = tiny_model_dir("sd1")
     out = tmp_path / "b"
     with pytest.raises(SystemExit) as info:
@@ -69,7 +71,7 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
     assert (info.value.code or 0) == 0
     f = json.loads((out / "bench.json").read_text())["suites"]["edit"]
     rec = f["reconstruction"]
-    assert rec["images"] == 2 and f["photos"]["images"] == 3 and f["edits"]["images"] == 2
+    assert rec["images"] == 1 and f["photos"]["images"] == 1 and f["edits"]["images"] == 1
     for key in ("none@1", "ddim@1", "negative_prompt@1", "null_text@1", "null_text@7.5", "ceiling_db"):
         assert np.isfinite(rec["mean_psnr_db"][key])
     # at guidance 1 every inversion method samples the same conditional trajectory
