@@ -38,8 +38,23 @@ from hmedit.errors import HmeditError
 from hmedit.scene.spec import Scene
 from hmedit.toy.world import COLOURS, PALETTE
 
-SUITES = ("cost", "control", "hierarchy", "locality", "inversion", "tiling", "memory", "scale", "control-net")
-OPT_IN_SUITES = ("scale", "control-net")  # run when asked for by name (accelerators; the bundled ControlNet)
+SUITES = (
+    "cost",
+    "control",
+    "hierarchy",
+    "locality",
+    "inversion",
+    "tiling",
+    "memory",
+    "scale",
+    "control-net",
+    "edit",
+)
+OPT_IN_SUITES = (
+    "scale",
+    "control-net",
+    "edit",
+)  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
 FORMAT_VERSION = 1
@@ -394,6 +409,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "memory": 1,
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),
+        "edit": _edit().render_count(cfg),
     }[suite]
 
 
@@ -780,6 +796,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "memory": lambda b: _tiled().suite_memory(b),
     "scale": lambda b: _tiled().suite_scale(b),
     "control-net": lambda b: _control().suite_control_net(b),
+    "edit": lambda b: _edit().suite_edit(b),
 }
 
 
@@ -793,6 +810,12 @@ def _tiled():
     from hmedit import bench_tiled
 
     return bench_tiled
+
+
+def _edit():
+    from hmedit import bench_edit
+
+    return bench_edit
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

@@ -358,13 +358,16 @@ def run_job(
         )
     learn_seconds = round(time.perf_counter() - learn_clock, 4)
     model_scene = tokens.apply(scene) if tokens is not None else scene
+    from hmedit.sampling.inversion import InversionCache
+
+    inversions = InversionCache(job.cache_dir)  # inversions beside the learned tokens (default: inversions/)
     results: dict[int, RenderResult] = {}
     per_seed: dict[str, dict[str, float]] = {}
     for index, req in enumerate(job.requests):
         settings = R.Settings.from_request(scene, model, req, job.preset)
         if on_seed is not None:
             on_seed(index, req.seed)
-        results[req.seed] = R.render(model_scene, model, settings, progress=on_step)
+        results[req.seed] = R.render(model_scene, model, settings, progress=on_step, inversions=inversions)
         per_seed[str(req.seed)] = dict(results[req.seed].timings)
     timings = {
         "load": load_seconds,

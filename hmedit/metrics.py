@@ -193,3 +193,53 @@ def seam_score(
         return 1.0
     eps = 1e-6
     return float((on.mean() + eps) / ((off.mean() if off.size else 0.0) + eps))
+
+
+# ------------------------------------------------------------------------------------------------
+# SSIM (Wang et al. 2004) and MRGD's SSIM-i / SSIM-e, through torchmetrics' maintained implementation
+# (Gaussian window 11 px, sigma 1.5, k1 0.01, k2 0.03: the paper's constants).
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The local SSIM of two uint8 images [H, W, 3] per pixel, averaged over channels: float [H, W]."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in shape: {x.shape} and {y.shape}")
+    _check_pair(x, np.zeros(x.shape[:2]))
+    tx, ty = (torch.from_numpy(v.astype(np.float32)).permute(2, 0, 1)[None] for v in (x, y))
+    _, full = structural_similarity_index_measure(
+        tx, ty, data_range=255.0, return_full_image=True, reduction="none"
+    )
+    return full[0].mean(0).numpy()
+
+
+def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM of two uint8 images [H, W, 3], over ``mask``'s pixels (all without one); nan if empty."""
+    m = ssim_map(a, b)
+    if mask is None:
+        return float(m.mean())
+    inner = inside(mask)
+    return float(m[inner].mean()) if inner.any() else float("nan")
+
+
+def ssim_inherent(before: np.ndarray, after: np.ndarray, edited: np.ndarray, margin_px: float) -> float:
+    """MRGD's SSIM-i: SSIM between source and edit over the inherent region, every pixel farther than
+    ``margin_px`` from the edited region (``edited``, the union of the edited nodes' masks, dilated)."""
+    return ssim(before, after, ~dilate(edited, margin_px))
+
+
+def ssim_edge(before: np.ndarray, after: np.ndarray, edited: np.ndarray, band_px: float) -> float:
+    """MRGD's SSIM-e: SSIM between source and edit in the neighbourhood of the edited region, the band of
+    pixels within ``band_px`` of it and outside it (how much the edit disturbed its surroundings)."""
+    region = inside(edited)
+    return ssim(before, after, dilate(region, band_px) & ~region)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two masks (1.0 when both are empty)."""
+    x, y = inside(a), inside(b)
+    union = (x | y).sum()
+    return float((x & y).sum() / union) if union else 1.0

@@ -136,8 +136,13 @@ def _randn(shape, generator, device, dtype) -> Tensor:
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
-def render(scene: Scene, model: Model, settings: Settings, progress=None) -> RenderResult:
-    """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step."""
+def render(
+    scene: Scene, model: Model, settings: Settings, progress=None, *, inversions=None, on_invert=None
+) -> RenderResult:
+    """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
+    ``inversion``, the init image is inverted first (or taken from ``inversions``, an
+    :class:`~hmedit.sampling.inversion.InversionCache`; None: the default one), ``on_invert(i, n)`` after
+    each inversion step."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -150,6 +155,8 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         clock = now
 
     s = settings
+    if scene.inversion != "none" and s.scheduler != "ddim":
+        s = replace(s, scheduler="ddim")  # sampling from an inversion: DDIM, the inversion's exact reverse
     fam = model.family
     dev, dt = model.device, model.dtype
     refine, noise_scale = None, 1.0
@@ -202,6 +209,13 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         noise = _randn(source.shape, gen, dev, dt)
         latents = sched.add_noise(source, noise, timesteps[:1]) if len(timesteps) else source
     lap("prepare")
+    inverted = None
+    if scene.inversion != "none" and plan.canvas is not None:
+        from hmedit.sampling.inversion import prepare
+
+        inverted = prepare(model, plan, s, cond, sched, timesteps, t_start, inversions, on_invert)
+        latents, cond = inverted.latents, inverted.cond
+        lap("invert")
     guidance = Guidance(s.guidance)
     embeds = cond.batch()[0]
     parts: list = [TextEmbeddings(guidance.select(embeds).to(dev, dt))]
@@ -210,6 +224,9 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
         if s.tiling is not None
         else None
     )
+    if inverted is not None:  # per-step embeddings (null_text); the inversion's fixed windows
+        parts = [inverted.text]
+        tiler = inverted.tiler
     region = None
     if plan.regional and cond.regional:
         region = RegionalAttention(
@@ -230,6 +247,8 @@ def render(scene: Scene, model: Model, settings: Settings, progress=None) -> Ren
     holds = None
     if source is not None and plan.noise_map is not None:
         holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
+    if inverted is not None:
+        holds = inverted.holds
     controls = None
     if has_controls(scene):
         controls = make_controls(scene, plan, model, guidance, len(timesteps))

@@ -192,6 +192,10 @@ def table(name: str, f: dict):
         from hmedit.bench_control import table as control_net_table
 
         return control_net_table(f)
+    if name == "edit":
+        from hmedit.bench_edit import table as edit_table
+
+        return edit_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

@@ -47,6 +47,7 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 Composition = Literal["multiplicative", "normalized", "top_down", "depth_weighted", "hybrid"]
+Inversion = Literal["none", "ddim", "negative_prompt", "null_text"]
 NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_weighted"]
 """A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
 Level = Literal["coarse", "mid", "fine"]
@@ -548,6 +549,11 @@ class Node(_Spec):
     )
     prompt: str = Field("", description="What this region should show.")
     negative: str = Field("", description="What this region should not show (negative prompt).")
+    source_prompt: str | None = Field(
+        None,
+        description="With the scene's inversion: what the init image shows inside this region (the prompt "
+        "it is inverted under). Default: the node's prompt.",
+    )
     mask: MaskSpec | None = Field(
         None,
         description="The node's region: exactly one of rect, ellipse, polygon (fractions of the image) "
@@ -803,6 +809,12 @@ class Scene(_Spec):
         None,
         description="Image to edit, relative to the scene file. Without it, the scene is generated "
         "from noise.",
+    )
+    inversion: Inversion = Field(
+        "none",
+        description="How the init image enters sampling: none (re-noised with fresh noise), ddim (DDIM "
+        "inversion), negative_prompt (DDIM inversion, source prompts as the negative) or null_text "
+        "(DDIM inversion plus optimised per-step negative embeddings). Inversions are cached.",
     )
     composition: Composition = Field(
         "top_down",

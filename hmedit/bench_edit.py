@@ -1,0 +1,516 @@
+"""``hmedit bench edit``: editing real images by inversion (``inversion: none | ddim | negative_prompt |
+null_text``), side by side on one model.
+
+- cost: on one held-out world image at the configured size and steps, the plain render (``none``, re-noised
+  source), the null-text inversion in an empty cache, the render from the cached null-text inversion, and the
+  negative-prompt render (inverting its DDIM trajectory). Wall seconds and this process's CPU seconds (with
+  one torch thread the CPU seconds are the time on an idle core; on a shared machine the wall clock also
+  counts the other processes).
+- reconstruction: held-out procedural images (``hmedit.toy.world``, seeds from ``HELD_OUT_FROM``, never
+  trained on) and the shipped photographs (tests/assets/photos, when present), each rendered back from
+  itself (root prompt = its caption, noise 1) with every method at guidance 1 and at the configured guidance;
+  PSNR against the source beside the VAE round trip's (posterior mean, decoded: the ceiling).
+- edits: held-out world images with a solid background and a solid object, one node per object (its
+  visible region as an image mask); the chosen object's colour word changed (its ``source_prompt`` the old
+  phrase), noise 0.8 on it (feathered 2 px), 0 elsewhere. Per method: the colour oracle on the object's
+  pixels, the IoU of the object's foreground (pixels within 6 px of it whose nearest palette colour is not
+  the background's) before and after, SSIM-i and SSIM-e (MRGD's: SSIM farther than 6 px from the edited
+  object, and in an 8 px band around it).
+
+Every inversion goes to a temporary cache, so each is computed once per run (ddim and negative_prompt share
+their trajectory).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmedit import metrics
+from hmedit.scene.spec import Scene
+from hmedit.toy import world
+from hmedit.toy.world import COLOURS, PALETTE
+
+METHODS = ("none", "ddim", "negative_prompt", "null_text")
+HELD_OUT_FROM = 10_000_000  # hmedit.toy.train.HELD_OUT: seeds at and above it are never trained on
+RECON_SEEDS = HELD_OUT_FROM + 1_000  # reconstruction images: seeds from here
+EDIT_SEEDS = HELD_OUT_FROM + 2_000  # edit images: candidate seeds from here
+RECON_IMAGES = 20
+EDIT_IMAGES = 24
+WORKERS = 4  # on a CPU the images are spread over this many forked processes (the cost part runs alone first)
+EDIT_NOISE = 0.8
+FEATHER_PX = 2.0
+MARGIN_PX = 6.0  # SSIM-i: pixels farther than this from the edited object; IoU: pixels nearer
+BAND_PX = 8.0  # SSIM-e: the band around the edited object
+MIN_OBJECT_FRACTION = 0.03  # edit images: the edited object covers at least this share of the image
+PHOTO_PROMPTS = {
+    "astronaut": "a photo of an astronaut",
+    "coffee": "a photo of a cup of coffee",
+    "chelsea": "a photo of a cat",
+}
+# targets (issue 14)
+TARGET_NTI_CEILING_DB = 1.5  # null_text within this of the VAE round trip (procedural images, guidance)
+TARGET_NTI_OVER_DDIM_DB = 6.0
+TARGET_ORACLE = 0.9
+TARGET_IOU = 0.9
+TARGET_SSIM_I = 0.98
+TARGET_NTI_S = 60.0
+TARGET_CACHED_S = 1.0
+TARGET_NPI_RATIO = 2.0
+
+
+def photos_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "tests" / "assets" / "photos"
+
+
+def recon_scene(init: str, prompt: str, method: str, guidance: float, size: int, steps: int) -> dict:
+    return {
+        "name": "recon",
+        "size": [size, size],
+        "seed": 0,
+        "steps": steps,
+        "guidance": guidance,
+        "scheduler": "ddim",
+        "init_image": init,
+        "inversion": method,
+        "root": {"prompt": prompt, "noise": 1.0},
+    }
+
+
+def edit_images(count: int, size: int) -> list[tuple[int, world.WorldImage, int, str]]:
+    """``count`` held-out world images fit for a colour edit: (seed, image, object index, new colour). The
+    object is the largest solid one; the background is solid; nothing is outlined; the new colour is one the
+    image does not use."""
+    out = []
+    seed = EDIT_SEEDS
+    while len(out) < count:
+        w = world.sample(seed, size)
+        seed += 1
+        if w.background_texture != "solid" or w.outlined or not w.objects:
+            continue
+        areas = [float((o.mask > 0.5).mean()) if o.texture == "solid" else 0.0 for o in w.objects]
+        k = int(np.argmax(areas))
+        if areas[k] < MIN_OBJECT_FRACTION:
+            continue
+        used = {w.background} | {o.colour for o in w.objects}
+        rng = np.random.default_rng([seed, 0xED17])
+        colour = str(rng.choice([c for c in COLOURS if c not in used]))
+        out.append((seed - 1, w, k, colour))
+    return out
+
+
+def write_masks(w: world.WorldImage, folder: Path, name: str) -> list[str]:
+    """Each object's visible region (its coverage > 0.5) as a grayscale PNG: the nodes' masks."""
+    from PIL import Image
+
+    paths = []
+    for j, o in enumerate(w.objects):
+        path = folder / f"{name}-o{j}.png"
+        Image.fromarray(((o.mask > 0.5) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def edit_scene(
+    w: world.WorldImage,
+    k: int,
+    colour: str,
+    init: str,
+    masks: list[str],
+    method: str,
+    size: int,
+    steps: int,
+    guidance: float,
+) -> dict:
+    """A node per object (its visible region, ``masks``; its phrase); object ``k`` recoloured to ``colour``
+    at noise 0.8 and feathered (``source_prompt``: its old phrase), the rest at noise 0 (as
+    ``hmedit.bench.edit_scene`` edits a region)."""
+    children = []
+    for j, o in enumerate(w.objects):
+        node: dict[str, Any] = {
+            "id": f"o{j}",
+            "prompt": o.phrase,
+            "mask": {"image": masks[j]},
+            "noise": 0.0,
+        }
+        if j == k:
+            node.update(
+                prompt=world.object_phrase(colour, o.shape, o.texture),
+                source_prompt=o.phrase,
+                noise=EDIT_NOISE,
+                feather=FEATHER_PX,
+            )
+        children.append(node)
+    return {
+        "name": "edit",
+        "size": [size, size],
+        "seed": 0,
+        "steps": steps,
+        "guidance": guidance,
+        "scheduler": "ddim",
+        "init_image": init,
+        "inversion": method,
+        "root": {"prompt": world.background_phrase(w.background), "noise": 0.0, "children": children},
+    }
+
+
+def foreground(image: np.ndarray, box: np.ndarray, background: str) -> np.ndarray:
+    """Pixels inside the mask ``box`` whose nearest palette colour is not ``background``."""
+    idx = metrics.nearest_colour(image, PALETTE)
+    return box & (idx != metrics.colour_index(background, PALETTE))
+
+
+def vae_round_trip(model, image: np.ndarray) -> np.ndarray:
+    import torch
+
+    x = (
+        torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().to(model.device, model.vae.dtype)
+        / 127.5
+        - 1
+    )
+    with torch.no_grad():
+        z = model.vae.encode(x).latent_dist.mean
+        y = model.vae.decode(z).sample
+    return ((y[0].float().permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+class _Runner:
+    def __init__(self, b, cache: Path) -> None:
+        from hmedit.sampling.inversion import InversionCache
+
+        self.b, self.cache = b, InversionCache(cache)
+
+    def render(self, raw: dict, label: str = ""):
+        from hmedit.pipeline import Settings, render
+
+        sc = Scene.model_validate(raw)
+        model = self.b.model
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = render(sc, model, Settings.of(sc, model, 0, record=False), inversions=self.cache)
+        result.timings["wall_s"] = time.perf_counter() - wall
+        result.timings["cpu_s"] = time.process_time() - cpu
+        if self.b.images is not None and label:
+            from hmedit.outputs.write import save_png
+
+            save_png(self.b.images / "edit" / f"{label}.png", result.image)
+        self.b.tick(f"edit {label}".strip())
+        return result
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _cost(run: _Runner, tmp: Path, size: int, steps: int, guidance: float) -> dict:
+    """Null-text inversion in an empty cache, a rerun from the cache and negative-prompt inversion, against
+    the plain render (same scene, same settings), timed side by side."""
+    from PIL import Image
+
+    from hmedit.sampling.inversion import InversionCache
+
+    w = world.sample(RECON_SEEDS - 1, size)
+    init = tmp / "cost.png"
+    Image.fromarray(w.image).save(init)
+    run.cache = InversionCache(tmp / "cost-cache")  # empty
+    out: dict[str, Any] = {"image_seed": RECON_SEEDS - 1, "prompt": w.caption}
+    for name, method in (
+        ("plain", "none"),
+        ("null_text_first", "null_text"),
+        ("null_text_cached", "null_text"),
+        ("negative_prompt", "negative_prompt"),
+        ("plain_again", "none"),
+    ):
+        r = run.render(recon_scene(str(init), w.caption, method, guidance, size, steps), f"cost-{name}")
+        out[name] = {
+            "wall_s": round(r.timings["wall_s"], 3),
+            "cpu_s": round(r.timings["cpu_s"], 3),
+            "invert_wall_s": r.timings.get("invert"),
+        }
+    plain_cpu = min(out["plain"]["cpu_s"], out["plain_again"]["cpu_s"])
+    plain_wall = min(out["plain"]["wall_s"], out["plain_again"]["wall_s"])
+    nti_cpu = out["null_text_first"]["cpu_s"] - plain_cpu
+    cached_cpu = out["null_text_cached"]["cpu_s"] - plain_cpu
+    ratio_cpu = out["negative_prompt"]["cpu_s"] / plain_cpu
+    out.update(
+        null_text_inversion_cpu_s=round(nti_cpu, 3),
+        null_text_inversion_wall_s=out["null_text_first"]["invert_wall_s"],
+        cached_adds_cpu_s=round(cached_cpu, 3),
+        cached_adds_wall_s=round(out["null_text_cached"]["wall_s"] - plain_wall, 3),
+        negative_prompt_ratio_cpu=round(ratio_cpu, 3),
+        negative_prompt_ratio_wall=round(out["negative_prompt"]["wall_s"] / plain_wall, 3),
+        pass_null_text=nti_cpu <= TARGET_NTI_S,
+        pass_cached=cached_cpu <= TARGET_CACHED_S,
+        pass_negative_prompt=ratio_cpu <= TARGET_NPI_RATIO,
+    )
+    return out
+
+
+def recon_case(run: _Runner, tmp: Path, name: str, image: np.ndarray, prompt: str, cfg) -> dict:
+    """One image rendered back from itself with every method, at guidance 1 and the configured one."""
+    from PIL import Image
+
+    init = tmp / f"recon-{name}.png"
+    Image.fromarray(image).save(init)
+    case: dict[str, Any] = {
+        "image": name,
+        "prompt": prompt,
+        "ceiling_db": round(metrics.psnr(vae_round_trip(run.b.model, image), image), 3),
+    }
+    for g in (1.0, float(cfg.guidance)):
+        for method in METHODS:
+            raw = recon_scene(str(init), prompt, method, g, cfg.size, cfg.steps)
+            r = run.render(raw, f"recon-{name}-{method}-g{g:g}")
+            case[f"{method}@{g:g}"] = round(metrics.psnr(r.image, image), 3)
+    return case
+
+
+def recon_summary(cases: list[dict], cfg) -> dict:
+    summary = {"ceiling_db": _mean(c["ceiling_db"] for c in cases)}
+    for g in (1.0, float(cfg.guidance)):
+        for method in METHODS:
+            summary[f"{method}@{g:g}"] = _mean(c[f"{method}@{g:g}"] for c in cases)
+    return {"images": len(cases), "mean_psnr_db": summary, "cases": cases}
+
+
+def edit_case(run: _Runner, tmp: Path, seed: int, w: world.WorldImage, k: int, colour: str, cfg) -> dict:
+    """One attribute edit with every method, scored against the source."""
+    from PIL import Image
+
+    size = cfg.size
+    init = tmp / f"edit-{seed}.png"
+    Image.fromarray(w.image).save(init)
+    o = w.objects[k]
+    masks = write_masks(w, tmp, f"edit-{seed}")
+    edited = o.mask > 0.5
+    near = metrics.dilate(edited, MARGIN_PX)  # where the object's foreground is compared
+    before_fg = foreground(w.image, near, w.background)
+    case: dict[str, Any] = {"seed": seed, "object": o.phrase, "to": colour, "methods": {}}
+    for method in METHODS:
+        raw = edit_scene(w, k, colour, str(init), masks, method, size, cfg.steps, cfg.guidance)
+        after = run.render(raw, f"edit-{seed}-{method}").image
+        after_fg = foreground(after, near, w.background)
+        case["methods"][method] = {
+            "oracle": metrics.region_match(after, o.mask, colour, cfg.threshold, palette=PALETTE),
+            "new_fraction": round(metrics.region_colour_fraction(after, o.mask, colour, palette=PALETTE), 4),
+            "iou": round(metrics.iou(before_fg, after_fg), 4),
+            "ssim_i": round(metrics.ssim_inherent(w.image, after, edited, MARGIN_PX), 4),
+            "ssim_e": round(metrics.ssim_edge(w.image, after, edited, BAND_PX), 4),
+        }
+    return case
+
+
+def edit_summary(cases: list[dict], cfg) -> dict:
+    summary = {}
+    for method in METHODS:
+        per = [c["methods"][method] for c in cases]
+        s = {
+            "oracle_rate": _mean(float(p["oracle"]) for p in per),
+            "iou_mean": _mean(p["iou"] for p in per),
+            "iou_rate": _mean(float(p["iou"] >= TARGET_IOU) for p in per),
+            "ssim_i": _mean(p["ssim_i"] for p in per),
+            "ssim_e": _mean(p["ssim_e"] for p in per),
+        }
+        s["pass"] = (
+            s["oracle_rate"] >= TARGET_ORACLE and s["iou_mean"] >= TARGET_IOU and s["ssim_i"] >= TARGET_SSIM_I
+        )
+        summary[method] = s
+    return {
+        "images": len(cases),
+        "noise": EDIT_NOISE,
+        "feather_px": FEATHER_PX,
+        "margin_px": MARGIN_PX,
+        "band_px": BAND_PX,
+        "threshold": cfg.threshold,
+        "summary": summary,
+        "cases": cases,
+    }
+
+
+# Work items run in forked worker processes (one torch thread each), the model inherited from the parent.
+_WORK: dict[str, Any] = {}
+
+
+def _run_item(item: tuple) -> tuple[str, int, dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    run, tmp, cfg = _WORK["run"], _WORK["tmp"], _WORK["cfg"]
+    if _WORK.get("forked"):
+        run.b.tick = lambda label: None  # this process's copy: the parent ticks as results arrive
+    kind, index, args = item
+    if kind == "edit":
+        return kind, index, edit_case(run, tmp, *args, cfg)
+    return kind, index, recon_case(run, tmp, *args, cfg)
+
+
+def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) -> dict[str, list[dict]]:
+    """Every item's case, in item order per kind; ``workers`` > 1: forked processes (CPU only). With an
+    images folder, the cases finished so far are also written to ``edit-partial.json`` beside it as they
+    arrive (a long run that is stopped keeps them)."""
+    import multiprocessing as mp
+
+    out: dict[str, dict[int, dict]] = {}
+
+    def keep() -> None:
+        if b.images is not None:
+            from hmedit.outputs.write import save_json
+
+            save_json(b.images.parent / "edit-partial.json", out)
+
+    renders = {"edit": len(METHODS), "recon": 2 * len(METHODS), "photo": 2 * len(METHODS)}
+    _WORK.update(run=run, tmp=tmp, cfg=cfg)
+    try:
+        if workers > 1:
+            _WORK["forked"] = True
+            with mp.get_context("fork").Pool(workers) as pool:
+                for kind, index, case in pool.imap_unordered(_run_item, items):
+                    out.setdefault(kind, {})[index] = case
+                    keep()
+                    for _ in range(renders[kind]):
+                        b.tick(f"edit {kind} {index}")
+        else:
+            for item in items:
+                kind, index, case = _run_item(item)
+                out.setdefault(kind, {})[index] = case
+    finally:
+        _WORK.clear()
+    return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
+
+
+def image_counts(cfg) -> tuple[int, int]:
+    """Reconstruction and edit images: 20 and 24; ``--seeds N``: N each; quick: 2 each."""
+    from hmedit.bench import Config
+
+    if cfg.quick:
+        return 2, 2
+    if cfg.control_scenes != Config.control_scenes:  # --seeds N sets every suite's count
+        return cfg.control_scenes, cfg.control_scenes
+    return RECON_IMAGES, EDIT_IMAGES
+
+
+def suite_edit(b) -> dict:
+    """The suite (see the module docstring). Quick mode: 2 images each, the configured (quick) steps."""
+    cfg = b.config
+    n_recon, n_edit = image_counts(cfg)
+    size = cfg.size
+    out: dict[str, Any] = {
+        "size": [size, size],
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "methods": list(METHODS),
+    }
+    with tempfile.TemporaryDirectory(prefix="hmedit-bench-edit-") as tmp_name:
+        tmp = Path(tmp_name)
+        run = _Runner(b, tmp / "cache")
+        out["cost"] = _cost(run, tmp, size, cfg.steps, cfg.guidance)
+        if b.images is not None:
+            from hmedit.outputs.write import save_json
+
+            save_json(b.images.parent / "edit-cost.json", out["cost"])
+        run = _Runner(b, tmp / "cache")
+        items: list[tuple] = []
+        for i in range(n_recon):
+            w = world.sample(RECON_SEEDS + i, size)
+            items.append(("recon", i, (f"world-{RECON_SEEDS + i}", w.image, w.caption)))
+        folder = photos_dir()
+        for i, (name, prompt) in enumerate(PHOTO_PROMPTS.items()):
+            path = folder / f"{name}.png"
+            if path.is_file():
+                from PIL import Image
+
+                img = np.asarray(Image.open(path).convert("RGB").resize((size, size)))
+                items.append(("photo", i, (name, img, prompt)))
+        for i, (seed, w, k, colour) in enumerate(edit_images(n_edit, size)):
+            items.append(("edit", i, (seed, w, k, colour)))
+        # interleaved, so that a stopped run has some of each: world reconstructions, edits, photographs
+        rank = {"recon": 0, "edit": 1, "photo": 2}
+        items.sort(key=lambda it: (it[1] + (0.5 if it[0] == "photo" else 0), rank[it[0]]))
+        cpu = getattr(b.model.device, "type", str(b.model.device)) == "cpu"
+        cases = _run_all(b, run, tmp, cfg, items, WORKERS if cpu else 1)
+        out["workers"] = WORKERS if cpu else 1
+        out["reconstruction"] = recon_summary(cases.get("recon", []), cfg)
+        out["photos"] = recon_summary(cases["photo"], cfg) if cases.get("photo") else {"images": 0}
+        out["edits"] = edit_summary(cases.get("edit", []), cfg)
+    rec = out["reconstruction"]["mean_psnr_db"]
+    g = f"{float(cfg.guidance):g}"
+    nti, ddim, ceiling = rec[f"null_text@{g}"], rec[f"ddim@{g}"], rec["ceiling_db"]
+    out["pass_reconstruction"] = (
+        nti >= ceiling - TARGET_NTI_CEILING_DB and nti >= ddim + TARGET_NTI_OVER_DDIM_DB
+    )
+    out["pass_edits_null_text"] = out["edits"]["summary"]["null_text"]["pass"]
+    cost = out["cost"]
+    out["pass_cost"] = cost["pass_null_text"] and cost["pass_cached"] and cost["pass_negative_prompt"]
+    out["targets"] = {
+        "null_text_within_ceiling_db": TARGET_NTI_CEILING_DB,
+        "null_text_over_ddim_db": TARGET_NTI_OVER_DDIM_DB,
+        "oracle_rate": TARGET_ORACLE,
+        "iou": TARGET_IOU,
+        "ssim_i": TARGET_SSIM_I,
+        "null_text_s": TARGET_NTI_S,
+        "cached_s": TARGET_CACHED_S,
+        "negative_prompt_ratio": TARGET_NPI_RATIO,
+    }
+    out["pass"] = out["pass_reconstruction"] and out["pass_edits_null_text"] and out["pass_cost"]
+    return out
+
+
+def render_count(cfg) -> int:
+    """Renders of the suite (for the progress bar)."""
+    n_recon, n_edit = image_counts(cfg)
+    photos = sum((photos_dir() / f"{n}.png").is_file() for n in PHOTO_PROMPTS)
+    return 5 + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS)
+
+
+def table(f: dict):
+    """The suite's figures as a rich table (``hmedit bench edit``)."""
+    from rich.table import Table
+
+    def mark(ok: bool) -> str:
+        return "[green]pass[/]" if ok else "[bold red]fail[/]"
+
+    g = f"{float(f['guidance']):g}"
+    t = Table(
+        title=f"edit: {f['size'][0]}x{f['size'][1]}, {f['steps']} DDIM steps, guidance 1 and {g}",
+        title_justify="left",
+    )
+    t.add_column("figure", justify="left")
+    for m in METHODS:
+        t.add_column(m, justify="right")
+    for part in ("reconstruction", "photos"):
+        r = f.get(part) or {}
+        if not r.get("images"):
+            continue
+        p = r["mean_psnr_db"]
+        for gg in ("1", g):
+            t.add_row(
+                f"{part} PSNR dB, guidance {gg} ({r['images']} images; VAE {p['ceiling_db']:.2f})",
+                *(f"{p[f'{m}@{gg}']:.2f}" for m in METHODS),
+            )
+    e = f["edits"]["summary"]
+    n = f["edits"]["images"]
+    t.add_row(f"edits: oracle ({n} images)", *(f"{100 * e[m]['oracle_rate']:.0f}%" for m in METHODS))
+    t.add_row("edits: shape IoU", *(f"{e[m]['iou_mean']:.3f}" for m in METHODS))
+    t.add_row("edits: SSIM-i", *(f"{e[m]['ssim_i']:.4f}" for m in METHODS))
+    t.add_row("edits: SSIM-e", *(f"{e[m]['ssim_e']:.4f}" for m in METHODS))
+    c = f["cost"]
+    t.add_row(
+        "cost (CPU s)",
+        f"render {min(c['plain']['cpu_s'], c['plain_again']['cpu_s']):.1f}",
+        "",
+        f"x{c['negative_prompt_ratio_cpu']:.2f} {mark(c['pass_negative_prompt'])}",
+        f"invert {c['null_text_inversion_cpu_s']:.1f} {mark(c['pass_null_text'])}, cached "
+        f"+{c['cached_adds_cpu_s']:.2f} {mark(c['pass_cached'])}",
+    )
+    t.add_row(
+        "targets",
+        "",
+        "",
+        "",
+        f"recon {mark(f['pass_reconstruction'])}, edits {mark(f['pass_edits_null_text'])}",
+    )
+    return t

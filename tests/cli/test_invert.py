@@ -1,0 +1,57 @@
+"""`hmedit invert`: inverts what a scene's render needs into the cache, once; render then reuses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from hmedit.cli.app import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+SCENE = """
+init_image: photo.png
+inversion: negative_prompt
+steps: 3
+guidance: 4
+root:
+  prompt: a cup of coffee
+  noise: 0.0
+  children:
+    - id: cup
+      prompt: a blue circle
+      source_prompt: a brown circle
+      noise: 0.8
+      mask: {ellipse: [0.2, 0.2, 0.5, 0.3]}
+"""
+
+
+def run(*args) -> int:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return info.value.code or 0
+
+
+def test_invert_then_cached_then_render_reuses_it(write_scene, tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    import hmedit.sampling.inversion as inv
+
+    photo = Path(__file__).parents[1] / "assets" / "photos" / "coffee.png"
+    Image.open(photo).resize((64, 64)).save(tmp_path / "photo.png")
+    path = write_scene(SCENE)
+    plain = write_scene("root: {prompt: a cat}\n", "plain.yaml")
+    cache = tmp_path / "cache"
+    assert run("invert", path, plain, "--cache-dir", cache) == 0
+    out = capsys.readouterr().out
+    assert "inverted" in out and "nothing to invert" in out and "1 inverted, 0 cached" in out
+    assert len(list(cache.glob("*/inversion.safetensors"))) == 1
+    assert run("invert", path, "--cache-dir", cache) == 0
+    assert "0 inverted, 1 cached" in capsys.readouterr().out
+    # render finds it: no inversion runs
+    calls = []
+    real = inv.ddim_trajectory
+    monkeypatch.setattr(inv, "ddim_trajectory", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert run("render", path, "--out", tmp_path / "out", "--cache-dir", cache) == 0
+    assert calls == [] and (tmp_path / "out" / "scene" / "image.png").is_file()

@@ -1,0 +1,87 @@
+"""hmedit.bench_edit: the edit images and scenes (no model), and `hmedit bench edit --quick` on a tiny
+random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hmedit import bench, bench_edit
+from hmedit.scene.spec import Scene
+from hmedit.toy.train import HELD_OUT
+
+
+def test_images_are_held_out_and_fit_for_a_colour_edit():
+    assert bench_edit.HELD_OUT_FROM == HELD_OUT
+    picked = bench_edit.edit_images(4, 128)
+    assert len(picked) == 4
+    for seed, w, k, colour in picked:
+        assert seed >= HELD_OUT and seed >= bench_edit.EDIT_SEEDS
+        assert w.background_texture == "solid" and not w.outlined
+        o = w.objects[k]
+        assert o.texture == "solid" and (o.mask > 0.5).mean() >= bench_edit.MIN_OBJECT_FRACTION
+        assert colour not in {w.background} | {x.colour for x in w.objects}
+    assert bench_edit.RECON_SEEDS >= HELD_OUT
+
+
+def test_edit_scene_recolours_one_object_and_keeps_the_rest(tmp_path):
+    seed, w, k, colour = bench_edit.edit_images(1, 128)[0]
+    masks = bench_edit.write_masks(w, tmp_path, "m")
+    raw = bench_edit.edit_scene(w, k, colour, str(tmp_path / "i.png"), masks, "null_text", 128, 30, 7.5)
+    sc = Scene.model_validate(raw)
+    assert sc.inversion == "null_text" and sc.root.noise == 0.0
+    nodes = sc.root.children
+    assert len(nodes) == len(w.objects)
+    edited = nodes[k]
+    assert edited.noise == bench_edit.EDIT_NOISE and colour in edited.prompt
+    assert edited.source_prompt == w.objects[k].phrase
+    assert all(n.noise == 0.0 and n.source_prompt is None for j, n in enumerate(nodes) if j != k)
+
+
+def test_foreground_is_what_is_not_background():
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:] = bench.PALETTE["blue"]
+    img[2:4, 2:4] = bench.PALETTE["red"]
+    box = np.ones((8, 8), bool)
+    fg = bench_edit.foreground(img, box, "blue")
+    assert fg.sum() == 4 and fg[2:4, 2:4].all()
+    box[:, 3:] = False
+    assert bench_edit.foreground(img, box, "blue").sum() == 2
+
+
+def test_the_suite_is_registered_and_opt_in():
+    assert "edit" in bench.SUITES and "edit" in bench.OPT_IN_SUITES
+    assert "edit" not in bench.check_suites(None)
+    assert bench.check_suites(["edit"]) == ["edit"]
+
+
+@pytest.mark.slow
+def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    from hmedit.cli.app import main
+
+    monkeypatch.setattr(bench_edit, "WORKERS", 1)
+    monkeypatch.setattr(bench_edit, "PHOTO_PROMPTS", {"coffee": "a cup of coffee"})
+    monkeypatch.setattr(bench_edit, "image_counts", lambda cfg: (1, 1))
+    model = tiny_model_dir("sd1")
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "edit", "--quick", "--model", str(model), "--out", str(out), "--device", "cpu"])
+    assert (info.value.code or 0) == 0
+    f = json.loads((out / "bench.json").read_text())["suites"]["edit"]
+    rec = f["reconstruction"]
+    assert rec["images"] == 1 and f["photos"]["images"] == 1 and f["edits"]["images"] == 1
+    for key in ("none@1", "ddim@1", "negative_prompt@1", "null_text@1", "null_text@7.5", "ceiling_db"):
+        assert np.isfinite(rec["mean_psnr_db"][key])
+    # at guidance 1 every inversion method samples the same conditional trajectory
+    for case in rec["cases"]:
+        assert case["ddim@1"] == case["negative_prompt@1"]
+    for m in bench_edit.METHODS:
+        s = f["edits"]["summary"][m]
+        assert 0 <= s["oracle_rate"] <= 1 and 0 <= s["iou_mean"] <= 1 and s["ssim_i"] <= 1
+    cost = f["cost"]
+    assert cost["null_text_cached"]["invert_wall_s"] < cost["null_text_first"]["invert_wall_s"]
+    assert len(list((out / "images" / "edit").glob("*.png"))) == bench_edit.render_count(
+        bench.Config.make(quick=True)
+    )
