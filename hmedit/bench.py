@@ -129,7 +129,7 @@ class Config:
             tiling_scenes=("nested_rings", "hires_edit"),
             panorama_scenes=("nested_rings",),
             composition_scenes=1,
-            composition_sizes=(256,),
+            composition_sizes=(128,),
             composition_steps=2,
             memory_size=256,
             memory_steps=1,
