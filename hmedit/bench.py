@@ -116,6 +116,10 @@ class Config:
     tiling_steps: int = 6  # both contenders; Panorama needs ~1.3 s per view per step here on one CPU core
     tiling_scenes: tuple[str, ...] | None = None  # hmedit: None = every example scene in scenes/
     panorama_scenes: tuple[str, ...] = ("hires_garden", "nested_rings")  # also plain tiles and Panorama
+    composition_scenes: int = 12  # tiling: control scenes rendered at the native size and above
+    composition_sizes: tuple[int, ...] = (1024, 2048)
+    composition_steps: int = 20
+    composition_plain: bool = True  # also with the tiling of old (tiling.coarse: false), for comparison
     memory_size: int = 4096
     memory_steps: int = 2  # memory does not grow with steps
     scale_sizes: tuple[int, ...] = (2048, 4096)
@@ -139,6 +143,9 @@ class Config:
             tiling_steps=2,
             tiling_scenes=("nested_rings", "hires_edit"),
             panorama_scenes=("nested_rings",),
+            composition_scenes=1,
+            composition_sizes=(128,),
+            composition_steps=2,
             memory_size=256,
             memory_steps=1,
             scale_sizes=(128,),
@@ -405,7 +412,9 @@ def render_count(suite: str, cfg: Config) -> int:
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
-        "tiling": len(_tiled().tiling_scene_names(cfg)) + 2 * len(cfg.panorama_scenes),
+        "tiling": len(_tiled().tiling_scene_names(cfg))
+        + 2 * len(cfg.panorama_scenes)
+        + len(_tiled().composition_cases(cfg, 0)),
         "memory": 1,
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),

@@ -157,6 +157,7 @@ def suite_tiling(b) -> dict:
     if model.ref.source == "bundled":
         reference = world_reference(8 if cfg.quick else WORLD_REFERENCE_IMAGES)
         reference["vae_psnr_by_offset_px"] = vae_lattice(model.vae, 8 if cfg.quick else 40)
+    comp = composition(b)
     compared = [r for r in scenes.values() if "panorama" in r]
     speedups = [r["speedup"] for r in compared]
     no_worse = all(r["hmedit"]["seam"] <= max(r["panorama"]["seam"], SEAM_TARGET) for r in compared)
@@ -172,7 +173,129 @@ def suite_tiling(b) -> dict:
         "speedup_target": SPEED_TARGET,
         "seam_no_worse_than_panorama": no_worse,
         "world_reference": reference,
-        "pass": max(seams) <= SEAM_TARGET and bool(speedups) and min(speedups) >= SPEED_TARGET and no_worse,
+        "composition": comp,
+        "pass": max(seams) <= SEAM_TARGET
+        and bool(speedups)
+        and min(speedups) >= SPEED_TARGET
+        and no_worse
+        and comp["pass"],
+    }
+
+
+COMPOSITION_TARGET = 0.03  # region colour match above the native size: at most this far below native's
+
+
+def composition_scene(seed: int, size: int, steps: int, variant: str = "defaults") -> dict:
+    """The composition check's scene ``seed``: the control suite's scene (2-4 coloured squares and circles
+    on a background, :func:`hmedit.bench.control_scene`) at ``size`` px from noise, at hmedit's defaults;
+    ``variant`` "plain": the tiling of old, every window denoised from noise (``tiling.coarse: false``)."""
+    from hmedit.bench import control_scene
+
+    raw = control_scene(seed, size=size, steps=steps)
+    raw["name"] = f"composition-{seed}-{size}-{variant}"
+    if variant == "plain":
+        raw["tiling"] = {"coarse": False}
+    elif variant != "defaults":
+        raise ValueError(f"unknown variant {variant!r}")
+    return raw
+
+
+def composition_case(b, seed: int, size: int, variant: str = "defaults") -> dict:
+    """One render of :func:`composition_scene`, scored by the control suite's oracle: per region, the
+    fraction of its pixels that show its colour (:func:`hmedit.metrics.region_colour_fraction`), and whether
+    it matches (>= the control threshold); whole-call seconds."""
+    import torch
+
+    from hmedit.bench import _score_regions, colour_of, region_masks
+    from hmedit.pipeline import Settings, render
+    from hmedit.scene.spec import Scene
+
+    cfg, model = b.config, b.model
+    sc = Scene.model_validate(composition_scene(seed, size, cfg.composition_steps, variant))
+    settings = Settings.of(sc, model, seed, record=False)
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        result = render(sc, model, settings)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    masks = region_masks(sc, size, size)
+    colours = {n.id: colour_of(n.prompt) for n in sc.root.children}
+    scores = _score_regions(result.image, masks, colours, cfg.threshold)
+    _save(b, sc.name, result.image, suite="composition")
+    b.tick(f"composition {seed} {size} {variant}")
+    ts = settings.tiling
+    return {
+        "seed": seed,
+        "size": size,
+        "variant": variant,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),  # this process's CPU time: on a shared machine, the fairer cost
+        "timings": result.timings,
+        "tiling": None if ts is None else asdict(ts),
+        "matched": sum(r["match"] for r in scores.values()),
+        "regions": len(scores),
+        "fraction_mean": round(sum(r["fraction"] for r in scores.values()) / len(scores), 4),
+        "scores": scores,
+    }
+
+
+def composition_cases(cfg, native: int) -> list[tuple[int, int, str]]:
+    """(seed, size, variant) of every render of the composition check, in the order they run: every scene
+    at the ``native`` size, then each size at the defaults and (``composition_plain``) with plain tiling."""
+    cases = [(seed, native, "defaults") for seed in range(cfg.composition_scenes)]
+    for size in cfg.composition_sizes:
+        for variant in ("defaults", "plain") if cfg.composition_plain else ("defaults",):
+            cases += [(seed, size, variant) for seed in range(cfg.composition_scenes)]
+    return cases
+
+
+def summarise_composition(rows: list[dict], native: int) -> dict:
+    """Per size and variant: regions matched / regions (the match rate), mean region colour fraction,
+    mean seconds per image, over the scenes that ran; ``drop``: native's match rate minus this one's, on the
+    same scenes; ``pass``: every size at the defaults within COMPOSITION_TARGET of native."""
+    groups: dict[str, dict[str, Any]] = {}
+    base = {r["seed"]: r for r in rows if r["size"] == native}
+    for r in rows:
+        key = "native" if r["size"] == native else f"{r['size']}-{r['variant']}"
+        groups.setdefault(key, {"size": r["size"], "variant": r["variant"], "rows": []})["rows"].append(r)
+    out: dict[str, Any] = {}
+    for key, g in groups.items():
+        rs = g.pop("rows")
+        matched, regions = sum(r["matched"] for r in rs), sum(r["regions"] for r in rs)
+        seeds = [r["seed"] for r in rs]
+        nat = [base[s] for s in seeds if s in base]
+        nat_rate = sum(r["matched"] for r in nat) / max(1, sum(r["regions"] for r in nat))
+        out[key] = g | {
+            "scenes": len(rs),
+            "seeds": seeds,
+            "matched": matched,
+            "regions": regions,
+            "match": round(matched / regions, 4),
+            "native_match_same_scenes": round(nat_rate, 4),
+            "drop": round(nat_rate - matched / regions, 4),
+            "fraction_mean": round(sum(r["fraction_mean"] for r in rs) / len(rs), 4),
+            "seconds_mean": round(sum(r["seconds"] for r in rs) / len(rs), 2),
+        }
+    checked = [g for k, g in out.items() if k != "native" and g["variant"] == "defaults"]
+    return {
+        "by": out,
+        "target_drop": COMPOSITION_TARGET,
+        "pass": bool(checked) and all(g["drop"] <= COMPOSITION_TARGET for g in checked),
+    }
+
+
+def composition(b) -> dict:
+    """Whether renders above the native size keep the native composition: the control suite's region
+    scenes at the native size and at each of ``composition_sizes`` from noise, at hmedit's defaults and with
+    plain tiling, scored by the same oracle."""
+    cfg, native = b.config, b.model.native_size
+    rows = [composition_case(b, *case) for case in composition_cases(cfg, native)]
+    return {
+        "scenes": cfg.composition_scenes,
+        "sizes": [native, *cfg.composition_sizes],
+        "steps": cfg.composition_steps,
+        "threshold": cfg.threshold,
+        **summarise_composition(rows, native),
+        "cases": rows,
     }
 
 

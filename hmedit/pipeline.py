@@ -104,6 +104,7 @@ class Settings:
             model.native_size // f,
             max(model.family.factors(model.unet)),
             preset.tiling,
+            from_noise=scene.init_image is None and not any(f.node.layer is not None for f in scene.flat()),
         )
         return cls(
             request.seed,

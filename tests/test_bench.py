@@ -307,6 +307,10 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     assert row["speedup"] == pytest.approx(row["panorama"]["seconds"] / row["hmedit"]["seconds"], rel=0.01)
     assert all(row[k]["seam"] > 0 for k in ("hmedit", "hmedit_plain", "panorama"))
     assert tiling["world_reference"] is None  # only the bundled model has a world to compare with
+    comp = tiling["composition"]  # the control scenes at the native size and above it
+    assert comp["sizes"] == [64, 128] and comp["scenes"] == 1 and len(comp["cases"]) == 3
+    assert set(comp["by"]) == {"native", "128-defaults", "128-plain"}
+    assert all(0 <= g["match"] <= 1 and g["seconds_mean"] > 0 for g in comp["by"].values())
 
     memory = doc["suites"]["memory"]
     assert (
@@ -317,6 +321,7 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
 
     images = out / "images"
     assert len(list((images / "tiling").glob("*.png"))) == 4
+    assert len(list((images / "composition").glob("*.png"))) == 3
     assert len(list((images / "control").glob("*.png"))) == 4
     assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
     assert len(list((images / "locality").glob("*.png"))) == 4

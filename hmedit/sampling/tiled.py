@@ -48,11 +48,19 @@ class TileSettings:
 
 
 def resolve_tiling(
-    spec: Tiling | None, latent: tuple[int, int], native_latent: int, align: int, defaults: TilingDefaults
+    spec: Tiling | None,
+    latent: tuple[int, int],
+    native_latent: int,
+    align: int,
+    defaults: TilingDefaults,
+    *,
+    from_noise: bool = True,
 ) -> TileSettings | None:
     """The tiling a render uses, or None (untiled). On by default when the latent exceeds the model's
     native latent size; ``tiling: off`` renders any size whole (as plain diffusers does); ``tiling: on``
-    tiles any size. Keys the scene leaves out come from the preset's ``defaults``."""
+    tiles any size. Keys the scene leaves out come from the preset's ``defaults``; the preset's ``coarse``
+    applies to renders generated ``from_noise`` (no init image or layer) above the native size only: an edit
+    takes its composition from its source picture, and at the native size there is nothing to refine."""
     spec = spec or Tiling()
     h, w = latent
     if not spec.enabled or not (max(h, w) > native_latent or spec.force):
@@ -73,9 +81,11 @@ def resolve_tiling(
             hint=f"use {tile // 4}",
         )
     batch = spec.batch or defaults.batch
-    return TileSettings(
-        tile, overlap, spec.weighting, batch, spec.offsets, spec.fade, spec.coarse, float(spec.refine)
-    )
+    coarse = spec.coarse
+    if coarse is None:
+        coarse = defaults.coarse and from_noise and max(h, w) > native_latent
+    refine = spec.refine if spec.refine is not None else defaults.refine
+    return TileSettings(tile, overlap, spec.weighting, batch, spec.offsets, spec.fade, coarse, float(refine))
 
 
 class Tiler:

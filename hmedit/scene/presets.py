@@ -31,6 +31,8 @@ class TilingDefaults(_Part):
     tile: int | None = Field(None, ge=8, le=4096)
     overlap: int | None = Field(None, ge=0, le=4096)
     batch: int = Field(8, ge=1, le=256)
+    coarse: bool = False  # renders from noise above the native size start from a native render
+    refine: float = Field(0.6, gt=0, le=1)  # the noise level of that render's tiled refinement
 
 
 class VaeDefaults(_Part):

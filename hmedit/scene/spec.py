@@ -225,12 +225,17 @@ class Tiling(_Spec):
     )
     offsets: bool = Field(True, description="Shift the window grid randomly every step (hides seams).")
     fade: bool = Field(True, description="Window weights fall to zero at window borders inside the image.")
-    coarse: bool = Field(
-        False,
-        description="First render the scene at native size, upscale it, then refine it tiled as an edit.",
+    coarse: bool | None = Field(
+        None,
+        description="First render the scene at native size, upscale it, then refine it tiled as an edit. "
+        "Default: the preset's (on for renders from noise above the native size).",
     )
-    refine: Number = Field(
-        0.6, gt=0, le=1, description="With coarse: noise level of the tiled refinement (scales node noise)."
+    refine: Number | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="With coarse: noise level of the tiled refinement (scales node noise). Default: the "
+        "preset's.",
     )
 
     @model_validator(mode="after")
