@@ -59,11 +59,26 @@ def run_child(*args: str | os.PathLike, timeout: float = 120, env: dict | None =
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
 
-    code = "import sys; from hmedit.cli.app import main; main(sys.argv[1:])"
+    # The child reports its own high-water RSS (VmHWM of its exec'd image) at exit: the kernel's rusage of a
+    # forked child also counts the pages it shared with this (large, long-lived) pytest process before exec.
+    code = (
+        "import atexit, sys\n"
+        "def _hwm(path=sys.argv[1]):\n"
+        "    with open('/proc/self/status') as f, open(path, 'w') as o:\n"
+        "        o.write(next(line for line in f if line.startswith('VmHWM:')))\n"
+        "atexit.register(_hwm)\n"
+        "from hmedit.cli.app import main\n"
+        "main(sys.argv[2:])\n"
+    )
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.TemporaryDirectory() as hwm_dir,
+    ):
+        hwm = Path(hwm_dir) / "hwm"
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, *map(str, args)],
+            [sys.executable, "-c", code, str(hwm), *map(str, args)],
             stdout=out,
             stderr=err,
             text=True,
@@ -81,7 +96,10 @@ def run_child(*args: str | os.PathLike, timeout: float = 120, env: dict | None =
         assert seconds < timeout, f"killed after {timeout} s"
         out.seek(0)
         err.seek(0)
-        return Result(proc.returncode, out.read(), err.read(), seconds, usage.ru_maxrss * 1024)
+        peak = usage.ru_maxrss * 1024  # an upper bound where the child could not report (killed)
+        if hwm.exists() and hwm.read_text().split()[1:2]:
+            peak = int(hwm.read_text().split()[1]) * 1024  # "VmHWM:  123456 kB"
+        return Result(proc.returncode, out.read(), err.read(), seconds, peak)
 
 
 def assert_clean(result: Result, *, code: int = 2, errors: int | None = 1) -> None:
