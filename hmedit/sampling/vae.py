@@ -62,6 +62,7 @@ ENCODE_TILE = 256  # image px
 AUTO_TILE = 64  # decode(): latents larger than this (latent px) are decoded in tiles
 STORE_BYTES = 1 << 28  # checkpoint maps kept in memory between passes (larger ones spill to disk)
 SPILL_FREE_FRACTION = 0.5  # spill_bytes=None: at most this share of the temporary folder's free space
+ENGINES = ("auto", "passes")  # auto: streamed stages where they apply, else passes
 TRACE_PX = 16  # input size of the tracing run (a multiple of the encoder's downsampling factor)
 
 
@@ -373,8 +374,11 @@ def _run_tiled(
     store_bytes: int,
     spill_bytes: int | None,
     report: dict | None,
+    engine: str = "auto",
 ) -> Tensor:
     """Run the head ``blocks`` over ``x`` [B, C, H, W] tile by tile (see the module docstring)."""
+    if engine not in ENGINES:
+        raise ValueError(f"tiled VAE: engine {engine!r} is not one of {ENGINES}")
     units = _flatten(blocks)
     _trace(units, x.new_zeros(1, x.shape[1], TRACE_PX, TRACE_PX))
     H, W = x.shape[-2:]
@@ -392,6 +396,7 @@ def _run_tiled(
     where = [i for i, u in enumerate(units) for _ in u.norms]  # unit holding each GroupNorm
     batch, elem = x.shape[0], x.element_size()
     info = {
+        "engine": "passes",
         "tiles": len(cores),
         "passes": 1,
         "checkpoints": [],
@@ -402,6 +407,13 @@ def _run_tiled(
     }
     # one tile is the whole image: its own statistics are the global ones, no passes needed
     local = not shared_stats or len(cores) == 1
+    if not local and overlap is None and engine != "passes":
+        out = _run_streamed(units, x, cores, store_bytes, spill_bytes, info)
+        if out is not None:
+            log.debug("tiled VAE: %s", info)
+            if report is not None:
+                report.update(info)
+            return out
     src: _RamMap | _DiskMap = _RamMap(x)
     start, store = 0, None
     try:
@@ -451,6 +463,32 @@ def _run_tiled(
     return out
 
 
+def _run_streamed(
+    units: list[_Unit], x: Tensor, cores: list[Window], store_bytes: int, spill_bytes: int, info: dict
+) -> Tensor | None:
+    """The head as stages cut at its GroupNorms (:mod:`hmedit.sampling.vae_stream`: each convolution once),
+    or None when its structure or the budgets do not allow it (the passes below then recompute)."""
+    from hmedit.sampling import vae_stream
+
+    stages = vae_stream.stages(units)
+    if stages is None:
+        return None
+    H, W = x.shape[-2:]
+    p = vae_stream.plan(stages, x.shape[0], H, W, x.element_size(), store_bytes, spill_bytes)
+    if p is None:
+        return None
+    stored = list(range(len(stages) - 1))
+    info.update(
+        engine="stream",
+        checkpoints=stored,
+        spilled=[j for j in stored if p.where[j] == "disk"],
+        stored_bytes=p.stored_bytes,
+        spilled_bytes=p.spilled_bytes,
+        margin=max(st.margin for st in stages),
+    )
+    return vae_stream.run(p, x, cores, info)
+
+
 # --------------------------------------------------------------------------------------------- public API
 def _parts(vae):
     from diffusers.models.autoencoders.vae import Decoder, Encoder
@@ -472,6 +510,7 @@ def decode_tiled(
     store_bytes: int = STORE_BYTES,
     spill_bytes: int | None = None,
     report: dict | None = None,
+    engine: str = "auto",
 ) -> Tensor:
     """``vae.decode(latents).sample`` computed in tiles of ``tile`` latent px.
 
@@ -496,6 +535,7 @@ def decode_tiled(
             store_bytes=store_bytes,
             spill_bytes=spill_bytes,
             report=report,
+            engine=engine,
         )
 
 
