@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmedit.errors import HmeditError
@@ -177,7 +176,9 @@ def stages(units) -> list[Stage] | None:
         radius = sum(op.radius * res / op.res for op in g)
         first = g[0] if g[0].kind != "norm" else (g[1] if len(g) > 1 else None)
         skip = first is not None and first.kind == "second"
-        if skip and not (i > 0 and any(op.kind == "first" and op.module is first.module for op in groups[i - 1])):
+        if skip and not (
+            i > 0 and any(op.kind == "first" and op.module is first.module for op in groups[i - 1])
+        ):
             return None
         out.append(
             Stage(
@@ -287,7 +288,13 @@ class Plan:
 
 
 def plan(
-    stage_list: list[Stage], batch: int, height: int, width: int, elem: int, store_bytes: int, spill_bytes: int
+    stage_list: list[Stage],
+    batch: int,
+    height: int,
+    width: int,
+    elem: int,
+    store_bytes: int,
+    spill_bytes: int,
 ) -> Plan | None:
     """Where each stage's output map lives: memory while the maps needed at once fit ``store_bytes``, else
     disk within ``spill_bytes``; None when a map fits neither."""
