@@ -76,7 +76,10 @@ def _child(argv: list[str]) -> None:
     from hmedit.sampling import vae as tv
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=["tiled", "tiled_half", "untiled", "passes", "passes_half"])
+    ap.add_argument("job", choices=["tiled", "tiled_head", "tiled_half", "untiled", "passes", "passes_half"])
+    ap.add_argument(
+        "--sample", type=int, default=16, help="tiled_head: time 1/sample of the attention's queries"
+    )
     ap.add_argument("--vae", required=True)
     ap.add_argument("--latent", type=int, required=True)
     ap.add_argument("--tile", type=int, default=tv.DECODE_TILE)
@@ -108,6 +111,18 @@ def _child(argv: list[str]) -> None:
                 out = tv.decode_head(vae, h, a.tile, report=report, engine="passes")
             res.update(head_s=c.wall, head_cpu_s=c.cpu, report=report)
             np.save(work / "passes.npy", pixels(out).float().cpu().numpy())
+        elif a.job == "tiled_head":
+            # the head exactly as in "tiled", on the trunk's input side without the attention (the head's cost
+            # does not depend on its input's values); the trunk timed with 1/sample of the attention's queries
+            report = {}
+            dec = vae.decoder
+            with _Clock() as pre:
+                h = dec.conv_in(vae.post_quant_conv(z))
+            with _Clock() as head:
+                out = tv.decode_head(vae, h, a.tile, report=report)
+            del out
+            res.update(head_s=head.wall, head_cpu_s=head.cpu, report=report)
+            res.update(trunk_sampled=_sampled_trunk(vae, h, a.sample, pre))
         elif a.job == "passes_half":
             report = {}
             with _Clock() as c:
@@ -124,7 +139,7 @@ def _child(argv: list[str]) -> None:
             np.save(work / "tiled_half.npy", pixels(out).float().cpu().numpy())
         else:
             runs = []
-            for i, q in enumerate(quadrants(z)):
+            for i, q in enumerate(quadrants(z)[: a.quarters]):
                 with _Clock() as c:
                     out = vae.decode(q.contiguous(), return_dict=False)[0]
                 runs.append({"seconds": c.wall, "cpu_s": c.cpu})
@@ -142,6 +157,47 @@ def _child(argv: list[str]) -> None:
             )
     res["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps(res))
+
+
+def _sampled_trunk(vae, h, sample: int, pre: _Clock) -> dict:
+    """Seconds of the trunk (post_quant_conv, conv_in, mid block) with its self-attention's
+    scaled-dot-product timed on 1/``sample`` of the queries (against all keys) and scaled up: the rest of
+    the mid block runs whole."""
+    import torch.nn.functional as F
+
+    mb = vae.decoder.mid_block
+    attn = mb.attentions[0]
+    with _Clock() as r0:
+        x = mb.resnets[0](h, None)
+    b, c, hh, ww = x.shape
+    with _Clock() as proj:
+        t = attn.group_norm(x).flatten(2).transpose(1, 2)
+        q, k, v = attn.to_q(t), attn.to_k(t), attn.to_v(t)
+        heads = attn.heads
+        q, k, v = (y.view(b, -1, heads, c // heads).transpose(1, 2) for y in (q, k, v))
+    n = q.shape[2] // sample
+    with _Clock() as sdpa:
+        o = F.scaled_dot_product_attention(q[:, :, :n], k, v)
+    with _Clock() as rest:
+        o = torch_cat_rows(o, q.shape[2])
+        o = attn.to_out[0](o.transpose(1, 2).reshape(b, -1, c)).transpose(1, 2).reshape(b, c, hh, ww)
+        y = mb.resnets[1]((o + x) / attn.rescale_output_factor, None)
+    del y
+    parts = [pre, r0, proj, rest]
+    return {
+        "sample": sample,
+        "sdpa_sample_s": sdpa.wall,
+        "sdpa_sample_cpu_s": sdpa.cpu,
+        "other_cpu_s": round(sum(p.cpu for p in parts), 3),
+        "cpu_s": round(sum(p.cpu for p in parts) + sample * sdpa.cpu, 3),
+        "seconds": round(sum(p.wall for p in parts) + sample * sdpa.wall, 3),
+    }
+
+
+def torch_cat_rows(o, rows: int):
+    """``o`` [B, heads, n, d] repeated to ``rows`` query rows (values do not matter for the timing)."""
+    reps = -(-rows // o.shape[2])
+    return o.repeat(1, 1, reps, 1)[:, :, :rows]
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -174,6 +230,7 @@ def measure(
     *,
     tile: int | None = None,
     compare: str = "full",
+    trunk: str = "whole",
     threads: int = 1,
     parallel: int = 1,
     work: Path | None = None,
@@ -181,7 +238,10 @@ def measure(
 ) -> dict:
     """The tiled decode at ``size`` px against four untiled ``size / 2`` decodes (module docstring).
     ``compare``: "full" runs the pass-based engine at both sizes, "half" at ``size / 2`` only (the full size
-    costs as much again as the tiled decode), "none" not at all. ``parallel``: children run at once (each
+    costs as much again as the tiled decode), "none" not at all. ``trunk``: "whole" decodes end to end;
+    "sampled" runs the tiled head alone and times the trunk with 1/16 of its attention's queries (scaled up:
+    the attention is most of the trunk; for a machine too busy for the whole one; no full-size pixel
+    comparison then). ``parallel``: children run at once (each
     on ``threads`` threads); ``work``: a folder that keeps each child's result (a rerun reuses them), else
     a temporary one."""
     if work is None:
@@ -191,6 +251,7 @@ def measure(
                 size,
                 tile=tile,
                 compare=compare,
+                trunk=trunk,
                 threads=threads,
                 parallel=parallel,
                 work=Path(tmp),
@@ -222,26 +283,40 @@ def measure(
         if tick:
             tick(f"memory vae {name}")
 
+    if compare not in ("full", "half", "none") or trunk not in ("whole", "sampled"):
+        raise ValueError(f"tiled VAE bench: compare={compare!r}, trunk={trunk!r}")
+    if trunk == "sampled" and compare == "full":
+        compare = "half"
+    big = "tiled" if trunk == "whole" else "tiled_head"
     # the pass-based head needs the tiled run's trunk output
     with ThreadPoolExecutor(max(1, parallel)) as pool:
-        list(pool.map(job, ["tiled", "untiled", "tiled_half"]))
-    if compare not in ("full", "half", "none"):
-        raise ValueError(f"tiled VAE bench: compare={compare!r} is not full, half or none")
+        list(pool.map(job, [big, "untiled", "tiled_half"]))
     if compare != "none":
         job("passes_half")
     if compare == "full":
         job("passes")
-    tiled, untiled, half = r["tiled"], r["untiled"], r["tiled_half"]
+    tiled, untiled, half = dict(r[big]), r["untiled"], r["tiled_half"]
+    if trunk == "sampled":
+        t = tiled["trunk_sampled"]
+        tiled.update(trunk_s=t["seconds"], trunk_cpu_s=t["cpu_s"])
+        tiled.update(seconds=t["seconds"] + tiled["head_s"], cpu_s=round(t["cpu_s"] + tiled["head_cpu_s"], 3))
     one = untiled["runs"][0]
+    # four quarters hold the same arithmetic: where fewer were decoded (a busy machine), scale their sum
+    k = 4 / len(untiled["runs"])
+    untiled = dict(untiled, seconds=round(untiled["seconds"] * k, 3), cpu_s=round(untiled["cpu_s"] * k, 3))
+    untiled["quarters_measured"] = len(untiled["runs"])
     rss = tiled["max_rss_kib"] / 2**20
     out = {
         "size": [size, size],
         "latent": [n, n],
         "tile": tile,
         "threads": threads,
+        "trunk": trunk,
+        "compare": compare,
         "tiled": _fmt(tiled, rss),
         "untiled_quarters": {
-            k: untiled[k] for k in ("runs", "seconds", "cpu_s", "trunk_one_s", "trunk_one_cpu_s")
+            k: untiled[k]
+            for k in ("runs", "quarters_measured", "seconds", "cpu_s", "trunk_one_s", "trunk_one_cpu_s")
         }
         | {"peak_rss_gib": round(untiled["max_rss_kib"] / 2**20, 3)},
         "ratio_cpu": round(tiled["cpu_s"] / untiled["cpu_s"], 3),
@@ -285,12 +360,42 @@ def measure(
     return out
 
 
+def table_rows(v: dict, mark) -> list[tuple[str, str, str]]:
+    """Rows (figure, value, target) for the bench's memory table; ``mark`` renders a pass/fail flag."""
+    half, ok, tg = v["half"], v["pass"], v["targets"]
+    s = v["size"][0]
+    rows = [
+        (
+            f"tiled VAE {s} / 4 untiled {s // 2} (CPU s)",
+            f"{v['ratio_cpu']:.2f}",
+            f"<= {tg['ratio']:g} {mark(ok['ratio'])}",
+        ),
+        ("  without the trunks (mid-block attention)", f"{v['head_ratio_cpu']:.2f}", ""),
+        (
+            f"tiled VAE {s // 2} / untiled (CPU s)",
+            f"{half['ratio_cpu']:.2f}",
+            f"<= {tg['half_ratio']:g} {mark(ok['half_ratio'])}",
+        ),
+        (
+            f"tiled VAE {s} peak RSS (GiB)",
+            f"{v['peak_rss_gib']:.2f}",
+            f"<= {tg['peak_rss_gib']:g} {mark(ok['peak_rss'])}",
+        ),
+    ]
+    diffs = [d for d in (v.get("max_diff_vs_passes"), half.get("max_diff_vs_passes")) if d]
+    if diffs:
+        worst = max(d["max_abs_255"] for d in diffs)
+        rows.append(("tiled VAE vs pass-based (/255)", f"{worst:.4f}", f"<= 1 {mark(ok['pixels'])}"))
+    return rows
+
+
 def _slim(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("checkpoints", "spilled")}
 
 
 def _fmt(r: dict, rss_gib: float) -> dict:
-    keep = {k: r[k] for k in ("seconds", "cpu_s", "trunk_s", "trunk_cpu_s", "head_s", "head_cpu_s") if k in r}
+    names = ("seconds", "cpu_s", "trunk_s", "trunk_cpu_s", "head_s", "head_cpu_s", "trunk_sampled")
+    keep = {k: r[k] for k in names if k in r}
     return keep | {"report": _slim(r["report"]), "peak_rss_gib": round(rss_gib, 3)}
 
 
@@ -311,6 +416,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--model", default="toy")
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--compare", choices=["full", "half", "none"], default="full")
+    ap.add_argument("--trunk", choices=["whole", "sampled"], default="whole")
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--work", type=Path)
     ap.add_argument("-o", "--out", type=Path)
@@ -322,6 +428,7 @@ def main(argv: list[str]) -> None:
         model.vae,
         a.size,
         compare=a.compare,
+        trunk=a.trunk,
         parallel=a.parallel,
         work=a.work,
         tick=lambda s: print(s, file=sys.stderr, flush=True),
