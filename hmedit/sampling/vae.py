@@ -28,6 +28,11 @@ How, for diffusers' AutoencoderKL (its sub-modules are called in its own order; 
   every unit runs about 1.5 times in all (toy VAE: 1.4-1.7x the untiled time); with no budget at all every
   pass recomputes from the head's input (about 6x). At 4096 px the toy decoder's full-resolution maps
   (2-4 GiB) do not fit the memory budget; spilling them keeps the process's memory bounded by the tile.
+* Decoders whose head is diffusers' resnets, upsamplers, a GroupNorm and convolutions (SD's, SDXL's, the toy
+  model's) run by default as *streamed stages* instead (:mod:`hmedit.sampling.vae_stream`): cut at the
+  GroupNorms themselves, each stage writes the next GroupNorm's input while it accumulates its statistics,
+  so every convolution runs once and crops carry a one- or two-pixel rim; the passes below remain for
+  encoders, approximate overlaps, and budgets too small to hold the stages' maps.
 * The sub-modules are called directly, so accelerate's offload hooks on ``vae.decode`` do not run.
 
 Memory: one tile crop's activations, O(B·C·((tile + 2·margin)·s)²) for a unit with C channels at scale s;
