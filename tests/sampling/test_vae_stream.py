@@ -152,9 +152,8 @@ def test_encoder_heads_are_not_streamed(tiny_vae):
 def test_maps_read_any_crop_back(kind, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     t = torch.randn(2, 5, 30, 44)
-    cls = vae_stream.RamMap if kind == "ram" else vae_stream.DiskMap
-    m = cls(2, 5, 30, 44, t)
     cores = [Window(y0, y1, x0, x1) for y0, y1 in tv._spans(30, 8, 1) for x0, x1 in tv._spans(44, 16, 1)]
+    m = vae_stream.RamMap(2, 5, 30, 44, t) if kind == "ram" else vae_stream.DiskMap(cores, 2, 5, t)
     for c in cores:
         m.write(c, t[c.slice])
     for win in (Window(0, 30, 0, 44), Window(3, 17, 5, 40), Window(29, 30, 0, 1), Window(8, 16, 0, 44)):
