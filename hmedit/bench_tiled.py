@@ -12,6 +12,8 @@
   random:sd15`` is SD 1.5's published architecture with random weights (speed does not depend on them).
 - memory: a ``memory_size`` (4096) render through ``hmedit render`` in a child process, which reports its peak
   resident memory (ru_maxrss) at the end; the render's outputs (image, influence maps) are written as usual.
+  Then the exact tiled VAE decode at that size against four untiled decodes of its quarters, each in a child
+  process (:mod:`hmedit.bench_vae`: seconds, peak RSS, pixels against the pass-based engine), under "vae".
 """
 
 from __future__ import annotations
@@ -494,7 +496,11 @@ def suite_memory(b) -> dict:
         child = json.loads(proc.stdout.strip().splitlines()[-1])
     b.tick("memory")
     gib = child["max_rss_kib"] / 2**20
+    from hmedit import bench_vae
+
+    vae = bench_vae.measure(model.vae, cfg.memory_size, compare="half" if cfg.quick else "full", tick=b.tick)
     return {
+        "vae": vae,
         "size": [cfg.memory_size, cfg.memory_size],
         "steps": cfg.memory_steps,
         "seconds": round(seconds, 1),

@@ -202,6 +202,11 @@ def table(name: str, f: dict):
             t.add_column(col, justify="left" if col == "figure" else "right")
         t.add_row("peak RSS (GiB)", f"{f['peak_rss_gib']:.2f}", f"<= {f['target_gib']:g} {_mark(f['pass'])}")
         t.add_row("seconds", f"{f['seconds']:.0f}", "")
+        if "vae" in f:
+            from hmedit.bench_vae import table_rows
+
+            for row in table_rows(f["vae"], _mark):
+                t.add_row(*row)
         return t
     t = Table(
         title=f"locality: {f['scenes']} edits, noise {f['noise']}, feather {f['feather_px']:g} px, "
