@@ -226,6 +226,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = 143
         else:
             print("error: interrupted", file=sys.stderr)
+        # Stopped: the summary is printed and the temporary files are gone. Leave now, with this status:
+        # interpreter shutdown after an interrupt (joining library threads the interrupt cut short) was
+        # seen to end the process by SIGINT instead, now and then, on a loaded machine.
+        if argv is None:  # the program itself (a caller passing arguments keeps its interpreter)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     sys.exit(code)
 
 
