@@ -1068,51 +1068,47 @@ def _duplicate_ids(root: dict, data: Any) -> list[InitErrorDetails]:
     return out
 
 
+def _nodes(root: Any) -> Iterator[tuple[Any, tuple]]:
+    """Every node (dict or Node) of a tree as given, with its field path, parents first; recursion-free."""
+    stack: list[tuple[Any, tuple]] = [(root, ("root",))]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, (dict, Node)):
+            continue
+        yield node, path
+        children = _given(node, "children")
+        if isinstance(children, (list, tuple)):
+            stack.extend((child, (*path, "children", i)) for i, child in reversed(list(enumerate(children))))
+
+
 def _learn_sources(root: Any, data: Any) -> list[InitErrorDetails]:
     """A node that learns a token needs pixels to learn from: its layer, or its mask on the init image."""
     has_init = _given(data, "init_image") is not None
     out: list[InitErrorDetails] = []
-
-    def visit(node: Any, path: tuple) -> None:
-        if not isinstance(node, (dict, Node)):
-            return
-        if _given(node, "learn") not in (None, False):
-            if path == ("root",):
-                problem, hint = "the root cannot learn a token: it has no region", "put learn on a child node"
-            elif _given(node, "layer") is None and (_given(node, "mask") is None or not has_init):
-                problem = "learn needs a layer, or a mask and the scene's init_image, to learn from"
-                hint = "give the node a layer image, or set init_image, or use embedding: with a file"
-            else:
-                problem = None
-            if problem:
-                out.append(_detail((*path, "learn"), data, "learn_source", problem, hint=hint))
-        children = _given(node, "children")
-        if isinstance(children, (list, tuple)):
-            for i, child in enumerate(children):
-                visit(child, (*path, "children", i))
-
-    visit(root, ("root",))
+    for node, path in _nodes(root):
+        if _given(node, "learn") in (None, False):
+            continue
+        if path == ("root",):
+            problem, hint = "the root cannot learn a token: it has no region", "put learn on a child node"
+        elif _given(node, "layer") is None and (_given(node, "mask") is None or not has_init):
+            problem = "learn needs a layer, or a mask and the scene's init_image, to learn from"
+            hint = "give the node a layer image, or set init_image, or use embedding: with a file"
+        else:
+            continue
+        out.append(_detail((*path, "learn"), data, "learn_source", problem, hint=hint))
     return out
 
 
 def _control_sources(root: Any, data: Any) -> list[InitErrorDetails]:
     """``control: {source: init_image}`` needs the scene's init_image."""
-    has_init = _given(data, "init_image") is not None
+    if _given(data, "init_image") is not None:
+        return []
     out: list[InitErrorDetails] = []
-
-    def visit(node: Any, path: tuple) -> None:
-        if not isinstance(node, (dict, Node)):
-            return
-        if _given(_given(node, "control"), "source") == "init_image" and not has_init:
+    for node, path in _nodes(root):
+        if _given(_given(node, "control"), "source") == "init_image":
             problem = "control source 'init_image' needs the scene's init_image, and this scene has none"
             hint = "set init_image, or use source: <picture file> or image: <file>"
             out.append(_detail((*path, "control", "source"), data, "control_init", problem, hint=hint))
-        children = _given(node, "children")
-        if isinstance(children, (list, tuple)):
-            for i, child in enumerate(children):
-                visit(child, (*path, "children", i))
-
-    visit(root, ("root",))
     return out
 
 
