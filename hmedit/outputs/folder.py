@@ -525,19 +525,8 @@ def read_json(root: str | os.PathLike, name: str = "render.json", max_bytes: int
     ``/dev/zero`` or a huge file must not hang the up-to-date check)."""
     import json
 
-    try:
-        fd = _open_file(root, name)
-    except OSError:
-        return None
-    try:
-        if os.fstat(fd).st_size > max_bytes:
-            return None
-        data = os.read(fd, max_bytes + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
+    data = read_bytes(root, name, max_bytes)
+    if data is None:
         return None
     try:
         return json.loads(data.decode("utf-8"))
