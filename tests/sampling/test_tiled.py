@@ -99,7 +99,14 @@ def test_bundled_model_tiled_equals_panorama(toy_model):
         steps=5,
         root={"prompt": "a green star on a pink background"},
         # every window from noise, as Panorama (the toy preset's coarse pass is off)
-        tiling={"tile": 16, "overlap": 8, "weighting": "uniform", "offsets": False, "fade": False, "coarse": False},
+        tiling={
+            "tile": 16,
+            "overlap": 8,
+            "weighting": "uniform",
+            "offsets": False,
+            "fade": False,
+            "coarse": False,
+        },
     )
     ours = render(sc, toy_model, Settings.of(sc, toy_model, seed=1, record=False)).image
     ref = panorama(
