@@ -50,9 +50,8 @@ def invert_command(
     from hmedit.batch import Options, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
-    from hmedit.cli.report import error_line, internal_line, progress_bar
+    from hmedit.cli.report import SceneLoop, error_line, progress_bar
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
-    from hmedit.errors import HmeditError
     from hmedit.jobs import default_models as models
     from hmedit.models.load import pick_device
     from hmedit.pipeline import Settings
@@ -65,12 +64,11 @@ def invert_command(
     console = stdout()
     debug = bool(ctx.find_root().params.get("debug"))
     rows: list[Row] = []
-    user_errors = internal = 0
-    interrupted = False
     progress = progress_bar(console, transient=False)
+    loop = SceneLoop(progress, lambda f, status: rows.append(Row(f, status=status)), debug=debug)
     with progress:
         for file in files:
-            try:
+            with loop.scene(file):
                 job = prepare(
                     file,
                     options,
@@ -110,27 +108,10 @@ def invert_command(
                     progress.update(task, completed=1, total=1)
                     status = "cached" if inv.cached else "inverted"
                     rows.append(Row(file, scene.inversion, status, inv.steps, inv.seconds, inv.key[:12]))
-            except KeyboardInterrupt:
-                rows.append(Row(file, status="interrupted"))
-                interrupted = True
+            if loop.interrupted:
                 break
-            except HmeditError as err:
-                progress.console.print(error_line(err, file))
-                rows.append(Row(file, status="failed"))
-                user_errors += 1
-            except Exception as exc:  # a bug in one scene must not stop the others
-                if debug:
-                    import traceback
-
-                    progress.console.print(traceback.format_exc().rstrip(), markup=False)
-                progress.console.print(internal_line(exc, file), markup=False, highlight=False)
-                rows.append(Row(file, status="failed"))
-                internal += 1
     print_rows(console, rows)
-    if interrupted:
-        raise typer.Exit(130)
-    if user_errors or internal:
-        raise typer.Exit(2 if user_errors else 1)
+    loop.exit()
 
 
 _STYLE = {

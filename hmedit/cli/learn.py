@@ -65,10 +65,9 @@ def learn_command(
     from hmedit.batch import Options, prepare
     from hmedit.cli.options import stdout
     from hmedit.cli.render import scene_files
-    from hmedit.cli.report import error_line, internal_line, progress_bar
+    from hmedit.cli.report import SceneLoop, error_line, progress_bar
     from hmedit.conditioning.textual_inversion import export_diffusers, widths
     from hmedit.conditioning.tokens import install_tokens, needs_tokens
-    from hmedit.errors import HmeditError
     from hmedit.jobs import default_models as models
     from hmedit.models.load import pick_device
 
@@ -78,12 +77,11 @@ def learn_command(
     console = stdout()
     debug = bool(ctx.find_root().params.get("debug"))
     rows: list[Row] = []
-    user_errors = internal = 0
-    interrupted = False
     from rich.progress import TextColumn
 
     progress = progress_bar(console, TextColumn("{task.fields[loss]}"), transient=False)  # a bar per node
     tasks: dict[tuple[str, str], int] = {}
+    loop = SceneLoop(progress, lambda f, status: rows.append(Row(f, status=status)), debug=debug)
     with progress:
         for file in files:
 
@@ -93,7 +91,7 @@ def learn_command(
                 else:
                     progress.update(tasks[name, node], completed=i, loss=f"loss {loss:.4f}")
 
-            try:
+            with loop.scene(file):
                 job = prepare(
                     file,
                     options,
@@ -118,27 +116,10 @@ def learn_command(
                         target = export / str(job.scene.name) / f"{tok.node_id}.safetensors"
                         path = export_diffusers(target, tok.text, tok.vector, widths(loaded))
                     rows.append(Row(file, tok.node_id, tok.source, tok.text, tok.seconds, tok.loss, path))
-            except KeyboardInterrupt:
-                rows.append(Row(file, status="interrupted"))
-                interrupted = True
+            if loop.interrupted:
                 break
-            except HmeditError as err:
-                progress.console.print(error_line(err, file))
-                rows.append(Row(file, status="failed"))
-                user_errors += 1
-            except Exception as exc:  # a bug in one scene must not stop the others
-                if debug:
-                    import traceback
-
-                    progress.console.print(traceback.format_exc().rstrip(), markup=False)
-                progress.console.print(internal_line(exc, file), markup=False, highlight=False)
-                rows.append(Row(file, status="failed"))
-                internal += 1
     print_rows(console, rows)
-    if interrupted:
-        raise typer.Exit(130)
-    if user_errors or internal:
-        raise typer.Exit(2 if user_errors else 1)
+    loop.exit()
 
 
 _STYLE = {

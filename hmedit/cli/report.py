@@ -8,7 +8,8 @@ The batch runner (:mod:`hmedit.batch`) knows nothing of the console: it calls th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATUS_STYLE",
     "ConsoleReporter",
+    "SceneLoop",
     "error_line",
     "internal_line",
     "print_summary",
@@ -72,6 +74,48 @@ def internal_line(exc: BaseException, file: Path) -> str:
         f"error: {file}: internal error: {type(exc).__name__}: {message} "
         "(run again with --debug for the traceback, and please report it)"
     )
+
+
+class SceneLoop:
+    """The failures of a command that works scene by scene outside a batch (``learn``, ``invert``): in
+    ``with loop.scene(file):`` a user mistake prints its one line, a bug its internal-error line (and the
+    traceback with ``--debug``), and Ctrl-C stops the loop (``loop.interrupted``: break); ``status(file,
+    "failed" | "interrupted")`` records the scene's row. ``exit()`` ends the command with the batch's codes:
+    130 interrupted, 2 if a scene failed for a user mistake, 1 if only bugs did."""
+
+    def __init__(self, progress: Progress, status: Callable[[Path, str], None], *, debug: bool) -> None:
+        self.progress, self.status, self.debug = progress, status, debug
+        self.user_errors = self.internal = 0
+        self.interrupted = False
+
+    @contextmanager
+    def scene(self, file: Path) -> Iterator[None]:
+        console = self.progress.console
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.status(file, "interrupted")
+            self.interrupted = True
+        except HmeditError as err:
+            console.print(error_line(err, file))
+            self.status(file, "failed")
+            self.user_errors += 1
+        except Exception as exc:  # a bug in one scene must not stop the others
+            if self.debug:
+                import traceback
+
+                console.print(traceback.format_exc().rstrip(), markup=False)
+            console.print(internal_line(exc, file), markup=False, highlight=False)
+            self.status(file, "failed")
+            self.internal += 1
+
+    def exit(self) -> None:
+        import typer
+
+        if self.interrupted:
+            raise typer.Exit(130)
+        if self.user_errors or self.internal:
+            raise typer.Exit(2 if self.user_errors else 1)
 
 
 class ConsoleReporter(Reporter):

@@ -55,3 +55,14 @@ def test_invert_then_cached_then_render_reuses_it(write_scene, tmp_path, capsys,
     monkeypatch.setattr(inv, "ddim_trajectory", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert run("render", path, "--out", tmp_path / "out", "--cache-dir", cache) == 0
     assert calls == [] and (tmp_path / "out" / "scene" / "image.png").is_file()
+
+
+def test_a_broken_scene_is_one_line_and_the_others_go_on(write_scene, tmp_path, capsys):
+    broken = write_scene(SCENE.replace("photo.png", "missing.png"), "broken.yaml")
+    plain = write_scene("root: {prompt: a cat}\n", "plain.yaml")
+    assert run("invert", broken, plain, "--cache-dir", tmp_path / "cache") == 2
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.yaml" in errors[0] and "missing.png" in errors[0], text
+    assert "Traceback" not in text and "nothing to invert" in text and "1 scene failed" in text
