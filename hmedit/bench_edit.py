@@ -67,9 +67,13 @@ def photos_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "tests" / "assets" / "photos"
 
 
-def recon_scene(init: str, prompt: str, method: str, guidance: float, size: int, steps: int) -> dict:
+def _inverting_scene(
+    name: str, init: str, method: str, size: int, steps: int, guidance: float, root: dict
+) -> dict:
+    """A square DDIM scene (seed 0) over ``init`` with ``inversion: method``: what every case of the suite
+    renders."""
     return {
-        "name": "recon",
+        "name": name,
         "size": [size, size],
         "seed": 0,
         "steps": steps,
@@ -77,8 +81,12 @@ def recon_scene(init: str, prompt: str, method: str, guidance: float, size: int,
         "scheduler": "ddim",
         "init_image": init,
         "inversion": method,
-        "root": {"prompt": prompt, "noise": 1.0},
+        "root": root,
     }
+
+
+def recon_scene(init: str, prompt: str, method: str, guidance: float, size: int, steps: int) -> dict:
+    return _inverting_scene("recon", init, method, size, steps, guidance, {"prompt": prompt, "noise": 1.0})
 
 
 def edit_images(count: int, size: int) -> list[tuple[int, world.WorldImage, int, str]]:
@@ -145,17 +153,8 @@ def edit_scene(
                 feather=FEATHER_PX,
             )
         children.append(node)
-    return {
-        "name": "edit",
-        "size": [size, size],
-        "seed": 0,
-        "steps": steps,
-        "guidance": guidance,
-        "scheduler": "ddim",
-        "init_image": init,
-        "inversion": method,
-        "root": {"prompt": world.background_phrase(w.background), "noise": 0.0, "children": children},
-    }
+    root = {"prompt": world.background_phrase(w.background), "noise": 0.0, "children": children}
+    return _inverting_scene("edit", init, method, size, steps, guidance, root)
 
 
 def foreground(image: np.ndarray, box: np.ndarray, background: str) -> np.ndarray:
