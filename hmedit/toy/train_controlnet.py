@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hmedit.toy import world
+from hmedit.toy.publish import publish
 from hmedit.toy.train import MAX_TOKENS, _log, _lr, _to_tensor, build_scheduler_config
 
 # The ControlNet's conditioning encoder: 128 px edge map -> 16 px latent grid (three stride-2 convolutions,
@@ -341,11 +341,6 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
         with torch.no_grad():
             for n, e in zip(names, ema):
                 params[n].copy_(e)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    # fp16 storage keeps the folder under 10 MB (diffusers loads it as fp32 unless asked otherwise)
-    cn.half().save_pretrained(tmp, safe_serialization=True)
     record = {
         "base_model": "toy",
         "conditioning": "hmedit.control.edges.edge_map (white edges on black, RGB, 128x128)",
@@ -357,15 +352,8 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
         "steps": step,  # trained
         **(extra or {}),
     }
-    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    if (out / "README.md").exists():
-        shutil.copy2(out / "README.md", tmp / "README.md")
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # package data: readable by all (the library writes its weights 0600)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    # fp16 storage keeps the folder under 10 MB (diffusers loads it as fp32 unless asked otherwise)
+    return publish(out, lambda tmp: cn.half().save_pretrained(tmp, safe_serialization=True), record)
 
 
 def parse_args(argv=None):
