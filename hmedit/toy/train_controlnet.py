@@ -377,6 +377,7 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--note", default="", help="how it was trained, for the model card (training.json)")
     a = p.parse_args(argv)
     a.base = a.base or base_folder()
     return a
@@ -396,7 +397,8 @@ def main(argv=None) -> None:
     if "train" in stages:
         train(a, frozen)
     if "export" in stages and a.out:
-        _log(f"exported to {export(a, a.out, use_ema=not a.raw, unet=frozen[2])}", a.log)
+        extra = {"note": a.note} if a.note else None
+        _log(f"exported to {export(a, a.out, use_ema=not a.raw, unet=frozen[2], extra=extra)}", a.log)
 
 
 if __name__ == "__main__":
