@@ -54,8 +54,8 @@ def _check_folder(path: Path, name: str) -> Path:
 
 
 def resolve_clip(ref: str = "toy", *, base_dir: Path | None = None) -> Path:
-    """The folder of the CLIP named ``ref``: the bundled one for "toy", a folder (relative paths are taken from
-    ``base_dir`` first, e.g. a scene's folder), or a hub id 'org/name' found in the local cache."""
+    """The folder of the CLIP named ``ref``: the bundled one for "toy", a folder (relative paths are taken
+    from ``base_dir`` first, e.g. a scene's folder), or a hub id 'org/name' found in the local cache."""
     if not isinstance(ref, str) or not ref.strip():
         raise HmeditError(
             f"clip must be a name, got {ref!r}", field="clip", hint="use 'toy', a folder or a hub id"
@@ -97,8 +97,8 @@ def resolve_clip(ref: str = "toy", *, base_dir: Path | None = None) -> Path:
 def load_clip(ref: str = "toy", *, device="cpu", dtype=torch.float32, base_dir: Path | None = None) -> tuple:
     """``(transformers.CLIPModel, transformers.CLIPProcessor)`` for ``ref`` (see :func:`resolve_clip`) on
     ``device`` in ``dtype``: eval mode, ``requires_grad`` off, cached per (ref, device, dtype) so that every
-    caller shares one copy. Weights load offline (``local_files_only``); the bundled CLIP is stored in fp16 and
-    loads in the ``dtype`` asked for."""
+    caller shares one copy. Weights load offline (``local_files_only``); the bundled CLIP is stored in fp16
+    and loads in the ``dtype`` asked for."""
     folder = resolve_clip(ref, base_dir=base_dir)
     try:
         dev = torch.device(device)
@@ -144,10 +144,10 @@ def _pooled(out):
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """[N, D] projected (not normalised) image embeddings of a CLIPModel, whatever the transformers version."""
+    """[N, D] projected (not normalised) image embeddings of a CLIPModel, any transformers version."""
     return _pooled(model.get_image_features(pixel_values=pixel_values))
 
 
 def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[N, D] projected (not normalised) text embeddings of a CLIPModel, whatever the transformers version."""
+    """[N, D] projected (not normalised) text embeddings of a CLIPModel, any transformers version."""
     return _pooled(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))

@@ -1,4 +1,4 @@
-"""Train the bundled CLIP: a small transformers ``CLIPModel`` (vision and text towers) of the procedural world.
+"""Train the bundled CLIP: a small transformers ``CLIPModel`` (vision and text towers) of the toy world.
 
 Stages (each resumable from its files in ``--run-dir``):
   1. data    world images of seeds 0..N-1 (every evaluation seed is above them), rendered once and cached
@@ -131,8 +131,8 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- stage 1: data
 def make_data(a) -> None:
-    """World images 0..N-1 with what they show: objects [N, 4, 3] (colour, shape, texture indices; -1: none),
-    background [N, 2] (colour, texture), outlined [N], and the world's caption as token ids [N, TRAIN_TOKENS]."""
+    """World images 0..N-1 with what they show: objects [N, 4, 3] (colour, shape, texture indices; -1:
+    none), background [N, 2] (colour, texture), outlined [N], the world's caption as token ids."""
     from hmedit.outputs.write import save_safetensors
 
     out = a.run_dir / DATA
