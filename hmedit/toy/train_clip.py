@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ MAX_OBJECTS = 4
 ARCH = {
     # 128 px, 16 px patches: 64 patch tokens + CLS
     "full": dict(
-        vision=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6),
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4),
         text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
         projection_dim=128,
         patch_size=16,
@@ -69,8 +70,9 @@ def toy_tokenizer():
     return CLIPTokenizer.from_pretrained(BUNDLED["toy"], subfolder="tokenizer")
 
 
-def build_clip(arch: str = "full", tokenizer=None, image_size: int = world.SIZE):
-    """A randomly initialised CLIPModel of the named size whose text tower fits ``tokenizer``."""
+def build_clip(arch: str = "full", tokenizer=None, image_size: int = world.SIZE, logit_scale: float = 30.0):
+    """A randomly initialised CLIPModel of the named size whose text tower fits ``tokenizer``;
+    ``logit_scale``: the initial factor of the cosine similarities (CLIP's 1/0.07 = 14.3 learns slowly)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
     tok = tokenizer or toy_tokenizer()
@@ -91,7 +93,10 @@ def build_clip(arch: str = "full", tokenizer=None, image_size: int = world.SIZE)
         **spec["vision"],
     )
     cfg = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=spec["projection_dim"]
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=spec["projection_dim"],
+        logit_scale_init_value=math.log(logit_scale),
     )
     return CLIPModel(cfg)
 
@@ -179,6 +184,13 @@ def tokenize(tok, texts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def trim(ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """Drop the padding columns after every row's first end token (the text tower pools at the first one and
+    attends causally, so the features do not change; the step gets cheaper)."""
+    first = (ids == eos).int().argmax(1)
+    return ids[:, : int(first.max()) + 1]
+
+
 def load_data(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -186,29 +198,47 @@ def load_data(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- captions
+def class_of(colour: int, shape: int) -> int:
+    """Index of "a {colour} {shape}" among :func:`class_captions` (colour-major)."""
+    return colour * len(world.SHAPES) + shape
+
+
+def class_captions() -> list[str]:
+    """Every "a {colour} {shape}" of the world: the zero-shot classes (60)."""
+    return [world.object_phrase(c, s) for c in world.COLOURS for s in world.SHAPES]
+
+
 def draw_captions(
     data: dict[str, torch.Tensor], idx: torch.Tensor, g: torch.Generator, p_world: float, p_short: float
-) -> tuple[list[str | None], list[str]]:
-    """One caption per image (None: the world's own, already tokenised) and the hard negatives (same colour,
-    another shape) of the images captioned with a short phrase."""
+) -> tuple[list[str | None], list[str], list[int], list[list[int]]]:
+    """Per image: a caption (None: the world's own, already tokenised), the class of one of its objects (the
+    one its caption names when it names one; -1 for an empty image) and the classes of all its objects; plus
+    the hard negatives (same colour, another shape) of the images captioned with a short phrase."""
     captions: list[str | None] = []
     negatives: list[str] = []
+    targets: list[int] = []
+    present: list[list[int]] = []
     u = torch.rand(len(idx), generator=g).tolist()
     pick = torch.rand(len(idx), generator=g).tolist()
     other = torch.randint(1, len(world.SHAPES), (len(idx),), generator=g).tolist()
     for k, i in enumerate(idx.tolist()):
         objs = [o for o in data["objects"][i].tolist() if o[0] >= 0]
-        if not objs or u[k] < p_world:
+        present.append([class_of(c, s) for c, s, _ in objs])
+        if not objs:
             captions.append(None)
+            targets.append(-1)
             continue
         c, s, t = objs[int(pick[k] * len(objs))]
+        targets.append(class_of(c, s))
         colour, shape = world.COLOURS[c], world.SHAPES[s]
-        if u[k] < p_world + p_short:
+        if u[k] < p_world:
+            captions.append(None)
+        elif u[k] < p_world + p_short:
             captions.append(world.object_phrase(colour, shape))
             negatives.append(world.object_phrase(colour, world.SHAPES[(s + other[k]) % len(world.SHAPES)]))
         else:
             captions.append(world.object_phrase(colour, shape, world.TEXTURES[t], bool(data["outlined"][i])))
-    return captions, negatives
+    return captions, negatives, targets, present
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -289,25 +319,53 @@ def make_optimizer(model, lr: float):
 
 
 # ---------------------------------------------------------------- stage 2: train
-def clip_loss(model, pix: torch.Tensor, ids: torch.Tensor, n_pos: int) -> tuple[torch.Tensor, float]:
+def clip_loss(
+    model,
+    pix: torch.Tensor,
+    ids: torch.Tensor,
+    n_pos: int,
+    class_ids: torch.Tensor | None = None,
+    targets: list[int] | None = None,
+    present: list[list[int]] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE: image i's caption is text i (i < n_pos); texts from n_pos on are negatives only.
-    Returns (loss, image-to-text accuracy)."""
+    With ``class_ids`` (the tokenised :func:`class_captions`), plus the zero-shot task as a loss: each image
+    against all 60 "a {colour} {shape}" captions, the class of its target object right and the classes of its
+    other objects left out of the softmax (they are not wrong). Returns (loss, figures)."""
     from hmedit.clip.load import image_features, text_features
 
     img = F.normalize(image_features(model, pix), dim=-1)
     txt = F.normalize(text_features(model, ids), dim=-1)
-    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # [B, B + negatives]
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.T  # [B, B + negatives]
     target = torch.arange(n_pos)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :n_pos].T, target)) / 2
-    acc = (logits.argmax(1) == target).float().mean().item()
-    return loss, acc
+    figures = {"acc": (logits.argmax(1) == target).float().mean().item()}
+    if class_ids is not None and targets is not None and present is not None:
+        rows = [k for k, t in enumerate(targets) if t >= 0]
+        if rows:
+            cls = F.normalize(text_features(model, class_ids), dim=-1)
+            cl = scale * img[rows] @ cls.T  # [R, 60]
+            mask = torch.zeros_like(cl, dtype=torch.bool)
+            for r, k in enumerate(rows):
+                for c in present[k]:
+                    if c != targets[k]:
+                        mask[r, c] = True
+            cl = cl.masked_fill(mask, float("-inf"))
+            want = torch.tensor([targets[k] for k in rows])
+            loss = loss + F.cross_entropy(cl, want)
+            best = cl.argmax(1)
+            n_shapes = len(world.SHAPES)
+            figures["cls"] = (best == want).float().mean().item()
+            figures["shape"] = (best % n_shapes == want % n_shapes).float().mean().item()
+    return loss, figures
 
 
 def train(a) -> None:
     tok = toy_tokenizer()
     data = load_data(a.run_dir / DATA)
     images, world_ids = data["images"], data["ids"]
-    model = build_clip(a.arch, tok).train()
+    model = build_clip(a.arch, tok, logit_scale=a.logit_scale).train()
     opt, names = make_optimizer(model, a.lr)
     params = [p for g in opt.param_groups for p in g["params"]]
     ema = [p.detach().clone() for p in params]
@@ -319,21 +377,24 @@ def train(a) -> None:
         f"clip params {sum(p.numel() for p in params) / 1e6:.2f} M, dataset {len(images)}, from step {step}",
         a.log,
     )
-    t0, losses, accs, done = time.time(), [], [], 0
+    class_ids = trim(tokenize(tok, class_captions()), tok.eos_token_id) if a.class_loss else None
+    t0, losses, figs, done = time.time(), [], [], 0
     stop = min(a.steps, a.until or a.steps)
     while step < stop:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, a.steps, a.lr, warmup=a.warmup, floor=0.02)
         idx = torch.randint(0, len(images), (a.batch,), generator=g)
-        captions, negatives = draw_captions(data, idx, g, a.p_world, a.p_short)
+        captions, negatives, targets, present = draw_captions(data, idx, g, a.p_world, a.p_short)
         ids = world_ids[idx].clone()
         mine = [k for k, c in enumerate(captions) if c is not None]
         if mine:
             ids[mine] = tokenize(tok, [captions[k] for k in mine])
         if negatives:
             ids = torch.cat([ids, tokenize(tok, negatives)])
-        loss, acc = clip_loss(model, pixels(images[idx]), ids, len(idx))
+        loss, fig = clip_loss(
+            model, pixels(images[idx]), trim(ids, tok.eos_token_id), len(idx), class_ids, targets, present
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -344,15 +405,18 @@ def train(a) -> None:
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(loss.item())
-        accs.append(acc)
+        figs.append(fig)
         if step % a.log_every == 0 or step == stop:
             _log(
-                f"clip step {step}/{a.steps} loss {np.mean(losses):.4f} acc {np.mean(accs):.3f}"
-                f" scale {model.logit_scale.exp().item():.1f} lr {opt.param_groups[0]['lr']:.2e}"
+                f"clip step {step}/{a.steps} loss {np.mean(losses):.4f} "
+                + " ".join(
+                    f"{k} {np.mean([f[k] for f in figs]):.3f}" for k in figs[0] if all(k in f for f in figs)
+                )
+                + f" scale {model.logit_scale.exp().item():.1f} lr {opt.param_groups[0]['lr']:.2e}"
                 f" ({(time.time() - t0) / done:.2f} s/step)",
                 a.log,
             )
-            losses, accs, t0, done = [], [], time.time(), 0
+            losses, figs, t0, done = [], [], time.time(), 0
         if step % a.save_every == 0 or step == stop:
             save_state(ckpt, model, opt, names, ema, step, a)
 
@@ -407,14 +471,21 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--dataset", type=int, default=12000, help="world images 0..N-1")
-    p.add_argument("--steps", type=int, default=1500, help="length of the run (the lr schedule's)")
+    p.add_argument("--steps", type=int, default=750, help="length of the run (the lr schedule's)")
     p.add_argument("--until", type=int, default=0, help="stop this session at this step (resume later)")
-    p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--p-world", type=float, default=0.4, help="share of images captioned as the world does")
     p.add_argument("--p-short", type=float, default=0.4, help="share captioned 'a {colour} {shape}'")
+    p.add_argument(
+        "--class-loss",
+        type=int,
+        default=1,
+        help="1: add the zero-shot task as a loss (each image vs every 'a {colour} {shape}'); 0: CLIP's",
+    )
+    p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature factor")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
