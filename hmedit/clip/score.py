@@ -241,3 +241,24 @@ def score_folder(
     }
     save_json(folder / SCORE_JSON, result)
     return result
+
+
+def bench_scores(
+    image: np.ndarray, masks: dict[str, np.ndarray], prompts: dict[str, str], clip: str = "toy"
+) -> dict[str, float | None] | None:
+    """The CLIP column of the benches: each region's score (``masks`` and ``prompts`` by region id); None
+    when the CLIP cannot be loaded (a missing bundled CLIP leaves the column empty, not the bench failed)."""
+    from hmedit.clip.load import load_clip
+
+    try:
+        model, processor = load_clip(clip)
+    except HmeditError:
+        return None
+    rows = score_regions(model, processor, image, masks, prompts)
+    return {k: r["score"] for k, r in rows.items()}
+
+
+def mean_of(values) -> float | None:
+    """Mean of the scores that are there (None when none is)."""
+    vals = [v for v in values if v is not None]
+    return round(float(np.mean(vals)), 5) if vals else None

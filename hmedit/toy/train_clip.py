@@ -299,6 +299,8 @@ def _arg_record(a) -> dict:
         "ema",
         "p_world",
         "p_short",
+        "class_loss",
+        "logit_scale",
         "save_every",
     )
     return {k: getattr(a, k, None) for k in keys}
@@ -439,6 +441,13 @@ def export(a, out: Path, use_ema: bool = True, extra: dict | None = None) -> Pat
         shutil.rmtree(tmp)
     # fp16 storage halves the folder (transformers loads it as fp32 unless asked otherwise)
     model.half().save_pretrained(tmp, safe_serialization=True)
+    # transformers 5 loads in the config's dtype by default: say fp32, so that from_pretrained gives fp32
+    cfg = json.loads((tmp / "config.json").read_text())
+    for part in (cfg, cfg.get("text_config", {}), cfg.get("vision_config", {})):
+        for key in ("dtype", "torch_dtype"):
+            if key in part:
+                part[key] = "float32"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     make_processor(tok).save_pretrained(tmp)
     record = {
         "weights": "ema" if use_ema else "raw",
