@@ -107,3 +107,14 @@ def test_a_hub_id_in_the_cache_loads(monkeypatch, tiny_clip, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     model, _ = L.load_clip("org/some-clip")
     assert calls == [("org/some-clip", True)] and not model.training
+
+
+def test_scenes_name_their_clip_and_the_schema_describes_it(write_scene):
+    from hmedit.scene import load_scene
+    from hmedit.scene.spec import json_schema
+
+    scene = load_scene(write_scene("clip: openai/clip-vit-base-patch16\nroot:\n  prompt: a red circle\n"))
+    assert scene.clip == "openai/clip-vit-base-patch16"
+    assert load_scene(write_scene("root:\n  prompt: a red circle\n", "b.yaml")).clip is None  # toy
+    prop = json_schema()["properties"]["clip"]
+    assert "toy" in prop["description"] and "hub id" in prop["description"]
