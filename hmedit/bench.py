@@ -541,17 +541,24 @@ def _score_regions(image: np.ndarray, masks: dict[str, np.ndarray], colours: dic
 def suite_control(b: Bench) -> dict:
     cfg = b.config
     variants = {"masked": True, "unmasked": False}
-    cases, flags = [], {v: {"match": [], "bleed": [], "scene": []} for v in variants}
+    from hmedit.clip.score import bench_scores, mean_of
+
+    cases, flags = [], {v: {"match": [], "bleed": [], "scene": [], "clip": []} for v in variants}
     for seed in range(cfg.control_scenes):
         kw = dict(size=cfg.size, steps=cfg.steps, guidance=cfg.guidance)
         scenes = {v: control_scene(seed, masking=m, **kw) for v, m in variants.items()}
         sc = Scene.model_validate(scenes["masked"])
         masks = region_masks(sc, cfg.size, cfg.size)
         colours = {r.id: colour_of(r.prompt) for r in sc.root.children}
+        prompts = {r.id: r.prompt for r in sc.root.children}
         case: dict[str, Any] = {"seed": seed, "background": colour_of(sc.root.prompt), "regions": {}}
         for v, raw in scenes.items():
             image = b.render(raw, suite="control", label=f"{seed}-{v}")
             scores = _score_regions(image, masks, colours, cfg.threshold)
+            clip = bench_scores(image, masks, prompts)  # MRGD's CLIP metric: region vs its prompt
+            for rid, s in scores.items():
+                s["clip"] = None if clip is None else clip.get(rid)
+                flags[v]["clip"].append(s["clip"])
             case["regions"][v] = scores
             flags[v]["match"] += [s["match"] for s in scores.values()]
             flags[v]["bleed"] += [s["bleed"] for s in scores.values()]
@@ -569,6 +576,7 @@ def suite_control(b: Bench) -> dict:
                 "match_rate": _rate(f["match"]),
                 "bleed_rate": _rate(f["bleed"]),
                 "scene_match_rate": _rate(f["scene"]),
+                "clip_mean": mean_of(f["clip"]),
                 "attention": {"pos": 1.0, "neg": 1.0} if variants[v] else {"pos": 0.0, "neg": 0.0},
             }
             for v, f in flags.items()

@@ -162,14 +162,16 @@ def table(name: str, f: dict):
             title=f"control: {f['scenes']} scenes, {f['regions']} regions, {f['size'][0]}x{f['size'][1]}",
             title_justify="left",
         )
-        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched"):
+        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched", "CLIP"):
             t.add_column(col, justify="left" if col == "attention" else "right")
         for v in ("masked", "unmasked"):
+            clip = f[v].get("clip_mean")  # toy-clip: region vs its prompt (cosine); absent in older results
             t.add_row(
                 "on" if v == "masked" else "off (pos 0, neg 0)",
                 _pct(f[v]["match_rate"]),
                 _pct(f[v]["bleed_rate"]),
                 _pct(f[v]["scene_match_rate"]),
+                "n/a" if clip is None else f"{clip:.3f}",
             )
         return t
     if name == "hierarchy":

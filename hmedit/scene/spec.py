@@ -782,6 +782,15 @@ class Scene(_Spec):
         description="The diffusion model: 'toy' (bundled), a local diffusers folder, a Hugging Face hub id, "
         "or a .safetensors file.",
     )
+    clip: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="The CLIP that scores regions against their prompts (hmedit score, benches) and guides "
+        "CLIP-driven masks: 'toy' (the bundled toy-clip), a transformers CLIPModel folder (relative to the "
+        "scene) or a Hugging Face hub id already in the local cache, e.g. openai/clip-vit-base-patch16. "
+        "Default: toy.",
+    )
     size: tuple[Side, Side] | None = Field(
         None,
         description="[width, height] in pixels: multiples of 8, 64..65536 (the memory plan limits width x "
