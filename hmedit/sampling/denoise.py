@@ -132,7 +132,13 @@ class RegionalAttention:
         dtype,
         record: bool,
         tiler: Tiler | None = None,
+        tokens: Tensor | None = None,
+        self_level: int | None = None,
+        record_only: bool = False,
     ) -> None:
+        """``tokens``: cond token positions whose own maps are recorded (untiled); ``self_level``: the query
+        length at which self-attention is recorded too; ``record_only``: the scene has no regional token,
+        the processor only records (output as the stock one's)."""
         _, owners, valid = cond.batch()
         if not guidance.on:
             owners, valid = owners[1:], valid[1:]
@@ -150,6 +156,16 @@ class RegionalAttention:
             {n: torch.zeros(1, len(plan.ids), n, device=device) for n in self.masks} if record else None
         )
         self.record_count: dict[int, int] = {}
+        self.record_only = record_only
+        self.tokens = tokens.to(device) if tokens is not None else None
+        self.token_record = (
+            {n: torch.zeros(1, len(tokens), n, device=device) for n in self.masks}
+            if tokens is not None
+            else None
+        )
+        self.self_record = (
+            {self_level: torch.zeros(1, self_level, self_level, device=device)} if self_level else None
+        )
         self.tiled_record = (
             TiledRecord(len(plan.ids), plan.latent, tiler.sizes) if record and tiler is not None else None
         )
@@ -182,6 +198,10 @@ class RegionalAttention:
             record=record,
             record_owner=self.record_owner,
             record_count=count,
+            record_tokens=self.tokens if windows is None else None,
+            token_record=self.token_record if windows is None else None,
+            self_record=self.self_record if windows is None else None,
+            record_only=self.record_only,
         )
 
     def inputs(self, i: int, windows, n: int) -> dict:
@@ -201,6 +221,17 @@ class RegionalAttention:
         if self.tiled_record is not None:
             return self.tiled_record.maps()
         return {n: self.record[n][0] / max(self.record_count.get(n, 0), 1) for n in self.record}
+
+    def token_maps(self) -> dict[int, Tensor] | None:
+        """Mean recorded attention of each recorded token per level: query length -> [T', N]."""
+        if self.token_record is None:
+            return None
+        count = self.record_count
+        return {n: m[0] / count[n] for n, m in self.token_record.items() if count.get(n, 0) > 0}
+
+    def self_attention(self) -> dict[int, Tensor] | None:
+        """Summed self-attention of the recorded level: query length -> [N, N] (rows not normalised)."""
+        return {n: m[0] for n, m in self.self_record.items()} if self.self_record is not None else None
 
 
 class NoiseHolds:
