@@ -149,12 +149,15 @@ def render(
     inversions=None,
     on_invert=None,
     probes: Sequence[Probe] = (),
+    words: bool = False,
 ) -> RenderResult:
     """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
     ``inversion``, the init image is inverted first (or taken from ``inversions``, an
     :class:`~hmedit.sampling.inversion.InversionCache`; None: the default one), ``on_invert(i, n)`` after
     each inversion step. ``probes``: attention maps to read (:class:`~hmedit.masks.attention.Probe`), into
-    the result's ``probes``. Nodes with ``mask: {attention: ...}`` get their masks from a first pass."""
+    the result's ``probes``; ``words``: also every word of every node's prompt (the words the tokenizer
+    finds as tokens of the prompt). Nodes with ``mask: {attention: ...}`` get their masks from a first
+    pass."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -246,6 +249,8 @@ def render(
         tiler = inverted.tiler
     region = None
     probe_tokens = None
+    if words:
+        probes = [*probes, *word_probes(scene)]
     if probes:
         if tiler is not None:
             raise HmeditError(
@@ -254,7 +259,8 @@ def render(
                 field="size",
                 hint="render at the model's native size, or set tiling: off",
             )
-        probe_tokens = probe_positions(fam.text(model), plan, cond, probes)
+        probe_tokens = probe_positions(fam.text(model), plan, cond, probes, strict=not words)
+        probes = [p for p in probes if p in probe_tokens]
     if (plan.regional and cond.regional) or probe_tokens is not None:
         tokens = sorted({i for idx in (probe_tokens or {}).values() for i in idx})
         region = RegionalAttention(
@@ -312,6 +318,13 @@ def render(
     return RenderResult(image, s, maps, timings, plan, stats, read)
 
 
+def word_probes(scene: Scene) -> list[Probe]:
+    """One probe per word of every node's prompt (``hmedit render --words``)."""
+    from hmedit.scene.spec import prompt_words
+
+    return [Probe(f.node.id, w) for f in scene.flat() for w in dict.fromkeys(prompt_words(f.node.prompt))]
+
+
 def self_level(plan: Plan, cross_factors: list[int]) -> int | None:
     """The query length at which self-attention is recorded for sharpening: the finest cross-attention level
     with at most SELF_MAX_QUERIES queries."""
@@ -323,9 +336,11 @@ def self_level(plan: Plan, cross_factors: list[int]) -> int | None:
     return max(ns) if ns else None
 
 
-def probe_positions(text, plan: Plan, cond, probes: Sequence[Probe]) -> dict[Probe, list[int]]:
+def probe_positions(
+    text, plan: Plan, cond, probes: Sequence[Probe], *, strict: bool = True
+) -> dict[Probe, list[int]]:
     """Each probe's positions in the cond token sequence: the node's word tokens (all of them, or those of
-    the probe's word)."""
+    the probe's word). A word the tokenizer does not find is an error (``strict``), else left out."""
     from hmedit.masks.attention import phrase_tokens, token_position
 
     def tokenize(t: str) -> list[int]:
@@ -345,6 +360,8 @@ def probe_positions(text, plan: Plan, cond, probes: Sequence[Probe]) -> dict[Pro
         if k == 0:
             idx = [i for i in idx if i < cond.root_words or len(cond.cond) > text.window]
         if not idx or (k > 0 and k not in cond.ranges):
+            if not strict:
+                continue
             what = f"the word {p.word!r}" if p.word else "a word"
             raise HmeditError(
                 f"the model's tokenizer finds {what} in no token of the prompt of {p.node!r}",
