@@ -252,12 +252,12 @@ def render(
     if words:
         probes = [*probes, *word_probes(scene)]
     if probes:
-        if tiler is not None:
+        if tiler is not None and any(p.refine == "self" for p in probes):
             raise HmeditError(
-                "attention maps of words need an untiled render",
+                "sharpening attention maps with self-attention (refine: self) needs an untiled render",
                 file=scene.source,
                 field="size",
-                hint="render at the model's native size, or set tiling: off",
+                hint="render at the model's native size, or set tiling: off, or leave refine out",
             )
         probe_tokens = probe_positions(fam.text(model), plan, cond, probes, strict=not words)
         probes = [p for p in probes if p in probe_tokens]
@@ -407,12 +407,13 @@ def attention_masks(
     from hmedit.masks.attention import first_pass_scene, threshold
 
     nodes = attention_nodes(scene)
-    if s.tiling is not None:
-        path = next(f.path for f in scene.flat() if f.node.id == nodes[0].id)
+    sharp = [n for n in nodes if n.mask.attention.refine == "self"]
+    if s.tiling is not None and sharp:
+        path = next(f.path for f in scene.flat() if f.node.id == sharp[0].id)
         raise HmeditError(
-            "attention masks need an untiled render",
-            **scene.where(f"{path}.mask.attention"),
-            hint="render at the model's native size, or set tiling: off",
+            "refine: self (self-attention sharpening) needs an untiled render",
+            **scene.where(f"{path}.mask.attention.refine"),
+            hint="render at the model's native size, or set tiling: off, or leave refine out",
         )
     wanted = {n.id: Probe(n.mask.attention.of, n.mask.attention.word, n.mask.attention.refine) for n in nodes}
     first = render(

@@ -136,8 +136,8 @@ class RegionalAttention:
         self_level: int | None = None,
         record_only: bool = False,
     ) -> None:
-        """``tokens``: cond token positions whose own maps are recorded (untiled); ``self_level``: the query
-        length at which self-attention is recorded too; ``record_only``: the scene has no regional token,
+        """``tokens``: cond token positions whose own maps are recorded; ``self_level``: the query length at
+        which self-attention is recorded too (untiled); ``record_only``: the scene has no regional token,
         the processor only records (output as the stock one's)."""
         _, owners, valid = cond.batch()
         if not guidance.on:
@@ -169,22 +169,30 @@ class RegionalAttention:
         self.tiled_record = (
             TiledRecord(len(plan.ids), plan.latent, tiler.sizes) if record and tiler is not None else None
         )
+        self.tiled_tokens = (
+            TiledRecord(len(tokens), plan.latent, tiler.sizes)
+            if tokens is not None and tiler is not None
+            else None
+        )
         self.last: RegionCall | None = None
 
     def call(self, i: int, windows: Sequence[Window] | None) -> RegionCall:
         step = self.plan.step_gate(i / self.n_run).to(self.device)
         if windows is None:
             masks, gate = self.masks, self.level_gate
-            record, count = self.record, self.record_count
+            record, count, token_record = self.record, self.record_count, self.token_record
         else:
             masks = {n: m.to(self.device, self.dtype) for n, m in self.tiler.masks(windows).items()}
             gate = {n: g.to(self.device) for n, g in self.tiler.gate.items()}
             count: dict[int, int] = {}
-            record = None
+            record = token_record = None
             if self.tiled_record is not None:
                 record = {
                     n: torch.zeros(len(windows), m.shape[1], n, device=m.device) for n, m in masks.items()
                 }
+            if self.tiled_tokens is not None:
+                t = len(self.tokens)
+                token_record = {n: torch.zeros(len(windows), t, n, device=self.device) for n in masks}
         ac = self.scheduler.alphas_cumprod[int(self.timesteps[i])]
         sigma = float(((1 - ac) / ac.clamp(min=1e-12)).sqrt())
         return RegionCall(
@@ -198,8 +206,8 @@ class RegionalAttention:
             record=record,
             record_owner=self.record_owner,
             record_count=count,
-            record_tokens=self.tokens if windows is None else None,
-            token_record=self.token_record if windows is None else None,
+            record_tokens=self.tokens,
+            token_record=token_record,
             self_record=self.self_record if windows is None else None,
             record_only=self.record_only,
         )
@@ -213,6 +221,8 @@ class RegionalAttention:
         region = self.last
         if region is not None and region.record is not None and self.tiled_record is not None:
             self.tiled_record.add(region.record, region.record_count, list(windows), weights)
+            if self.tiled_tokens is not None and region.token_record is not None:
+                self.tiled_tokens.add(region.token_record, region.record_count, list(windows), weights)
 
     def attention_maps(self) -> dict[int, Tensor] | None:
         """Mean recorded attention mass per level: query length -> [K, N]."""
@@ -224,6 +234,8 @@ class RegionalAttention:
 
     def token_maps(self) -> dict[int, Tensor] | None:
         """Mean recorded attention of each recorded token per level: query length -> [T', N]."""
+        if self.tiled_tokens is not None:
+            return self.tiled_tokens.maps()
         if self.token_record is None:
             return None
         count = self.record_count
