@@ -168,9 +168,13 @@ def _load_coco(path: Path) -> tuple[dict, Any]:
 
     data = json.loads(path.read_text(encoding="utf-8"))
     try:
+        import contextlib
+        import io
+
         from pycocotools.coco import COCO
 
-        coco = COCO(str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            coco = COCO(str(path))
         return data, lambda ann: coco.annToMask(ann).astype(bool)
     except ImportError:
         from hmedit.outputs.coco import rle_decode
