@@ -31,6 +31,7 @@ from hmedit.toy.world import COLOURS, PALETTE, SHAPES, caption_for
 _STREAM = 6  # bench._STREAM's next free stream (bench_control takes 5)
 IOU_TARGET = 0.75
 DRAWN_MIN = 0.01  # an object covering less of the image than this was not drawn
+SWEEP = (0.3, 0.5)  # thresholds reported besides the configured one
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,13 @@ def _generated(b, ac: AttentionConfig) -> dict[str, Any]:
             }
             for kind in ("word", "phrase"):
                 for refine in ("none", "self"):
-                    m = threshold(result.probes[probes[(colour, shape, kind, refine)]], ac.threshold).numpy()
+                    mp = result.probes[probes[(colour, shape, kind, refine)]]
+                    m = threshold(mp, ac.threshold).numpy()
                     case[f"iou_{kind}_{refine}"] = round(metrics.iou(m > 0.5, truth), 4)
+                    for t in SWEEP:  # how much the figure depends on DAAM's threshold
+                        case[f"iou_{kind}_{refine}_t{t}"] = round(
+                            metrics.iou(threshold(mp, t).numpy() > 0.5, truth), 4
+                        )
             cases.append(case)
     drawn = [c for c in cases if c["drawn"] >= DRAWN_MIN]
     out: dict[str, Any] = {
@@ -135,6 +141,17 @@ def _generated(b, ac: AttentionConfig) -> dict[str, Any]:
         for refine in ("none", "self"):
             key = f"iou_{kind}_{refine}"
             out[f"miou_{kind}_{refine}"] = float(np.mean([c[key] for c in drawn])) if drawn else 0.0
+            out[f"miou_{kind}_{refine}_by_threshold"] = {
+                str(t): float(np.mean([c[f"{key}_t{t}"] for c in drawn])) if drawn else 0.0 for t in SWEEP
+            }
+    # the objects the model drew clearly: their colour covers at least 2% of the image (a lone object of
+    # the world's smallest shapes covers about that much)
+    clear = [c for c in cases if c["drawn"] >= 0.02]
+    out["objects_clear"] = len(clear)
+    for kind in ("word", "phrase"):
+        for refine in ("none", "self"):
+            key = f"iou_{kind}_{refine}"
+            out[f"miou_clear_{kind}_{refine}"] = float(np.mean([c[key] for c in clear])) if clear else 0.0
     out["cases"] = cases
     return out
 
