@@ -44,13 +44,21 @@ class AttentionConfig:
     dataset_seeds: int = 4
     dataset_max_side: int = 256  # example scenes above this (1024 px: minutes each here) are left out
     dataset_scenes: tuple[str, ...] | None = None  # None: every example scene up to dataset_max_side
+    dataset_steps: int | None = None  # None: each scene's own
+    dataset_size: int | None = None  # None: each scene's own
 
     @classmethod
     def of(cls, cfg) -> AttentionConfig:
         """From the bench's Config (quick: seconds; ``--seeds``: the number of scenes)."""
         if cfg.quick:
             return cls(
-                scenes=2, size=cfg.size, steps=cfg.steps, dataset_seeds=1, dataset_scenes=("attention_band",)
+                scenes=2,
+                size=cfg.size,
+                steps=cfg.steps,
+                dataset_seeds=1,
+                dataset_scenes=("attention_band",),
+                dataset_steps=cfg.steps,
+                dataset_size=cfg.size,
             )
         from hmedit.bench import Config
 
@@ -211,7 +219,8 @@ def _dataset(b, ac: AttentionConfig) -> dict[str, Any]:
         data = Dataset(out)
         effective: dict[tuple[str, int, str], np.ndarray] = {}
         for file in files:
-            job = prepare(file, Options(out=out / "unused"))
+            size = (ac.dataset_size, ac.dataset_size) if ac.dataset_size else None
+            job = prepare(file, Options(out=out / "unused", steps=ac.dataset_steps, size=size))
             for seed, result, masks, secs in render_scene(job, b.model, list(range(ac.dataset_seeds))):
                 data.add(job.scene, str(job.scene.name), seed, result, masks, secs)
                 for k, node_id in enumerate(result.plan.ids):
