@@ -211,7 +211,7 @@ def _dataset(b, ac: AttentionConfig) -> dict[str, Any]:
     from PIL import Image
 
     from hmedit.batch import Options, prepare
-    from hmedit.dataset import Dataset, render_scene
+    from hmedit.dataset import REGION_MIN, Dataset, render_scene
 
     files = example_scenes(ac)
     with tempfile.TemporaryDirectory(prefix="hmedit-bench-") as tmp:
@@ -224,7 +224,8 @@ def _dataset(b, ac: AttentionConfig) -> dict[str, Any]:
             for seed, result, masks, secs in render_scene(job, b.model, list(range(ac.dataset_seeds))):
                 data.add(job.scene, str(job.scene.name), seed, result, masks, secs)
                 for k, node_id in enumerate(result.plan.ids):
-                    effective[(str(job.scene.name), seed, node_id)] = result.plan.effective[k].numpy() > 0.5
+                    region = result.plan.effective[k].numpy() > REGION_MIN
+                    effective[(str(job.scene.name), seed, node_id)] = region
                 b.tick(f"attention-masks dataset {file.stem} {seed}")
             data.save()
         coco, decode = _load_coco(out / "annotations.json")

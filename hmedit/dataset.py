@@ -24,12 +24,15 @@ from hmedit.masks.attention import Probe, threshold
 from hmedit.outputs.coco import Coco
 
 DEFAULT_THRESHOLD = 0.4  # DAAM's
+REGION_MIN = 0.05
+"""A pixel is within a node's effective mask where the mask is above this: under the normalized and
+depth_weighted schemes a node's effective mask is a share, often below 0.5 everywhere."""
 Categories = Literal["id", "prompt"]
 
 
 def node_masks(result, cutoff: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
     """Each probed node's mask (boolean [H, W]): its prompt's attention map thresholded at ``cutoff`` (after
-    normalising to 0..1), within the node's effective mask (> 0.5). ``result``: a
+    normalising to 0..1), within the node's effective mask (> ``REGION_MIN``). ``result``: a
     :class:`hmedit.pipeline.RenderResult` rendered with the nodes' probes."""
     plan = result.plan
     out = {}
@@ -37,7 +40,7 @@ def node_masks(result, cutoff: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarra
         if probe.word is not None:
             continue
         k = plan.ids.index(probe.node)
-        inside = plan.effective[k] > 0.5
+        inside = plan.effective[k] > REGION_MIN
         out[probe.node] = ((threshold(m, cutoff) > 0) & inside).numpy()
     return out
 

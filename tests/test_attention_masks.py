@@ -182,7 +182,7 @@ def test_dataset_writes_images_and_coco_masks(tiny, tiny_model, tmp_path, capsys
     ]
     assert {c["name"] for c in coco.loadCats(coco.getCatIds())} <= {"box", "c"}
     # each mask is the node's attention thresholded within its effective mask: re-render one seed and compare
-    from hmedit.dataset import node_masks, node_probes
+    from hmedit.dataset import REGION_MIN, node_masks, node_probes
     from hmedit.scene import load_scene
 
     model = tiny_model("sd1")
@@ -198,7 +198,7 @@ def test_dataset_writes_images_and_coco_masks(tiny, tiny_model, tmp_path, capsys
         assert np.array_equal(mask, expected[ann["node"]])
         assert ann["area"] == int(mask.sum()) > 0
         k = result.plan.ids.index(ann["node"])
-        assert not (mask & ~(result.plan.effective[k] > 0.5).numpy()).any()
+        assert not (mask & ~(result.plan.effective[k] > REGION_MIN).numpy()).any()
 
 
 def test_dataset_bad_input_is_one_line(tiny, tmp_path, capsys):
