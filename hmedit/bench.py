@@ -49,11 +49,13 @@ SUITES = (
     "scale",
     "control-net",
     "edit",
+    "attention-masks",
 )
 OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
+    "attention-masks",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
@@ -419,6 +421,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
+        "attention-masks": _attention().render_count(cfg),
     }[suite]
 
 
@@ -814,6 +817,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "scale": lambda b: _tiled().suite_scale(b),
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
+    "attention-masks": lambda b: _attention().suite_attention_masks(b),
 }
 
 
@@ -833,6 +837,12 @@ def _edit():
     from hmedit import bench_edit
 
     return bench_edit
+
+
+def _attention():
+    from hmedit import bench_attention
+
+    return bench_attention
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

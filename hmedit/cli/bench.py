@@ -84,6 +84,8 @@ def bench_command(
 
     [bold]memory[/]: a 3-region 4096x4096 render through hmedit render in a child process. Target: peak RSS <= 4 GiB.
 
+    [bold]attention-masks[/] (asked for by name): 24 root-only toy scenes from world captions; the mask an attention node would read for each object's shape word (and for the colour-and-shape phrase), thresholded at 0.4, with and without self-attention sharpening, against the pixels of the object's colour (the oracle). Target: mIoU >= 0.75. Then hmedit dataset on the example scenes up to 256 px, 4 seeds: the COCO file read back by pycocotools, the masks' mIoU against the colour the node's prompt names within its effective mask, seconds per image.
+
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
@@ -198,6 +200,10 @@ def table(name: str, f: dict):
         from hmedit.bench_edit import table as edit_table
 
         return edit_table(f)
+    if name == "attention-masks":
+        from hmedit.bench_attention import table as attention_table
+
+        return attention_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):
