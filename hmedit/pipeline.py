@@ -129,6 +129,7 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
     plan: Plan | None = None
     stats: dict[str, int] = field(default_factory=dict)  # tiled: windows denoised / scheduled
+    masks: dict[str, dict] = field(default_factory=dict)  # click / refine nodes: what their search measured
 
 
 def _randn(shape, generator, device, dtype) -> Tensor:
@@ -138,12 +139,20 @@ def _randn(shape, generator, device, dtype) -> Tensor:
 
 
 def render(
-    scene: Scene, model: Model, settings: Settings, progress=None, *, inversions=None, on_invert=None
+    scene: Scene,
+    model: Model,
+    settings: Settings,
+    progress=None,
+    *,
+    inversions=None,
+    on_invert=None,
+    masks: dict[int, Tensor] | None = None,
 ) -> RenderResult:
     """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
     ``inversion``, the init image is inverted first (or taken from ``inversions``, an
     :class:`~hmedit.sampling.inversion.InversionCache`; None: the default one), ``on_invert(i, n)`` after
-    each inversion step."""
+    each inversion step. Click masks are grown and ``refine:`` masks refined first
+    (:mod:`hmedit.sampling.mask_search`), unless ``masks`` (node index -> [H, W]) gives them."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -160,9 +169,17 @@ def render(
         s = replace(s, scheduler="ddim")  # sampling from an inversion: DDIM, the inversion's exact reverse
     fam = model.family
     dev, dt = model.device, model.dtype
+    search = None
+    if masks is None:
+        from hmedit.sampling.mask_search import needs_search, search_masks
+
+        if needs_search(scene):
+            search = search_masks(scene, model, s)
+            masks = search.masks
+            lap("masks")
     refine, noise_scale = None, 1.0
     if s.tiling is not None and s.tiling.coarse:
-        refine = coarse_pass(scene, model, s)
+        refine = coarse_pass(scene, model, s, masks)
         noise_scale = s.tiling.refine
         lap("coarse")
     plan = build_plan(
@@ -174,6 +191,7 @@ def render(
         refine=refine,
         noise_scale=noise_scale,
         cross_attention=fam.cross_attention_factors(model.unet),
+        masks=masks,
     )
     lap("plan")
     cond = encode_scene(
@@ -272,9 +290,11 @@ def render(
     maps = influence_maps(plan, region.attention_maps() if region is not None else None)
     if controls is not None:
         maps.update(controls.maps())
+    if search is not None:
+        maps.update(search.maps())
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
-    return RenderResult(image, s, maps, timings, plan, stats)
+    return RenderResult(image, s, maps, timings, plan, stats, search.info if search is not None else {})
 
 
 def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
@@ -287,13 +307,18 @@ def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[in
     )
 
 
-def coarse_pass(scene: Scene, model: Model, s: Settings) -> Tensor:
+def coarse_pass(scene: Scene, model: Model, s: Settings, masks: dict[int, Tensor] | None = None) -> Tensor:
     """``tiling.coarse``: the scene rendered whole at the model's native size, upscaled to the target size
-    ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window."""
+    ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window. ``masks``
+    (found masks at the target size) are resized to the native frame."""
     align = model.vae_scale_factor * max(model.family.factors(model.unet))
     cw, ch = coarse_size(s.width, s.height, model.native_size, align)
     small = replace(s, width=cw, height=ch, tiling=None, record_attention=False)
-    img = render(scene, model, small).image
+    if masks:
+        masks = {
+            k: F.interpolate(m[None, None].float(), (ch, cw), mode="area")[0, 0] for k, m in masks.items()
+        }
+    img = render(scene, model, small, masks=masks).image
     t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
     t = F.interpolate(t, (s.height, s.width), mode="bicubic", align_corners=False).clamp(0, 1)
     return t * 2 - 1
