@@ -1,5 +1,5 @@
-"""A differentiable masked CLIP loss: how far the region of an image that a soft mask selects is from a prompt,
-differentiable in the image and in the mask.
+"""A differentiable masked CLIP loss: how far the region of an image that a soft mask selects is from a
+prompt, differentiable in the image and in the mask.
 
 Click2Mask (Regev et al., arXiv:2409.08272, §3.2) scores a region with Alpha-CLIP, which takes the mask as an
 extra input channel. A plain CLIP has no such channel, so the region is shown to it the way region-CLIP
@@ -53,7 +53,9 @@ def _load_folder(ref: str, device, dtype, base_dir: Path | None):
     return model.eval().requires_grad_(False), CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
 
-def crop_box(mask: Tensor, margin: float = CROP_MARGIN, min_side: float = MIN_CROP) -> tuple[int, int, int, int]:
+def crop_box(
+    mask: Tensor, margin: float = CROP_MARGIN, min_side: float = MIN_CROP
+) -> tuple[int, int, int, int]:
     """The square box (y0, x0, y1, x1) in pixels that a region [H, W] is cropped to: the bounding box of its
     pixels above 0.5 (the whole frame for an empty mask), grown by ``margin`` of its longer side on each side,
     at least ``min_side`` of the shorter image side, kept inside the frame."""
@@ -71,7 +73,9 @@ def crop_box(mask: Tensor, margin: float = CROP_MARGIN, min_side: float = MIN_CR
     return top, left, top + side, left + side
 
 
-def masked_view(image: Tensor, mask: Tensor, size: int, mean: Tensor, std: Tensor, *, crop: bool = True) -> Tensor:
+def masked_view(
+    image: Tensor, mask: Tensor, size: int, mean: Tensor, std: Tensor, *, crop: bool = True
+) -> Tensor:
     """CLIP's normalised input [B, 3, size, size] for ``image`` [B, 3, H, W] (0..1) seen through ``mask``
     [B, H, W]: outside the mask the CLIP's mean colour, then the crop box, resized (bilinear, antialiased)."""
     fill = mean.view(1, 3, 1, 1).to(image)
@@ -105,7 +109,8 @@ class MaskedClipLoss:
         tok = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
             out = model.text_model(
-                input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+                input_ids=tok["input_ids"].to(self.device),
+                attention_mask=tok["attention_mask"].to(self.device),
             )
             text = model.text_projection(out.pooler_output)
         self.text = F.normalize(text.float(), dim=-1)

@@ -1,13 +1,14 @@
-"""Click masks: a region grown from one click (Click2Mask: Local Editing with Dynamic Mask Generation, Regev et
-al., arXiv:2409.08272, §3).
+"""Click masks: a region grown from one click (Click2Mask: Local Editing with Dynamic Mask Generation, Regev
+et al., arXiv:2409.08272, §3).
 
 The mask is the level set of a potential field P (values 0..1) at :data:`LEVEL`. It starts as a Gaussian bump
 around the click whose level set is a circle of the node's radius (§3.1: "a large Gaussian mask around the
 click"). During blended latent diffusion the potential moves along the gradient of a masked CLIP loss with
 respect to the mask, only near the mask's boundary (§3.2: the pixels where the loss gradient is large are the
-ones that matter to the prompt; the mask evolves there), with a small contraction everywhere on the boundary so
-that a region the loss does not care about shrinks away (Click2Mask starts large and contracts). Model-free:
-the gradient comes from the caller (:mod:`hmedit.sampling.mask_search` runs the diffusion and the CLIP).
+ones that matter to the prompt; the mask evolves there), with a small contraction everywhere on the boundary
+so that a region the loss does not care about shrinks away (Click2Mask starts large and contracts).
+Model-free: the gradient comes from the caller (:mod:`hmedit.sampling.mask_search` runs the diffusion
+and the CLIP).
 
     p = initial_potential((0.4, 0.6), 0.2, 128, 128)
     m = soft_mask(p)                                # [H, W] in 0..1

@@ -31,7 +31,9 @@ from hmedit.masks.compose import compose
 
 __all__ = ["RefineWeights", "Refined", "active_weight", "refine_masks", "total_variation"]
 
-LOGIT_CLAMP = 0.02  # a drawn mask's 0 and 1 start at logit(0.02) and logit(0.98), within reach of the optimiser
+LOGIT_CLAMP = (
+    0.02  # a drawn mask's 0 and 1 start at logit(0.02) and logit(0.98), within reach of the optimiser
+)
 
 
 @dataclass(frozen=True)

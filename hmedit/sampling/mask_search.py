@@ -124,8 +124,12 @@ def _encode(model, prompt: str, negative: str, guidance):
     from hmedit.conditioning.encode import encode_scene
 
     fam = model.family
-    cond = encode_scene(fam.text(model), [prompt], [negative], zero_empty_negative=fam.zero_empty_negative(model))
-    return guidance.select(cond.batch()[0]), (guidance.select(cond.pooled) if cond.pooled is not None else None)
+    cond = encode_scene(
+        fam.text(model), [prompt], [negative], zero_empty_negative=fam.zero_empty_negative(model)
+    )
+    return guidance.select(cond.batch()[0]), (
+        guidance.select(cond.pooled) if cond.pooled is not None else None
+    )
 
 
 def grow_click(
@@ -240,4 +244,3 @@ def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tens
         text_loss=text_loss,
         compose_kw=kw,
     )
-

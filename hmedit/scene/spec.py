@@ -481,7 +481,8 @@ def _refine(value: Any) -> Any:
         return value
     raise _error(
         "refine_type",
-        f"refine is true, false or a mapping of steps, text, identity, tv, area, hierarchy, lr (got {value!r})",
+        f"refine is true, false or a mapping of steps, text, identity, tv, area, hierarchy, lr "
+        f"(got {value!r})",
         hint="e.g. refine: true, or refine: {steps: 60, area: 0.5}",
     )
 

@@ -1,5 +1,5 @@
-"""The masked CLIP loss on a tiny random CLIP: what the CLIP sees, and that it is differentiable in the image and
-the mask and blind to pixels outside the mask."""
+"""The masked CLIP loss on a tiny random CLIP: what the CLIP sees, and that it is differentiable in the image
+and the mask and blind to pixels outside the mask."""
 
 import pytest
 import torch

@@ -85,9 +85,8 @@ def test_update_is_pure_and_moves_only_near_the_boundary():
     moved = (q - p).abs()
     band = boundary_band(p)
     assert moved[band < 1e-3].max() < 1e-3  # far from the boundary nothing moves
-    right, left = soft_mask(q)[:, 32:].sum() - soft_mask(p)[:, 32:].sum(), soft_mask(q)[:, :32].sum() - soft_mask(
-        p
-    )[:, :32].sum()
+    grown = soft_mask(q) - soft_mask(p)
+    right, left = grown[:, 32:].sum(), grown[:, :32].sum()
     assert right > 20 and left < -20  # grows where the gradient is negative, shrinks where positive
     assert float(q.min()) >= 0 and float(q.max()) <= 1
 
@@ -103,7 +102,9 @@ def test_flat_gradient_contracts_the_mask():
 def test_gradient_is_scale_free():
     p = initial_potential((0.5, 0.5), 0.25, 32, 32)
     g = torch.randn(32, 32)
-    assert torch.allclose(update_potential(p, g, step=0.3), update_potential(p, g * 1e-4, step=0.3), atol=1e-5)
+    assert torch.allclose(
+        update_potential(p, g, step=0.3), update_potential(p, g * 1e-4, step=0.3), atol=1e-5
+    )
     with pytest.raises(ValueError, match="does not fit"):
         update_potential(p, torch.zeros(16, 16), step=0.3)
 
@@ -146,7 +147,9 @@ def click_scene(tmp_path, clip_dir, noise=1.0, **mask):
         "root": {
             "prompt": "a blue background",
             "noise": 0.0,
-            "children": [{"id": "dot", "prompt": "a red circle", "noise": noise, "feather": 1.0, "mask": spec}],
+            "children": [
+                {"id": "dot", "prompt": "a red circle", "noise": noise, "feather": 1.0, "mask": spec}
+            ],
         },
     }
     return Scene.model_validate(raw), src
