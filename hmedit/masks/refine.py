@@ -31,9 +31,7 @@ from hmedit.masks.compose import compose
 
 __all__ = ["RefineWeights", "Refined", "active_weight", "refine_masks", "total_variation"]
 
-LOGIT_CLAMP = (
-    0.02  # a drawn mask's 0 and 1 start at logit(0.02) and logit(0.98), within reach of the optimiser
-)
+LOGIT_CLAMP = 0.02  # a drawn 0 and 1 start at logit(0.02) and logit(0.98), within the optimiser's reach
 
 
 @dataclass(frozen=True)
@@ -138,12 +136,14 @@ def refine_masks(
                 parts["text"] = text_loss(image, eff[k].clamp(0, 1), k).reshape(())
             for name, value in parts.items():
                 total = total + getattr(w, name) * value
-                terms[name] += float(value)
+                terms[name] += float(value.detach())
         total.backward()
         opt.step()
-        history.append({"loss": float(total), **terms})
+        history.append({"loss": float(total.detach()), **terms})
     with torch.no_grad():
         out = current()
+        for k in order:  # undo the start's squeeze into [c, 1 - c]: a pixel left at the floor is exactly 0
+            out[k] = ((out[k] - LOGIT_CLAMP) / (1 - 2 * LOGIT_CLAMP)).clamp(0, 1)
     return Refined(out.to(masks.dtype), history)
 
 
