@@ -49,11 +49,13 @@ SUITES = (
     "scale",
     "control-net",
     "edit",
+    "masks",
 )
 OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
+    "masks",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
@@ -124,6 +126,7 @@ class Config:
     memory_steps: int = 2  # memory does not grow with steps
     scale_sizes: tuple[int, ...] = (2048, 4096)
     scale_steps: int = 3  # seconds per step are what is compared
+    clip: str = "toy"  # masks: the CLIP that click masks and refinement score with
     quick: bool = False
 
     @classmethod
@@ -419,6 +422,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
+        "masks": _masks().render_count(cfg),
     }[suite]
 
 
@@ -806,6 +810,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "scale": lambda b: _tiled().suite_scale(b),
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
+    "masks": lambda b: _masks().suite_masks(b),
 }
 
 
@@ -825,6 +830,12 @@ def _edit():
     from hmedit import bench_edit
 
     return bench_edit
+
+
+def _masks():
+    from hmedit import bench_masks
+
+    return bench_masks
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:
