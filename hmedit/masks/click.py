@@ -74,7 +74,7 @@ def update_potential(
     """One move of the potential along the loss gradient near the boundary (pure: returns a new field).
 
     ``grad`` is dL/dm [H, W] (the loss's gradient with respect to the mask). It is smoothed (Gaussian,
-    ``smooth`` px) and scaled so that its largest magnitude is 1; the potential then moves by
+    ``smooth`` px) and scaled so that its largest magnitude in the boundary band is 1; the potential then moves by
     ``-step * band(P) * (g + shrink)``: where enlarging the mask lowers the loss (g < 0) the mask grows,
     where it raises it the mask shrinks, ``shrink`` contracts the boundary where the gradient is flat, and
     pixels far from the boundary (band ~ 0) do not move. The result stays in 0..1.
@@ -82,7 +82,8 @@ def update_potential(
     if grad.shape != potential.shape:
         raise ValueError(f"gradient {tuple(grad.shape)} does not fit the potential {tuple(potential.shape)}")
     g = feather(grad.detach().float(), smooth) if smooth > 0 else grad.detach().float()
-    top = g.abs().max()
+    near = boundary_band(potential, band)
+    top = (g * near).abs().max()  # scaled where the boundary can move, not by gradients far from it
     g = g / top if top > 0 else g
-    moved = potential - step * boundary_band(potential, band) * (g + shrink)
+    moved = potential - step * near * (g + shrink)
     return moved.clamp(0.0, 1.0)

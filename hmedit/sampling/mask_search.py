@@ -35,7 +35,8 @@ __all__ = ["MaskSearch", "grow_click", "needs_search", "search_masks", "search_s
 CLICK_STREAM = 0xC11C  # candidate c's noise: seed + CLICK_STREAM + c, apart from the sampler's stream
 ITERS = 4  # potential moves per diffusion step in the window (the x0 prediction is fixed within a step)
 SHRINK = 0.15  # the boundary's contraction where the CLIP gradient is flat (update_potential's shrink)
-SNAP = 1e-3  # a grown mask's values below this are 0: the sigmoid's tail would let the edit leak everywhere
+SMOOTH_PX = 2.0  # the CLIP gradient is blurred this much before it moves the boundary (patch-sized noise)
+SNAP = 0.02  # a grown mask's values below this are 0 (rescaled): the sigmoid's tail would leak the edit
 
 
 @dataclass
@@ -184,7 +185,7 @@ def grow_click(
                     m = (soft_mask(p) * inside).requires_grad_(True)
                     value = loss(m * x0 + (1 - m) * src_img, m[None])[0]
                     (grad,) = torch.autograd.grad(value, m)
-                    p = update_potential(p, grad, step=spec.step, shrink=SHRINK)
+                    p = update_potential(p, grad, step=spec.step, shrink=SHRINK, smooth=SMOOTH_PX)
                     moves += 1
                 score = float(value.detach())
             m_lat = downsample((soft_mask(p) * inside)[None], tuple(lat), "area").to(dev, dt)
@@ -194,7 +195,7 @@ def grow_click(
                 bg = source
             x = m_lat * out.prev_sample + (1 - m_lat) * bg
         final = soft_mask(p) * inside
-        final = torch.where(final < SNAP, torch.zeros_like(final), final)
+        final = ((final - SNAP) / (1 - 2 * SNAP)).clamp(0, 1)
         with torch.no_grad():
             score = float(loss(x0 * final + (1 - final) * src_img, final[None])[0])
         results.append((score, c, final, moves))
