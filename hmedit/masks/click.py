@@ -74,8 +74,8 @@ def update_potential(
     """One move of the potential along the loss gradient near the boundary (pure: returns a new field).
 
     ``grad`` is dL/dm [H, W] (the loss's gradient with respect to the mask). It is smoothed (Gaussian,
-    ``smooth`` px) and scaled so that its largest magnitude in the boundary band is 1; the potential then moves by
-    ``-step * band(P) * (g + shrink)``: where enlarging the mask lowers the loss (g < 0) the mask grows,
+    ``smooth`` px) and scaled so that its largest magnitude in the boundary band is 1; the potential then
+    moves by ``-step * band(P) * (g + shrink)``: where enlarging the mask lowers the loss (g < 0) the mask grows,
     where it raises it the mask shrinks, ``shrink`` contracts the boundary where the gradient is flat, and
     pixels far from the boundary (band ~ 0) do not move. The result stays in 0..1.
     """
