@@ -75,9 +75,9 @@ def update_potential(
 
     ``grad`` is dL/dm [H, W] (the loss's gradient with respect to the mask). It is smoothed (Gaussian,
     ``smooth`` px) and scaled so that its largest magnitude in the boundary band is 1; the potential then
-    moves by ``-step * band(P) * (g + shrink)``: where enlarging the mask lowers the loss (g < 0) the mask grows,
-    where it raises it the mask shrinks, ``shrink`` contracts the boundary where the gradient is flat, and
-    pixels far from the boundary (band ~ 0) do not move. The result stays in 0..1.
+    moves by ``-step * band(P) * (g + shrink)``: where enlarging the mask lowers the loss (g < 0) the mask
+    grows, where it raises it the mask shrinks, ``shrink`` contracts the boundary where the gradient is flat,
+    and pixels far from the boundary (band ~ 0) do not move. The result stays in 0..1.
     """
     if grad.shape != potential.shape:
         raise ValueError(f"gradient {tuple(grad.shape)} does not fit the potential {tuple(potential.shape)}")
