@@ -89,12 +89,17 @@ def refine_masks(
     edited: Tensor,
     source: Tensor,
     text_loss: Callable[[Tensor, Tensor, int], Tensor] | None = None,
+    text_nodes: Sequence[int] | None = None,
     compose_kw: dict | None = None,
 ) -> Refined:
     """Refine the rows ``nodes`` (index -> weights) of the intrinsic masks ``masks`` [K, H, W].
 
     ``active`` [K] bool: the nodes that re-noise (noise > 0); ``edited`` and ``source`` [3, H, W] in 0..1;
-    ``text_loss(image [1, 3, H, W], mask [H, W], k)`` -> a scalar, node k's CLIP loss (None: no text term).
+    ``text_loss(image [1, 3, H, W], mask [H, W], k)`` -> a scalar, node k's CLIP loss (None: no text term),
+    summed over ``text_nodes`` (default: the refined ones), as the paper's
+    l_txt = -sum_k w_k s(phi_k(I), psi e^k) sums over every node: a parent's prompt in its own effective
+    region also says where its child belongs. A refined node's term is weighted by its ``text``, any other
+    node's by the refined nodes' mean ``text``.
     The masks are optimised with Adam (one optimiser; the steps and learning rate of the first refined node
     drive it, each node's weights weigh its own terms). Deterministic for the same inputs.
     """
@@ -109,6 +114,8 @@ def refine_masks(
     change = (edited.float() - source.float()).abs().mean(0)  # [H, W]
     kids = [[c for c in range(k_all) if parents[c] == k] for k in range(k_all)]
     history: list[dict[str, float]] = []
+    scored = sorted(text_nodes) if text_nodes is not None else order
+    mean_text = sum(nodes[k].text for k in order) / len(order)
 
     def current() -> Tensor:
         rows = {k: torch.sigmoid(logits[i]) for i, k in enumerate(order)}
@@ -132,11 +139,15 @@ def refine_masks(
                 "area": mk.mean(),
                 "hierarchy": _violation(m, k, parents, kids),
             }
-            if text_loss is not None and w.text > 0:
-                parts["text"] = text_loss(image, eff[k].clamp(0, 1), k).reshape(())
             for name, value in parts.items():
                 total = total + getattr(w, name) * value
                 terms[name] += float(value.detach())
+        for k in scored if text_loss is not None else ():
+            weight = nodes[k].text if k in nodes else mean_text
+            if weight > 0:
+                value = text_loss(image, eff[k].clamp(0, 1), k).reshape(())
+                total = total + weight * value
+                terms["text"] += float(value.detach())
         total.backward()
         opt.step()
         history.append({"loss": float(total.detach()), **terms})

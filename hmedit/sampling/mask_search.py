@@ -224,7 +224,8 @@ def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tens
     edit = render(scene, model, small, masks=grown)
     edited = torch.from_numpy(edit.image).permute(2, 0, 1).float() / 255
     source = (canvas[0].float() / 2 + 0.5).clamp(0, 1)
-    losses = {k: MaskedClipLoss(*clip, flat[k].node.prompt) for k in nodes}
+    scored = [f.index for f in flat if f.node.prompt.strip()]
+    losses = {k: MaskedClipLoss(*clip, flat[k].node.prompt) for k in scored}
 
     def text_loss(image: Tensor, mask: Tensor, k: int) -> Tensor:
         return losses[k](image, mask[None])[0]
@@ -243,5 +244,6 @@ def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tens
         edited=edited,
         source=source,
         text_loss=text_loss,
+        text_nodes=scored,
         compose_kw=kw,
     )

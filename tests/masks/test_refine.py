@@ -187,3 +187,23 @@ def test_refine_render_on_tiny_models(tiny_model, tiny_clip_dir, tmp_path):
     assert outside.mean() > 0.3  # far from the box the refined mask is exactly 0 ...
     change = np.abs(r.image.astype(int) - src.astype(int)).max(-1)
     assert change[outside].max() <= 1  # ... and the source stays
+
+
+def test_every_scored_node_adds_its_text_term_in_its_effective_region():
+    masks, source, edited = synthetic(square(8, 8, 36, 36), square(14, 18, 34, 38))
+    seen: list[tuple[int, float]] = []
+
+    def spy(image, mask, k):
+        seen.append((k, float(mask.detach().sum())))
+        return red_text_loss(image, mask, k)
+
+    kw = dict(active=torch.tensor([False, True]), edited=edited, source=source, text_loss=spy)
+    refine_masks(masks, [-1, 0], torch.ones(2), "top_down", {1: RefineWeights(steps=1)}, **kw)
+    assert [k for k, _ in seen] == [1]  # by default the refined nodes
+    seen.clear()
+    refine_masks(
+        masks, [-1, 0], torch.ones(2), "top_down", {1: RefineWeights(steps=1)}, text_nodes=[0, 1], **kw
+    )
+    assert [k for k, _ in seen] == [0, 1]
+    # top_down: the root's effective region is the frame less the child's
+    assert abs(seen[0][1] + seen[1][1] - 48 * 48) < 1.0
