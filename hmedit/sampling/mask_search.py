@@ -224,7 +224,9 @@ def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tens
     edit = render(scene, model, small, masks=grown)
     edited = torch.from_numpy(edit.image).permute(2, 0, 1).float() / 255
     source = (canvas[0].float() / 2 + 0.5).clamp(0, 1)
-    scored = [f.index for f in flat if f.node.prompt.strip()]
+    # only the refined nodes' prompts: with the root's as well (the paper sums l_txt over every node), the
+    # toy root's "a yellow background" pulled every other object of the picture into the refined mask
+    scored = sorted(nodes)
     losses = {k: MaskedClipLoss(*clip, flat[k].node.prompt) for k in scored}
 
     def text_loss(image: Tensor, mask: Tensor, k: int) -> Tensor:
