@@ -12,8 +12,9 @@ by the masked CLIP loss against the prompt, and the potential moves along the lo
 boundary (:data:`ITERS` moves per step). A candidate stops at the window's end; the one with the lowest loss
 there is kept, feathered by the node's ``feather``.
 
-Refined nodes: one render with the masks as drawn (click masks grown) gives the edit E; the refined nodes'
-masks are then optimised against E and the source (:func:`hmedit.masks.refine.refine_masks`).
+Refined nodes: one render with the masks as drawn (click masks grown), the refined nodes at half their noise,
+gives the edit E; the refined nodes' masks are then optimised against E and the source
+(:func:`hmedit.masks.refine.refine_masks`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = ["MaskSearch", "grow_click", "needs_search", "search_masks", "search_s
 CLICK_STREAM = 0xC11C  # candidate c's noise: seed + CLICK_STREAM + c, apart from the sampler's stream
 ITERS = 4  # potential moves per diffusion step in the window (the x0 prediction is fixed within a step)
 SHRINK = 0.15  # the boundary's contraction where the CLIP gradient is flat (update_potential's shrink)
+PROPOSAL_NOISE = 0.5  # refinement: the edit E renders the refined nodes at this fraction of their noise
 SMOOTH_PX = 2.0  # the CLIP gradient is blurred this much before it moves the boundary (patch-sized noise)
 SNAP = 0.02  # a grown mask's values below this are 0 (rescaled): the sigmoid's tail would leak the edit
 
@@ -213,6 +215,22 @@ def grow_click(
 # Refinement
 
 
+def _proposal(scene: Scene, nodes) -> Scene:
+    """The scene the edit E is rendered from: the refined nodes at PROPOSAL_NOISE of their noise, so that E
+    keeps the source's layout and differs from it where the prompt changes something (on the toy model a
+    region at noise 0.8 is repainted whole, and E - S would only repeat the drawn mask)."""
+    flat = scene.flat()
+    ids = {flat[k].node.id: flat[k].noise for k in nodes}
+
+    def visit(node):
+        update: dict = {"children": tuple(visit(c) for c in node.children)}
+        if node.id in ids:
+            update["noise"] = ids[node.id] * PROPOSAL_NOISE
+        return node.model_copy(update=update)
+
+    return scene.model_copy(update={"root": visit(scene.root)})
+
+
 def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tensor, clip, grown: dict):
     """One render with the current masks (the edit E), then the refined nodes' masks optimised against it."""
     from hmedit.clip.loss import MaskedClipLoss
@@ -221,7 +239,7 @@ def _refine(scene: Scene, model, s, size, intrinsic: Tensor, nodes, canvas: Tens
     w, h = size
     flat = scene.flat()
     small = replace(s, width=w, height=h, tiling=None, record_attention=False)
-    edit = render(scene, model, small, masks=grown)
+    edit = render(_proposal(scene, nodes), model, small, masks=grown)
     edited = torch.from_numpy(edit.image).permute(2, 0, 1).float() / 255
     source = (canvas[0].float() / 2 + 0.5).clamp(0, 1)
     # only the refined nodes' prompts: with the root's as well (the paper sums l_txt over every node), the
