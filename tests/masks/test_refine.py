@@ -207,3 +207,13 @@ def test_every_scored_node_adds_its_text_term_in_its_effective_region():
     assert [k for k, _ in seen] == [0, 1]
     # top_down: the root's effective region is the frame less the child's
     assert abs(seen[0][1] + seen[1][1] - 48 * 48) < 1.0
+
+
+def test_the_edit_refinement_scores_renders_refined_nodes_at_half_their_noise(write_scene, write_png):
+    from hmedit.sampling.mask_search import PROPOSAL_NOISE, _proposal
+
+    sc = load_refine(write_scene, write_png, "true\n      noise: 0.8")
+    prop = _proposal(sc, {1: RefineWeights()})
+    assert [f.noise for f in sc.flat()] == [0.0, 0.8]
+    assert [f.noise for f in prop.flat()] == [0.0, 0.8 * PROPOSAL_NOISE]
+    assert prop.source == sc.source and prop.root.children[0].mask == sc.root.children[0].mask
