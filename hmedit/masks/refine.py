@@ -41,7 +41,7 @@ class RefineWeights:
     steps: int = 60
     text: float = 1.0
     identity: float = 4.0
-    tv: float = 0.05
+    tv: float = 0.3
     area: float = 0.3
     hierarchy: float = 1.0
     lr: float = 0.1

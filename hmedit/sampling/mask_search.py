@@ -104,8 +104,11 @@ def search_masks(scene: Scene, model, settings, clip=None) -> MaskSearch:
         for k in refined:
             out.drawn.setdefault(k, intrinsic[k].clone())
         result = _refine(scene, model, s, (w, h), intrinsic, refined, canvas, clip, dict(out.masks))
-        for k in refined:
-            out.masks[k] = result.masks[k]
+        for k in refined:  # the optimised logits are speckled: the region is where they are above 0.5
+            m = (result.masks[k] > 0.5).float()
+            out.masks[k] = (
+                feather(m, flat[k].node.feather, scale=w / ref[0]) if flat[k].node.feather > 0 else m
+            )
             out.info[ids[k]] = {"loss_first": result.history[0], "loss_last": result.history[-1]}
     if (w, h) != (s.width, s.height):
         up = {k: _resize(m, s.width, s.height) for k, m in out.masks.items()}

@@ -454,7 +454,7 @@ class RefineSpec(_Spec):
     identity: Number = Field(
         4.0, ge=0, le=1000, description="Change from the source left outside the active masks."
     )
-    tv: Number = Field(0.05, ge=0, le=1000, description="Total variation of the mask (smooth edges).")
+    tv: Number = Field(0.3, ge=0, le=1000, description="Total variation of the mask (smooth edges).")
     area: Number = Field(0.3, ge=0, le=1000, description="The mask's mean value (compact support).")
     hierarchy: Number = Field(
         1.0, ge=0, le=1000, description="The part of the mask outside its parent's (child inside parent)."
