@@ -50,12 +50,14 @@ SUITES = (
     "control-net",
     "edit",
     "attention-masks",
+    "masks",
 )
 OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
     "attention-masks",
+    "masks",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
@@ -126,6 +128,7 @@ class Config:
     memory_steps: int = 2  # memory does not grow with steps
     scale_sizes: tuple[int, ...] = (2048, 4096)
     scale_steps: int = 3  # seconds per step are what is compared
+    clip: str = "toy"  # masks: the CLIP that click masks and refinement score with
     quick: bool = False
 
     @classmethod
@@ -422,6 +425,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
         "attention-masks": _attention().render_count(cfg),
+        "masks": _masks().render_count(cfg),
     }[suite]
 
 
@@ -818,6 +822,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
     "attention-masks": lambda b: _attention().suite_attention_masks(b),
+    "masks": lambda b: _masks().suite_masks(b),
 }
 
 
@@ -843,6 +848,12 @@ def _attention():
     from hmedit import bench_attention
 
     return bench_attention
+
+
+def _masks():
+    from hmedit import bench_masks
+
+    return bench_masks
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

@@ -132,6 +132,7 @@ class RenderResult:
     plan: Plan | None = None
     stats: dict[str, int] = field(default_factory=dict)  # tiled: windows denoised / scheduled
     probes: dict = field(default_factory=dict)  # Probe -> its attention map [H, W], normalised to 0..1
+    masks: dict[str, dict] = field(default_factory=dict)  # click / refine nodes: what their search measured
 
 
 def _randn(shape, generator, device, dtype) -> Tensor:
@@ -150,6 +151,7 @@ def render(
     on_invert=None,
     probes: Sequence[Probe] = (),
     words: bool = False,
+    masks: dict[int, Tensor] | None = None,
 ) -> RenderResult:
     """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
     ``inversion``, the init image is inverted first (or taken from ``inversions``, an
@@ -157,7 +159,8 @@ def render(
     each inversion step. ``probes``: attention maps to read (:class:`~hmedit.masks.attention.Probe`), into
     the result's ``probes``; ``words``: also every word of every node's prompt (the words the tokenizer
     finds as tokens of the prompt). Nodes with ``mask: {attention: ...}`` get their masks from a first
-    pass."""
+    pass. Click masks are grown and ``refine:`` masks refined first (:mod:`hmedit.sampling.mask_search`),
+    unless ``masks`` (node index -> [H, W]) gives them."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -174,9 +177,17 @@ def render(
         s = replace(s, scheduler="ddim")  # sampling from an inversion: DDIM, the inversion's exact reverse
     fam = model.family
     dev, dt = model.device, model.dtype
+    search = None
+    if masks is None:
+        from hmedit.sampling.mask_search import needs_search, search_masks
+
+        if needs_search(scene):
+            search = search_masks(scene, model, s)
+            masks = search.masks
+            lap("masks")
     refine, noise_scale = None, 1.0
     if s.tiling is not None and s.tiling.coarse:
-        refine = coarse_pass(scene, model, s)
+        refine = coarse_pass(scene, model, s, masks)
         noise_scale = s.tiling.refine
         lap("coarse")
     given = None
@@ -193,6 +204,7 @@ def render(
         noise_scale=noise_scale,
         cross_attention=fam.cross_attention_factors(model.unet),
         given=given,
+        masks=masks,
     )
     lap("plan")
     cond = encode_scene(
@@ -312,10 +324,14 @@ def render(
         maps.update(controls.maps())
     if given is not None:
         maps.update(first_maps)
+    if search is not None:
+        maps.update(search.maps())
     read = read_probes(region, plan, probe_tokens, probes) if probe_tokens is not None else {}
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
-    return RenderResult(image, s, maps, timings, plan, stats, read)
+    return RenderResult(
+        image, s, maps, timings, plan, stats, probes=read, masks=search.info if search is not None else {}
+    )
 
 
 def word_probes(scene: Scene) -> list[Probe]:
@@ -445,13 +461,18 @@ def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[in
     )
 
 
-def coarse_pass(scene: Scene, model: Model, s: Settings) -> Tensor:
+def coarse_pass(scene: Scene, model: Model, s: Settings, masks: dict[int, Tensor] | None = None) -> Tensor:
     """``tiling.coarse``: the scene rendered whole at the model's native size, upscaled to the target size
-    ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window."""
+    ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window. ``masks``
+    (found masks at the target size) are resized to the native frame."""
     align = model.vae_scale_factor * max(model.family.factors(model.unet))
     cw, ch = coarse_size(s.width, s.height, model.native_size, align)
     small = replace(s, width=cw, height=ch, tiling=None, record_attention=False)
-    img = render(scene, model, small).image
+    if masks:
+        masks = {
+            k: F.interpolate(m[None, None].float(), (ch, cw), mode="area")[0, 0] for k, m in masks.items()
+        }
+    img = render(scene, model, small, masks=masks).image
     t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
     t = F.interpolate(t, (s.height, s.width), mode="bicubic", align_corners=False).clamp(0, 1)
     return t * 2 - 1

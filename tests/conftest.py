@@ -166,3 +166,34 @@ def toy_model():
     from hmedit.models.load import load
 
     return load("toy")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers CLIPModel + CLIPProcessor folder (32 px views, the bundled tokenizer),
+    built once per session: what click masks and mask refinement are tested with."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from hmedit.models.random import bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2}
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "max_position_embeddings": 77,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            **small,
+        },
+        vision_config={"image_size": 32, "patch_size": 8, **small},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip") / "clip"
+    CLIPModel(config).eval().save_pretrained(folder)
+    image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(folder)
+    return folder

@@ -88,6 +88,8 @@ def bench_command(
 
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
+    [bold]masks[/] (asked for by name): click masks on 20 procedural backgrounds ("a {colour} {shape}" at a random click): colour in the final mask, object centroid within 0.15 of the click, change outside the mask <= 1/255, IoU mask / object >= 0.6; refinement on 12 world images whose drawn box is off (shifted and grown 30%): region colour match and IoU with the object, drawn and refined (both must improve).
+
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
     [bold]Examples[/]
@@ -204,6 +206,10 @@ def table(name: str, f: dict):
         from hmedit.bench_attention import table as attention_table
 
         return attention_table(f)
+    if name == "masks":
+        from hmedit.bench_masks import table as masks_table
+
+        return masks_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

@@ -33,6 +33,7 @@ from hmedit.scene.assets import image_size, load_gray, load_rgb, load_rgba
 from hmedit.scene.spec import (
     AttentionMask,
     BandMask,
+    ClickMask,
     EllipseMask,
     FlatNode,
     ImageMask,
@@ -437,6 +438,10 @@ def rasterize_node(
         m = polygon(spec.polygon, width, height)
     elif isinstance(spec, ImageMask):
         m = from_image(load_gray(spec.image, field=field), width, height, invert=spec.invert)
+    elif isinstance(spec, ClickMask):  # the bump it starts from; the render grows it (hmedit.masks.click)
+        from hmedit.masks.click import initial_potential, soft_mask
+
+        m = soft_mask(initial_potential(spec.click, spec.radius, height, width))
     else:  # pragma: no cover - the spec's union is closed
         raise TypeError(f"unknown mask type {type(spec).__name__}")
     if feathered and node.feather > 0:

@@ -28,8 +28,10 @@ from hmedit.scene.spec import (
     AttentionSpec,
     AttentionWeights,
     BandSpec,
+    ClickMask,
     LearnSpec,
     Node,
+    RefineSpec,
     Scene,
     SourceInfo,
     Tiling,
@@ -603,6 +605,8 @@ _SHAPES = {
     "seeds": "[1, 2, 3]",
     "children": "a list of nodes, each starting with - id: ...",
     "levels": "all, coarse, mid, fine or a list of them",
+    "click": "[x, y]",
+    "window": "[start, end]",
 }
 _RANGE_HINTS = {
     "noise": "0 keeps the input image, 1 is pure noise",
@@ -623,6 +627,14 @@ _RANGE_HINTS = {
     "at": "coordinates are fractions of the image, -10 to 10",
     "tile": "latent pixels, e.g. 64 on SD",
     "overlap": "latent pixels, smaller than the tile",
+    "click": "the click's x and y are fractions of the image, 0 to 1",
+    "radius": "a fraction of the image's shorter side, e.g. 0.2",
+    "window": "fractions of the sampling steps, 0 to 1",
+}
+_REFINE_HINTS = {
+    "steps": "the default is 60",
+    "lr": "the default is 0.1",
+    **{k: "a loss weight: 0 turns the term off" for k in ("text", "identity", "tv", "area", "hierarchy")},
 }
 _LEARN_HINTS = {
     "steps": "the default is 120",
@@ -669,7 +681,7 @@ def _describe(err: dict, path: FieldPath, data: Any, positions: Positions) -> tu
         return f"{_show(value)} is not one of {listed}", hint
     if kind in _BOUNDS:
         bound = ctx.get(_BOUND_KEYS[kind])
-        hints = _LEARN_HINTS if "learn" in names else _RANGE_HINTS
+        hints = _LEARN_HINTS if "learn" in names else _REFINE_HINTS if "refine" in names else _RANGE_HINTS
         return f"{name} must be {_BOUNDS[kind]} {_show(bound)} (got {_show(value)})", hints.get(name)
     unquote = _number_hint(value)
     if kind in ("float_type", "float_parsing"):
@@ -744,6 +756,8 @@ def _allowed_keys(parent: FieldPath, data: Any) -> list[str]:
     if last == "mask":
         mask = value_at(parent, data)
         kinds = [k for k in MASK_KINDS if isinstance(mask, dict) and k in mask]
+        if kinds == ["click"]:
+            return list(ClickMask.model_fields)
         if len(kinds) == 1:
             return [kinds[0], "invert"] if kinds == ["image"] else kinds
         return [*MASK_KINDS, "invert"]
@@ -757,6 +771,8 @@ def _allowed_keys(parent: FieldPath, data: Any) -> list[str]:
         return list(Tiling.model_fields)
     if last == "learn":
         return list(LearnSpec.model_fields)
+    if last == "refine":
+        return list(RefineSpec.model_fields)
     return [k for k in Node.model_fields if parent != ("root",) or k not in ("mask", "layer", "at", "scale")]
 
 
@@ -764,7 +780,7 @@ def _mask_kind_problem(value: Any) -> tuple[str, str | None]:
     if not isinstance(value, dict):
         return (
             f"expected a mask like {{rect: [x, y, w, h]}} (got {_show(value)})",
-            "use rect, ellipse, polygon, image, band or attention",
+            "use rect, ellipse, polygon, image, band, attention or click",
         )
     kinds = [k for k in MASK_KINDS if k in value]
     if len(kinds) > 1:
@@ -777,7 +793,7 @@ def _mask_kind_problem(value: Any) -> tuple[str, str | None]:
         if close:
             return f"unknown mask kind {key!r}", f"did you mean {close[0]!r}?"
     return (
-        "a mask needs one of: rect, ellipse, polygon, image, band, attention",
+        "a mask needs one of: rect, ellipse, polygon, image, band, attention, click",
         "e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
     )
 

@@ -53,7 +53,7 @@ NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_wei
 """A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
 Level = Literal["coarse", "mid", "fine"]
 LEVELS: tuple[Level, ...] = ("coarse", "mid", "fine")
-MASK_KINDS = ("rect", "ellipse", "polygon", "image", "band", "attention")
+MASK_KINDS = ("rect", "ellipse", "polygon", "image", "band", "attention", "click")
 
 # Numbers are strict so that a quoted "0.5" or a bare `true` is reported instead of silently converted;
 # an int is still accepted where a float is expected.
@@ -342,6 +342,41 @@ DERIVED_MASKS = (BandMask, AttentionMask)
 """Masks computed from other nodes (hmedit.masks.attention), not drawn by the user."""
 
 
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]
+
+
+class ClickMask(_Spec):
+    """A region grown from one click while the node is rendered (Click2Mask: Local Editing with Dynamic Mask
+    Generation, Regev et al., arXiv:2409.08272): a soft bump around the click whose potential moves along a
+    masked CLIP loss during blended latent diffusion; the best of ``candidates`` becomes the node's mask."""
+
+    click: tuple[Fraction, Fraction] = Field(
+        description="[x, y] of the click as fractions of the image, each 0..1."
+    )
+    radius: Number = Field(
+        0.2, gt=0, le=1, description="Radius of the starting bump, a fraction of the image's shorter side."
+    )
+    candidates: Int = Field(3, ge=1, le=16, description="Masks grown from different noise; the best is kept.")
+    window: tuple[Fraction, Fraction] = Field(
+        (0.1, 0.3),
+        description="[start, end]: the fraction of the sampling steps in which the mask evolves, 0..1.",
+    )
+    step: Number = Field(
+        0.25, gt=0, le=10, description="How far the boundary moves per update (potential units, 0 to 10)."
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _window_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise _error(
+                "click_window",
+                f"window must be [start, end] with start < end (got [{value[0]:g}, {value[1]:g}])",
+                hint="fractions of the sampling steps, e.g. [0.1, 0.3]",
+            )
+        return value
+
+
 # The union's tags are class names, not keys, so that a tag in an error's loc cannot be mistaken for a key.
 _MASK_CLASSES: dict[str, type[_Spec]] = {
     "rect": RectMask,
@@ -350,6 +385,7 @@ _MASK_CLASSES: dict[str, type[_Spec]] = {
     "image": ImageMask,
     "band": BandMask,
     "attention": AttentionMask,
+    "click": ClickMask,
 }
 MASK_TAGS = frozenset(cls.__name__ for cls in _MASK_CLASSES.values())
 
@@ -367,15 +403,17 @@ MaskSpec = Annotated[
     | Annotated[PolygonMask, Tag("PolygonMask")]
     | Annotated[ImageMask, Tag("ImageMask")]
     | Annotated[BandMask, Tag("BandMask")]
-    | Annotated[AttentionMask, Tag("AttentionMask")],
+    | Annotated[AttentionMask, Tag("AttentionMask")]
+    | Annotated[ClickMask, Tag("ClickMask")],
     Discriminator(
         _mask_kind,
         custom_error_type="mask_kind",
-        custom_error_message="a mask needs exactly one of: rect, ellipse, polygon, image, band, attention",
+        custom_error_message="a mask needs exactly one of: rect, ellipse, polygon, image, band, attention, "
+        "click",
     ),
 ]
-"""One of the mask variants; the key present (rect / ellipse / polygon / image / band / attention) picks
-it."""
+"""One of the mask variants; the key present (rect / ellipse / polygon / image / band / attention / click)
+picks it."""
 
 
 def _levels(value: Any) -> Any:
@@ -455,6 +493,57 @@ def _learn(value: Any) -> Any:
 Learn = Annotated[
     LearnSpec | None,
     BeforeValidator(_learn, json_schema_input_type=bool | LearnSpec | None),
+]
+
+
+class RefineSpec(_Spec):
+    """Refine the node's drawn mask before it is rendered (Hierarchical Mask Composition for High-Resolution
+    Text-Guided Image Editing, Adhikari and Shrestha, §5 and Table 5): sigmoid logits of the mask, optimised
+    through the composition operator; the keys are the loss terms' weights."""
+
+    steps: Int = Field(60, ge=1, le=10_000, description="Optimisation steps, 1..10000.")
+    text: Number = Field(
+        1.0, ge=0, le=1000, description="CLIP text loss of the node's prompt inside its effective mask."
+    )
+    identity: Number = Field(
+        4.0, ge=0, le=1000, description="Change from the source left outside the active masks."
+    )
+    tv: Number = Field(0.3, ge=0, le=1000, description="Total variation of the mask (smooth edges).")
+    area: Number = Field(0.3, ge=0, le=1000, description="The mask's mean value (compact support).")
+    hierarchy: Number = Field(
+        1.0, ge=0, le=1000, description="The part of the mask outside its parent's (child inside parent)."
+    )
+    lr: Number = Field(0.1, gt=0, le=10, description="Adam's learning rate on the mask logits.")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RefineSpec:
+        if not any((self.text, self.identity, self.tv, self.area, self.hierarchy)):
+            raise _error(
+                "refine_weights",
+                "refine needs at least one weight above 0 (text, identity, tv, area, hierarchy)",
+                hint="e.g. refine: {text: 1, area: 0.3}, or refine: true for the defaults",
+            )
+        return self
+
+
+def _refine(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if isinstance(value, (dict, RefineSpec)):
+        return value
+    raise _error(
+        "refine_type",
+        f"refine is true, false or a mapping of steps, text, identity, tv, area, hierarchy, lr "
+        f"(got {value!r})",
+        hint="e.g. refine: true, or refine: {steps: 60, area: 0.5}",
+    )
+
+
+Refine = Annotated[
+    RefineSpec | None,
+    BeforeValidator(_refine, json_schema_input_type=bool | RefineSpec | None),
 ]
 
 
@@ -615,8 +704,9 @@ class Node(_Spec):
     mask: MaskSpec | None = Field(
         None,
         description="The node's region: exactly one of rect, ellipse, polygon (fractions of the image), "
-        "image (a grayscale file), band (along a sibling's boundary) or attention (where a first pass drew "
-        "another node's prompt or word). Not on the root, which covers the whole frame.",
+        "image (a grayscale file), band (along a sibling's boundary), attention (where a first pass drew "
+        "another node's prompt or word) or click ([x, y]: grown while rendering). Not on the root, which "
+        "covers the whole frame.",
     )
     layer: AssetRef | None = Field(
         None,
@@ -680,6 +770,11 @@ class Node(_Spec):
         None,
         description="A ControlNet for this region: {image} or {source: layer | init_image | <file>, kind}, "
         "plus model, weight, start, end, guess.",
+    )
+    refine: Refine = Field(
+        None,
+        description="Refine the drawn mask before rendering: true, or weights {steps, text, identity, tv, "
+        "area, hierarchy, lr} (paper 000 §5). Needs the scene's init_image.",
     )
     children: tuple[Node, ...] = Field((), description="Nodes that refine this one, each inside its parent.")
 
@@ -996,6 +1091,7 @@ class Scene(_Spec):
                 extra.extend(_learn_sources(root, data))
                 extra.extend(_control_sources(root, data))
                 extra.extend(_mask_references(root, data))
+                extra.extend(_mask_search_sources(root, data))
         return _merge_errors(cls.__name__, extra, data, handler)
 
     # ---------------------------------------------------------------------------------------------
@@ -1304,6 +1400,29 @@ def _mask_references(root: Any, data: Any) -> list[InitErrorDetails]:
                         f"{word!r} is not a word of the prompt of {of!r}",
                         f"its words: {shown}",
                     )
+    return out
+
+
+def _mask_search_sources(root: Any, data: Any) -> list[InitErrorDetails]:
+    """Click masks and refinement edit a source picture (pixels outside the mask stay the source's): they
+    need the scene's init_image; the root has no region to refine."""
+    has_init = _given(data, "init_image") is not None
+    out: list[InitErrorDetails] = []
+    for node, path in _nodes(root):
+        if path == ("root",):
+            if _given(node, "refine") not in (None, False):
+                problem, hint = "the root cannot refine a mask: it covers the whole frame", "refine a child"
+                out.append(_detail((*path, "refine"), data, "refine_root", problem, hint=hint))
+            continue
+        if has_init:
+            continue
+        mask = _given(node, "mask")
+        if _given(mask, "click") is not None:
+            problem = "a click mask needs the scene's init_image (it grows while editing a picture)"
+            out.append(_detail((*path, "mask", "click"), data, "click_init", problem, hint="set init_image"))
+        if _given(node, "refine") not in (None, False):
+            problem = "refine needs the scene's init_image (it keeps the source outside the masks)"
+            out.append(_detail((*path, "refine"), data, "refine_init", problem, hint="set init_image"))
     return out
 
 
