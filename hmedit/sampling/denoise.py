@@ -117,8 +117,17 @@ class AddedConditioning:
         return {"added_cond_kwargs": self.family.added_cond(self.pooled.repeat_interleave(n, dim=0), ids)}
 
 
+def branch_rows(guidance: Guidance, branches: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The rows of a conditioning's [2, ...] batch (0: uncond, 1: cond) that the UNet batch holds:
+    ``branches``, else both with guidance and the cond one without."""
+    if branches is not None:
+        return tuple(int(b) for b in branches)
+    return (0, 1) if guidance.on else (1,)
+
+
 class RegionalAttention:
-    """The attention processor's data per step and batch of windows, and the recorded attention."""
+    """The attention processor's data per step and batch of windows, and the recorded attention.
+    ``branches``: which guidance branches of ``cond`` the UNet batch holds (default: ``guidance``'s)."""
 
     def __init__(
         self,
@@ -132,10 +141,11 @@ class RegionalAttention:
         dtype,
         record: bool,
         tiler: Tiler | None = None,
+        branches: Sequence[int] | None = None,
     ) -> None:
         _, owners, valid = cond.batch()
-        if not guidance.on:
-            owners, valid = owners[1:], valid[1:]
+        rows = list(branch_rows(guidance, branches))
+        owners, valid = owners[rows], valid[rows]
         self.plan, self.scheduler, self.timesteps, self.tiler = plan, scheduler, timesteps, tiler
         self.n_run = len(timesteps)
         self.owners, self.valid = owners.to(device), valid.to(device)
@@ -201,6 +211,55 @@ class RegionalAttention:
         if self.tiled_record is not None:
             return self.tiled_record.maps()
         return {n: self.record[n][0] / max(self.record_count.get(n, 0), 1) for n in self.record}
+
+
+def conditioning_parts(
+    model,
+    plan: Plan,
+    cond: Conditioning,
+    guidance: Guidance,
+    scheduler,
+    timesteps,
+    *,
+    branches: Sequence[int] | None = None,
+    text: TextEmbeddings | None = None,
+    record: bool = False,
+    tiler: Tiler | None = None,
+) -> list:
+    """The parts every denoiser of ``plan`` starts from: :class:`TextEmbeddings` (``text``, else ``cond``'s
+    embeddings of the selected branches), :class:`RegionalAttention` when the plan and the conditioning
+    are regional, and :class:`AddedConditioning` on families with micro-conditioning. ``branches``: the
+    rows of ``cond`` the UNet batch holds (0: uncond, 1: cond; default: as ``guidance`` needs)."""
+    dev, dt = model.device, model.dtype
+    rows = list(branch_rows(guidance, branches))
+    if text is None:
+        text = TextEmbeddings(cond.batch()[0][rows].to(dev, dt))
+    parts: list = [text]
+    if plan.regional and cond.regional:
+        parts.append(
+            RegionalAttention(
+                plan,
+                cond,
+                guidance,
+                scheduler,
+                timesteps,
+                device=dev,
+                dtype=dt,
+                record=record,
+                tiler=tiler,
+                branches=rows,
+            )
+        )
+    fam = model.family
+    if fam.uses_time_ids:
+        pooled = cond.pooled[rows].to(dev, dt)
+        parts.append(AddedConditioning(fam, pooled, (plan.height, plan.width), model.vae_scale_factor))
+    return parts
+
+
+def region_part(parts: Sequence) -> RegionalAttention | None:
+    """The :class:`RegionalAttention` among ``parts``, or None."""
+    return next((p for p in parts if isinstance(p, RegionalAttention)), None)
 
 
 class NoiseHolds:
