@@ -49,11 +49,13 @@ SUITES = (
     "scale",
     "control-net",
     "edit",
+    "edit-pairs",
 )
 OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
+    "edit-pairs",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
@@ -419,6 +421,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
+        "edit-pairs": len(_edit().pair_items(cfg)) * len(_edit().PAIR_VARIANTS),
     }[suite]
 
 
@@ -806,6 +809,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "scale": lambda b: _tiled().suite_scale(b),
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
+    "edit-pairs": lambda b: _edit().suite_pairs(b),
 }
 
 

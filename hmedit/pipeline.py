@@ -332,7 +332,10 @@ def render_edits(
         record=s.record_attention,
         device=dev,
     )
-    den = Denoiser(model.unet, sched, [copies], guidance, holds=E.StackedHolds(holds))
+    blend = [0.0] + [float(e.blend) for e in scene.edits]
+    keep = E.blend_masks(regions, [None] + [e.touched for e in scene.edits]) if any(blend) else None
+    stacked = E.StackedHolds(holds, keep, blend, len(timesteps))
+    den = Denoiser(model.unet, sched, [copies], guidance, holds=stacked)
     clock = time.perf_counter()
     x = latents.repeat(len(plans), 1, 1, 1)
     with torch.no_grad(), regional_attention(model.unet):

@@ -86,6 +86,8 @@ def bench_command(
 
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
+    [bold]edit-pairs[/] (asked for by name; also part of [bold]edit[/]): edit pairs from noise (scene key edits) on control scenes, one region recoloured, added or removed, as regions: fusion, attention without injection and attention with injection: colour oracle, SSIM-e and SSIM-i of the target against the source. Target: SSIM-i >= 0.9 with injection.
+
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
     [bold]Examples[/]
@@ -196,6 +198,10 @@ def table(name: str, f: dict):
         from hmedit.bench_edit import table as edit_table
 
         return edit_table(f)
+    if name == "edit-pairs":
+        from hmedit.bench_edit import pairs_table
+
+        return pairs_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

@@ -181,13 +181,50 @@ class Copies:
         return {n: self.record[n][c, :kc] / max(self.record_count.get(n, 0), 1) for n in self.record}
 
 
-class StackedHolds:
-    """Per-node noise levels of each copy (its own plan's), applied to its row of the batch."""
+def edited_region(regions: Sequence[RegionalAttention], touched: str, size: tuple[int, int]) -> Tensor:
+    """[h, w] the region of node ``touched`` in the source or a target plan (``regions``' plans), max-pooled
+    to ``size`` and grown by one position."""
+    import torch.nn.functional as F
 
-    def __init__(self, holds: Sequence) -> None:
-        self.holds = list(holds)
+    from hmedit.masks.levels import downsample
+
+    edited = torch.zeros(regions[0].plan.intrinsic.shape[-2:])
+    for region in regions:
+        plan = region.plan
+        if touched in plan.ids:
+            edited = torch.maximum(edited, plan.intrinsic[plan.ids.index(touched)].float())
+    m = downsample(edited, size, "max")[None, None]
+    return F.max_pool2d(m, 3, stride=1, padding=1)[0, 0]
+
+
+def blend_masks(regions: Sequence[RegionalAttention], touched: Sequence[str | None]) -> Tensor:
+    """[C, h, w] True where copy c's latents are blended to the source's: outside its edited region (the
+    source: nowhere)."""
+    src = regions[0].plan
+    rows = [torch.zeros(src.latent, dtype=torch.bool)]
+    for c in range(1, len(regions)):
+        rows.append(edited_region([regions[0], regions[c]], str(touched[c]), src.latent) <= 0)
+    return torch.stack(rows)
+
+
+class StackedHolds:
+    """Per-node noise levels of each copy (its own plan's), applied to its row of the batch; then, with
+    ``blend``, local blending (prompt-to-prompt's: Hertz et al. 2022, §3.2; MRGD eq. 4 as a hard
+    constraint): for copy c, in the first ``until[c]`` fraction of the steps, its latents outside the
+    region its edit touches (``keep[c]`` [h, w], True) are the source's."""
+
+    def __init__(self, holds: Sequence, keep: Tensor | None = None, until: Sequence[float] = (), n: int = 0):
+        self.holds, self.keep, self.until, self.n = list(holds), keep, list(until), n
 
     def after_step(self, x: Tensor, i: int) -> Tensor:
+        x = self._holds(x, i)
+        if self.keep is None or not any(i < u * self.n for u in self.until):
+            return x
+        on = torch.tensor([i < u * self.n for u in self.until], device=x.device)
+        keep = (self.keep.to(x.device) & on[:, None, None])[:, None]  # [C, 1, h, w]
+        return torch.where(keep, x[:1], x)
+
+    def _holds(self, x: Tensor, i: int) -> Tensor:
         if all(h is None for h in self.holds):
             return x
         return torch.cat(

@@ -757,6 +757,14 @@ class EditSpec(_Spec):
         "cross-attention (prompt-to-prompt), 0..1; 0: none.",
     )
 
+    blend: Number = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of the steps in which the target's latents outside the edited node's region "
+        "are the source's (local blending), 0..1; 0: none.",
+    )
+
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
