@@ -410,7 +410,7 @@ def render_count(suite: str, cfg: Config) -> int:
     """How many renders a suite makes (for the progress bar)."""
     return {
         "cost": 3 + 3 * cfg.repeats,
-        "control": 2 * cfg.control_scenes,
+        "control": 3 * cfg.control_scenes,
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
@@ -543,17 +543,21 @@ def _score_regions(image: np.ndarray, masks: dict[str, np.ndarray], colours: dic
 
 def suite_control(b: Bench) -> dict:
     cfg = b.config
-    variants = {"masked": True, "unmasked": False}
+    variants = {"masked": True, "unmasked": False, "fusion": True}  # fusion: regions: fusion
     cases, flags = [], {v: {"match": [], "bleed": [], "scene": []} for v in variants}
+    cpu = {v: 0.0 for v in variants}
     for seed in range(cfg.control_scenes):
         kw = dict(size=cfg.size, steps=cfg.steps, guidance=cfg.guidance)
         scenes = {v: control_scene(seed, masking=m, **kw) for v, m in variants.items()}
+        scenes["fusion"]["regions"] = "fusion"
         sc = Scene.model_validate(scenes["masked"])
         masks = region_masks(sc, cfg.size, cfg.size)
         colours = {r.id: colour_of(r.prompt) for r in sc.root.children}
         case: dict[str, Any] = {"seed": seed, "background": colour_of(sc.root.prompt), "regions": {}}
         for v, raw in scenes.items():
+            clock = time.process_time()
             image = b.render(raw, suite="control", label=f"{seed}-{v}")
+            cpu[v] += time.process_time() - clock
             scores = _score_regions(image, masks, colours, cfg.threshold)
             case["regions"][v] = scores
             flags[v]["match"] += [s["match"] for s in scores.values()]
@@ -573,6 +577,8 @@ def suite_control(b: Bench) -> dict:
                 "bleed_rate": _rate(f["bleed"]),
                 "scene_match_rate": _rate(f["scene"]),
                 "attention": {"pos": 1.0, "neg": 1.0} if variants[v] else {"pos": 0.0, "neg": 0.0},
+                "regions": "fusion" if v == "fusion" else "attention",
+                "cpu_s_per_image": round(cpu[v] / max(cfg.control_scenes, 1), 3),
             }
             for v, f in flags.items()
         },

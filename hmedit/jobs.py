@@ -258,7 +258,13 @@ class Render:
         )
         if job.scene.edits:  # the edit pairs (also in the scene and the key): what each target changed
             rec["edits"] = {
-                e.id: {"kind": e.kind, "node": e.touched, "inject": e.inject, "regions": job.scene.regions}
+                e.id: {
+                    "kind": e.kind,
+                    "node": e.touched,
+                    "inject": e.inject,
+                    "blend": e.blend,
+                    "regions": job.scene.regions,
+                }
                 for e in job.scene.edits
             }
         return rec

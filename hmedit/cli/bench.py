@@ -72,7 +72,7 @@ def bench_command(
 
     [bold]cost[/]: a 4-node scene at 256x256 (30 DDIM steps, guidance 7.5) against diffusers' StableDiffusionPipeline on the same modules and root prompt; medians of alternating runs after a warm-up. Target: hmedit / diffusers <= 1.15.
 
-    [bold]control[/]: 2-4 coloured squares and circles on a background at 128x128, with the regional attention on and off; a region matches when >= 30% of it shows its colour, and bleeds when >= 30% shows another region's.
+    [bold]control[/]: 2-4 coloured squares and circles on a background at 128x128, with the regional attention on and off, and as regions: fusion (each region denoised over its own crop, fused by its mask; CPU seconds per image beside); a region matches when >= 30% of it shows its colour, and bleeds when >= 30% shows another region's.
 
     [bold]hierarchy[/]: a circle inside a square, with each composition scheme and as a flat list.
 
@@ -164,14 +164,17 @@ def table(name: str, f: dict):
             title=f"control: {f['scenes']} scenes, {f['regions']} regions, {f['size'][0]}x{f['size'][1]}",
             title_justify="left",
         )
-        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched"):
+        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched", "CPU s/image"):
             t.add_column(col, justify="left" if col == "attention" else "right")
-        for v in ("masked", "unmasked"):
+        names = {"masked": "on", "unmasked": "off (pos 0, neg 0)", "fusion": "regions: fusion"}
+        for v in (v for v in names if v in f):
+            cost = f[v].get("cpu_s_per_image")
             t.add_row(
-                "on" if v == "masked" else "off (pos 0, neg 0)",
+                names[v],
                 _pct(f[v]["match_rate"]),
                 _pct(f[v]["bleed_rate"]),
                 _pct(f[v]["scene_match_rate"]),
+                "-" if cost is None else f"{cost:.1f}",
             )
         return t
     if name == "hierarchy":

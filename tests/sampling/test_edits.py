@@ -222,12 +222,42 @@ def test_edit_outputs_are_written_beside_the_source(tiny_model, tiny, tmp_path):
         assert (out / name).is_file() and name in rec["outputs"]
     assert (out / "edits/green/influence/a.png").is_file()
     assert load_file(out / "edits/green/influence.safetensors").keys() >= {"effective/a", "attention/a"}
-    assert rec["edits"] == {"green": {"kind": "prompt", "node": "a", "inject": 0.5, "regions": "attention"}}
+    assert rec["edits"] == {
+        "green": {"kind": "prompt", "node": "a", "inject": 0.5, "blend": 0.0, "regions": "attention"}
+    }
     # the edits are part of the key
     other = plan_job(
         scene(seeds=[1, 2], edits=[{"id": "green", "node": "a", "prompt": "a pink square"}]), model=str(tiny)
     )
     assert other.key != job.key
+
+
+def test_blend_keeps_the_sources_latents_outside_the_edited_region_for_its_steps():
+    from hmedit.sampling.edits import StackedHolds
+
+    keep = torch.zeros(3, 4, 4, dtype=torch.bool)
+    keep[1, :, :2] = True  # copy 1 keeps the source in the left half
+    keep[2] = True
+    holds = StackedHolds([None] * 3, keep, [0.0, 0.5, 0.25], 4)
+    x = torch.stack([torch.full((1, 4, 4), float(c)) for c in range(3)])  # [3, 1, 4, 4]
+    out = holds.after_step(x, 0)
+    assert torch.equal(out[0], x[0]) and (out[1][..., :2] == 0).all() and (out[1][..., 2:] == 1).all()
+    assert (out[2] == 0).all()
+    out = holds.after_step(x, 1)  # copy 2's blend (a quarter of 4 steps) is over
+    assert (out[2] == 2).all() and (out[1][..., :2] == 0).all()
+    assert torch.equal(holds.after_step(x, 2), x)
+
+
+def test_a_full_blend_keeps_the_sources_latents_outside_the_edit(tiny_model):
+    m = tiny_model("sd1")
+    sc = scene(edits=[{"id": "green", "node": "a", "prompt": "a green square", "blend": 1.0, "inject": 0.0}])
+    pair = run(sc, m)
+    src, tgt = pair.image.astype(int), pair.edits["green"].image.astype(int)
+    far = np.zeros((64, 64), bool)
+    far[48:, :16] = True  # far from a (top left quarter) and off b (the lower right ellipse)
+    free = run(scene(edits=[{**sc.edits[0].model_dump(exclude_unset=True), "blend": 0.0}]), m)
+    outside = np.abs(src - tgt)[far].mean()
+    assert outside < np.abs(free.image.astype(int) - free.edits["green"].image.astype(int))[far].mean()
 
 
 # ------------------------------------------------------------------------------------------ fusion
