@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmedit-installed
 SPEC := $(TORCH) | $(shell cat pyproject.toml | cksum)
 
-.PHONY: setup demo test test-fast test-huge lint format bench train-toy train-controlnet goldens clean
+.PHONY: setup demo test test-fast test-huge lint format bench train-toy train-controlnet train-clip goldens clean
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ train-toy: setup
 train-controlnet: setup
 	$(BIN)/python -m hmedit.toy.train_controlnet --run-dir runs/cnet --out hmedit/models/weights/toy-controlnet
 	$(BIN)/python -m hmedit.toy.evaluate_controlnet --card --docs docs/toy-controlnet-eval.json
+
+# The bundled CLIP (resumable: run again to continue), then its zero-shot figures into its model card.
+train-clip: setup
+	$(BIN)/python -m hmedit.toy.train_clip --run-dir runs/clip --out hmedit/models/weights/toy-clip
+	$(BIN)/python -m hmedit.toy.evaluate_clip --card --docs docs/toy-clip-eval.json
 
 # Re-render the golden images (after an intended change of the model or the pipeline).
 goldens: setup

@@ -84,6 +84,7 @@ def plan(
     dtype: str | None = None,
     record: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    words: bool = False,
 ) -> Job:
     """The job :func:`render` runs, planned without loading a model (settings, the up-to-date key)."""
     from hmedit.models.load import dtype_flag
@@ -102,6 +103,7 @@ def plan(
         dtype=dtype or "auto",
         file=sc.source,
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        words=words,
     )
 
 
@@ -121,12 +123,14 @@ def render(
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_learn: Callable[[str, int, int, float | None], None] | None = None,
+    words: bool = False,
 ) -> Render:
     """Render a scene (a path, YAML text, a dict or a loaded :class:`~hmedit.scene.spec.Scene`) on ``model``
     (a loaded model, a model name, or None for the scene's own), every seed of the scene unless ``seed`` is
     given. Nodes with ``learn:`` / ``embedding:`` get their tokens as the CLI gets them (learned tokens
     cached under ``cache_dir``, default hmedit's cache folder). ``progress(i, n)``: after each sampling step.
-    """
+    ``words``: also read every word's attention map of the first seed (``Render.results[seed].probes``;
+    ``Render.save`` writes them as ``attention/<id>/<word>.png``)."""
     job = plan(
         scene,
         model,
@@ -140,6 +144,7 @@ def render(
         dtype=dtype,
         record=record,
         cache_dir=cache_dir,
+        words=words,
     )
     cache = default_models
     if model is not None and not isinstance(model, str):

@@ -82,6 +82,7 @@ class Options:
     force: bool = False
     fail_fast: bool = False
     cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
+    words: bool = False  # hmedit render --words: per-word attention maps of the first seed
     cuda: bool | None = None  # the workers have CUDA (None: as this process; a Runner says for its own)
 
     def overrides(self) -> Overrides:
@@ -154,6 +155,7 @@ def prepare(
         scene_bytes=scene_bytes,
         cache_dir=options.cache_dir,
         cuda=options.cuda,
+        words=options.words,
     )
     job.target = target
     return job

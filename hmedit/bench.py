@@ -50,12 +50,14 @@ SUITES = (
     "control-net",
     "edit",
     "edit-pairs",
+    "attention-masks",
 )
 OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
     "edit-pairs",
+    "attention-masks",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
 DEFAULT_SUITES = tuple(s for s in SUITES if s not in OPT_IN_SUITES)
 FORMAT = "hmedit-bench"
@@ -422,6 +424,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
         "edit-pairs": len(_edit().pair_items(cfg)) * len(_edit().PAIR_VARIANTS),
+        "attention-masks": _attention().render_count(cfg),
     }[suite]
 
 
@@ -544,7 +547,9 @@ def _score_regions(image: np.ndarray, masks: dict[str, np.ndarray], colours: dic
 def suite_control(b: Bench) -> dict:
     cfg = b.config
     variants = {"masked": True, "unmasked": False, "fusion": True}  # fusion: regions: fusion
-    cases, flags = [], {v: {"match": [], "bleed": [], "scene": []} for v in variants}
+    from hmedit.clip.score import bench_scores, mean_of
+
+    cases, flags = [], {v: {"match": [], "bleed": [], "scene": [], "clip": []} for v in variants}
     cpu = {v: 0.0 for v in variants}
     for seed in range(cfg.control_scenes):
         kw = dict(size=cfg.size, steps=cfg.steps, guidance=cfg.guidance)
@@ -553,12 +558,17 @@ def suite_control(b: Bench) -> dict:
         sc = Scene.model_validate(scenes["masked"])
         masks = region_masks(sc, cfg.size, cfg.size)
         colours = {r.id: colour_of(r.prompt) for r in sc.root.children}
+        prompts = {r.id: r.prompt for r in sc.root.children}
         case: dict[str, Any] = {"seed": seed, "background": colour_of(sc.root.prompt), "regions": {}}
         for v, raw in scenes.items():
             clock = time.process_time()
             image = b.render(raw, suite="control", label=f"{seed}-{v}")
             cpu[v] += time.process_time() - clock
             scores = _score_regions(image, masks, colours, cfg.threshold)
+            clip = bench_scores(image, masks, prompts)  # MRGD's CLIP metric: region vs its prompt
+            for rid, s in scores.items():
+                s["clip"] = None if clip is None else clip.get(rid)
+                flags[v]["clip"].append(s["clip"])
             case["regions"][v] = scores
             flags[v]["match"] += [s["match"] for s in scores.values()]
             flags[v]["bleed"] += [s["bleed"] for s in scores.values()]
@@ -576,6 +586,7 @@ def suite_control(b: Bench) -> dict:
                 "match_rate": _rate(f["match"]),
                 "bleed_rate": _rate(f["bleed"]),
                 "scene_match_rate": _rate(f["scene"]),
+                "clip_mean": mean_of(f["clip"]),
                 "attention": {"pos": 1.0, "neg": 1.0} if variants[v] else {"pos": 0.0, "neg": 0.0},
                 "regions": "fusion" if v == "fusion" else "attention",
                 "cpu_s_per_image": round(cpu[v] / max(cfg.control_scenes, 1), 3),
@@ -816,6 +827,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
     "edit-pairs": lambda b: _edit().suite_pairs(b),
+    "attention-masks": lambda b: _attention().suite_attention_masks(b),
 }
 
 
@@ -835,6 +847,12 @@ def _edit():
     from hmedit import bench_edit
 
     return bench_edit
+
+
+def _attention():
+    from hmedit import bench_attention
+
+    return bench_attention
 
 
 def check_suites(names: Sequence[str] | None) -> list[str]:

@@ -306,7 +306,10 @@ def edit_case(run: _Runner, tmp: Path, seed: int, w: world.WorldImage, k: int, c
     edited = o.mask > 0.5
     near = metrics.dilate(edited, MARGIN_PX)  # where the object's foreground is compared
     before_fg = foreground(w.image, near, w.background)
+    from hmedit.clip.score import bench_scores
+
     case: dict[str, Any] = {"seed": seed, "object": o.phrase, "to": colour, "methods": {}}
+    new_prompt = world.object_phrase(colour, o.shape, o.texture)
     for method in METHODS:
         raw = edit_scene(w, k, colour, str(init), masks, method, size, cfg.steps, cfg.guidance)
         after = run.render(raw, f"edit-{seed}-{method}").image
@@ -317,11 +320,15 @@ def edit_case(run: _Runner, tmp: Path, seed: int, w: world.WorldImage, k: int, c
             "iou": round(metrics.iou(before_fg, after_fg), 4),
             "ssim_i": round(metrics.ssim_inherent(w.image, after, edited, MARGIN_PX), 4),
             "ssim_e": round(metrics.ssim_edge(w.image, after, edited, BAND_PX), 4),
+            # MRGD's CLIP metric: the edited region (the object's mask) vs its new prompt, by toy-clip
+            "clip": (bench_scores(after, {"o": o.mask}, {"o": new_prompt}) or {}).get("o"),
         }
     return case
 
 
 def edit_summary(cases: list[dict], cfg) -> dict:
+    from hmedit.clip.score import mean_of
+
     summary = {}
     for method in METHODS:
         per = [c["methods"][method] for c in cases]
@@ -331,6 +338,7 @@ def edit_summary(cases: list[dict], cfg) -> dict:
             "iou_rate": _mean(float(p["iou"] >= TARGET_IOU) for p in per),
             "ssim_i": _mean(p["ssim_i"] for p in per),
             "ssim_e": _mean(p["ssim_e"] for p in per),
+            "clip": mean_of(p.get("clip") for p in per),
         }
         s["pass"] = (
             s["oracle_rate"] >= TARGET_ORACLE and s["iou_mean"] >= TARGET_IOU and s["ssim_i"] >= TARGET_SSIM_I
@@ -673,6 +681,10 @@ def table(f: dict):
     t.add_row("edits: shape IoU", *(f"{e[m]['iou_mean']:.3f}" for m in METHODS))
     t.add_row("edits: SSIM-i", *(f"{e[m]['ssim_i']:.4f}" for m in METHODS))
     t.add_row("edits: SSIM-e", *(f"{e[m]['ssim_e']:.4f}" for m in METHODS))
+    t.add_row(
+        "edits: CLIP (toy-clip, region vs prompt)",
+        *("n/a" if e[m].get("clip") is None else f"{e[m]['clip']:.3f}" for m in METHODS),
+    )
     c = f["cost"]
     t.add_row(
         "cost (CPU s)",

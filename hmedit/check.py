@@ -135,9 +135,14 @@ class Comparison:
 
 def _manifest(result: Result) -> dict[str, Any]:
     rec = result.record or {}
+    controls = {
+        where: {k: (net or {}).get(k) for k in ("name", "hash")}
+        for where, net in (rec.get("controls") or {}).items()
+    }
     return {
         "scene": result.name,
         "model": {k: rec.get("model", {}).get(k) for k in ("name", "hash", "family")},
+        **({"controls": controls} if controls else {}),
         "settings": rec.get("settings", []),
         "device": rec.get("device"),
         "dtype": rec.get("dtype"),
@@ -157,6 +162,10 @@ def _drift(result: Result, golden_dir: Path) -> str | None:
     before, after = (made.get("model") or {}).get("hash"), now["model"].get("hash")
     if before and after and before != after:
         notes.append(f"model changed ({before} -> {after})")
+    for where, net in (now.get("controls") or {}).items():
+        was = ((made.get("controls") or {}).get(where) or {}).get("hash")
+        if was and net.get("hash") and was != net["hash"]:
+            notes.append(f"ControlNet of {where} changed ({was} -> {net['hash']})")
     if made.get("settings") not in (None, now["settings"]):
         notes.append("settings changed")
     if made.get("device") and (made.get("device"), made.get("dtype")) != (now["device"], now["dtype"]):

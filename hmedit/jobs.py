@@ -74,6 +74,7 @@ class Job:
     cache_dir: Path | None = None  # learned embeddings (None: hmedit's cache folder, embeddings/)
     target: Path | None = None  # a batch's output folder for the scene
     controls: dict[str, dict[str, str]] = field(default_factory=dict)  # control field -> its ControlNet
+    words: bool = False  # write the first seed's per-word attention maps, attention/<id>/<word>.png
 
     @property
     def seeds(self) -> list[int]:
@@ -108,6 +109,7 @@ def plan_job(
     scene_bytes: bytes | None = None,
     cache_dir: Path | None = None,
     cuda: bool | None = None,
+    words: bool = False,
 ) -> Job:
     """Plan the render of ``scene`` (see the module docstring); raises ``HmeditError`` for a problem.
     ``cuda``: whether the machines that run the job have CUDA (None: this process's)."""
@@ -136,11 +138,13 @@ def plan_job(
         device=device_s,
         dtype=dtype_s,
         controls=controls,
+        words=words,
     )
     job = Job(
         scene, data, file, ref, digest, preset, reqs, assets, device_s, dtype_s, key, overrides, cache_dir
     )
     job.controls = controls
+    job.words = words
     return job
 
 
@@ -335,6 +339,7 @@ class Render:
                 )
                 outputs += ["influence.safetensors", "influence.png"]
                 outputs += [p.relative_to(target).as_posix() for p in files.heatmaps.values()]
+                outputs += write_word_maps(target, result.probes, seed)
             for edit in scene.edits:
                 outputs += self._save_edit(target, edit.id, seed, result.edits[edit.id], index == 0)
             per_seed = self.timings.setdefault("seeds", {}).setdefault(str(seed), {})
@@ -369,6 +374,32 @@ class Render:
         )
         rel = [f"edits/{edit_id}/influence.safetensors", f"edits/{edit_id}/influence.png"]
         return [name, *rel, *(p.relative_to(target).as_posix() for p in files.heatmaps.values())]
+
+
+def word_file(word: str) -> str:
+    """A word's map file name: the word with anything but letters, digits, '_', '.' and '-' as '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", word).strip(".") or "_"
+
+
+def write_word_maps(target: Path, probes: dict, seed: int) -> list[str]:
+    """``attention/<id>/<word>.png``: each word probe's map (0..1 as 0..255 gray), atomically; the names."""
+    import numpy as np
+
+    from hmedit.outputs import save_png
+    from hmedit.outputs.folder import real_dir
+
+    names = []
+    for probe, m in probes.items():
+        if probe.word is None:
+            continue
+        folder = real_dir(target, f"attention/{probe.node}")
+        pixels = (m.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        text = {"node": probe.node, "word": probe.word, "seed": str(seed)}
+        path = save_png(folder / f"{word_file(probe.word)}.png", pixels, text)
+        names.append(path.relative_to(target).as_posix())
+    return names
 
 
 def run_job(
@@ -412,7 +443,14 @@ def run_job(
         settings = R.Settings.from_request(scene, model, req, job.preset)
         if on_seed is not None:
             on_seed(index, req.seed)
-        results[req.seed] = R.render(model_scene, model, settings, progress=on_step, inversions=inversions)
+        results[req.seed] = R.render(
+            model_scene,
+            model,
+            settings,
+            progress=on_step,
+            inversions=inversions,
+            words=job.words and index == 0,
+        )
         per_seed[str(req.seed)] = dict(results[req.seed].timings)
     timings = {
         "load": load_seconds,

@@ -9,6 +9,7 @@ baseline.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,7 @@ from hmedit.attention.processor import regional_attention
 from hmedit.conditioning.encode import encode_scene
 from hmedit.control.residuals import has_controls, make_controls
 from hmedit.errors import HmeditError
+from hmedit.masks.attention import Probe, attention_nodes
 from hmedit.models.load import Model, make_scheduler
 from hmedit.sampling import vae as tiled_vae
 from hmedit.sampling.denoise import (
@@ -129,6 +131,7 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
     plan: Plan | None = None
     stats: dict[str, int] = field(default_factory=dict)  # tiled: windows denoised / scheduled
+    probes: dict = field(default_factory=dict)  # Probe -> its attention map [H, W], normalised to 0..1
     edits: dict[str, RenderResult] = field(default_factory=dict)  # edit id -> the target (scene's edits)
 
 
@@ -139,12 +142,23 @@ def _randn(shape, generator, device, dtype) -> Tensor:
 
 
 def render(
-    scene: Scene, model: Model, settings: Settings, progress=None, *, inversions=None, on_invert=None
+    scene: Scene,
+    model: Model,
+    settings: Settings,
+    progress=None,
+    *,
+    inversions=None,
+    on_invert=None,
+    probes: Sequence[Probe] = (),
+    words: bool = False,
 ) -> RenderResult:
     """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
     ``inversion``, the init image is inverted first (or taken from ``inversions``, an
     :class:`~hmedit.sampling.inversion.InversionCache`; None: the default one), ``on_invert(i, n)`` after
-    each inversion step."""
+    each inversion step. ``probes``: attention maps to read (:class:`~hmedit.masks.attention.Probe`), into
+    the result's ``probes``; ``words``: also every word of every node's prompt (the words the tokenizer
+    finds as tokens of the prompt). Nodes with ``mask: {attention: ...}`` get their masks from a first
+    pass."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -161,12 +175,17 @@ def render(
         s = replace(s, scheduler="ddim")  # sampling from an inversion: DDIM, the inversion's exact reverse
     if scene.edits:
         return render_edits(scene, model, s, progress, inversions=inversions, on_invert=on_invert)
+    fam = model.family
     refine, noise_scale = None, 1.0
     if s.tiling is not None and s.tiling.coarse:
         refine = coarse_pass(scene, model, s)
         noise_scale = s.tiling.refine
         lap("coarse")
-    plan = plan_of(scene, model, s, refine=refine, noise_scale=noise_scale)
+    given = None
+    if attention_nodes(scene):
+        given, first_maps = attention_masks(scene, model, s, progress, inversions=inversions)
+        lap("attention")
+    plan = plan_of(scene, model, s, refine=refine, noise_scale=noise_scale, given=given)
     lap("plan")
     cond = encode(model, plan)
     lap("encode")
@@ -192,19 +211,52 @@ def render(
         holds = None
         if source is not None and plan.noise_map is not None:
             holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
+    region = None
+    probe_tokens = None
+    if words:
+        probes = [*probes, *word_probes(scene)]
+    if probes:
+        if tiler is not None and any(p.refine == "self" for p in probes):
+            raise HmeditError(
+                "sharpening attention maps with self-attention (refine: self) needs an untiled render",
+                file=scene.source,
+                field="size",
+                hint="render at the model's native size, or set tiling: off, or leave refine out",
+            )
+        probe_tokens = probe_positions(fam.text(model), plan, cond, probes, strict=not words)
+        probes = [p for p in probes if p in probe_tokens]
+    controls = None
     if scene.regions == "fusion":
         from hmedit.sampling.tiled import fusion_denoiser
 
-        check_fusion(scene, tiler)
-        parts: list = []
-        region = controls = None
+        check_fusion(scene, tiler, probe_tokens is not None)
         den = fusion_denoiser(model, plan, guidance, sched, timesteps, holds=holds)
     else:
+        regional = plan.regional and cond.regional
+        kw: dict = {}
+        if probe_tokens is not None:
+            tokens = sorted({i for idx in probe_tokens.values() for i in idx})
+            kw = dict(
+                tokens=torch.tensor(tokens, dtype=torch.long),
+                self_level=self_level(plan, fam.cross_attention_factors(model.unet))
+                if any(p.refine == "self" for p in probes)
+                else None,
+                record_only=not regional,
+            )
         parts = conditioning_parts(
-            model, plan, cond, guidance, sched, timesteps, text=text, record=s.record_attention, tiler=tiler
+            model,
+            plan,
+            cond,
+            guidance,
+            sched,
+            timesteps,
+            text=text,
+            record=s.record_attention or probe_tokens is not None,
+            tiler=tiler,
+            region=regional or probe_tokens is not None,
+            **kw,
         )
         region = region_part(parts)
-        controls = None
         if has_controls(scene):
             controls = make_controls(scene, plan, model, guidance, len(timesteps))
             parts.append(controls)
@@ -217,9 +269,129 @@ def render(
     maps = influence_maps(plan, region.attention_maps() if region is not None else None)
     if controls is not None:
         maps.update(controls.maps())
+    if given is not None:
+        maps.update(first_maps)
+    read = read_probes(region, plan, probe_tokens, probes) if probe_tokens is not None else {}
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
-    return RenderResult(image, s, maps, timings, plan, stats)
+    return RenderResult(image, s, maps, timings, plan, stats, read)
+
+
+def word_probes(scene: Scene) -> list[Probe]:
+    """One probe per word of every node's prompt (``hmedit render --words``)."""
+    from hmedit.scene.spec import prompt_words
+
+    return [Probe(f.node.id, w) for f in scene.flat() for w in dict.fromkeys(prompt_words(f.node.prompt))]
+
+
+def self_level(plan: Plan, cross_factors: list[int]) -> int | None:
+    """The query length at which self-attention is recorded for sharpening: the finest cross-attention level
+    with at most SELF_MAX_QUERIES queries."""
+    from hmedit.masks.attention import SELF_MAX_QUERIES
+    from hmedit.masks.levels import level_sizes
+
+    sizes = level_sizes(plan.latent, cross_factors)
+    ns = [h * w for h, w in sizes.values() if h * w <= SELF_MAX_QUERIES]
+    return max(ns) if ns else None
+
+
+def probe_positions(
+    text, plan: Plan, cond, probes: Sequence[Probe], *, strict: bool = True
+) -> dict[Probe, list[int]]:
+    """Each probe's positions in the cond token sequence: the node's word tokens (all of them, or those of
+    the probe's word). A word the tokenizer does not find is an error (``strict``), else left out."""
+    from hmedit.masks.attention import phrase_tokens, token_position
+
+    def tokenize(t: str) -> list[int]:
+        return list(text.word_ids(t)[0])
+
+    out: dict[Probe, list[int]] = {}
+    for p in probes:
+        if p.node not in plan.ids:
+            raise HmeditError(f"no node has id {p.node!r}", file=plan.scene.source, hint=f"ids: {plan.ids}")
+        k = plan.ids.index(p.node)
+        prompt = plan.flat[k].node.prompt
+        where = plan.scene.where(f"{plan.flat[k].path}.prompt")
+        if p.word is None:
+            idx = list(range(len(tokenize(prompt))))
+        else:
+            idx = phrase_tokens(prompt, p.word, tokenize) or []
+        if k == 0:
+            idx = [i for i in idx if i < cond.root_words or len(cond.cond) > text.window]
+        if not idx or (k > 0 and k not in cond.ranges):
+            if not strict:
+                continue
+            what = f"the word {p.word!r}" if p.word else "a word"
+            raise HmeditError(
+                f"the model's tokenizer finds {what} in no token of the prompt of {p.node!r}",
+                **where,
+                hint="attention maps need the words in the node's prompt",
+            )
+        start = cond.ranges.get(k, (0, 0))[0]
+        out[p] = [token_position(i, root=k == 0, start=start, window=text.window) for i in idx]
+    return out
+
+
+def read_probes(region: RegionalAttention, plan: Plan, positions: dict, probes: Sequence[Probe]) -> dict:
+    """The probes' maps [H, W] from the recorded attention (:func:`hmedit.masks.attention.aggregate`, then
+    :func:`~hmedit.masks.attention.sharpen` for refine: self), normalised to 0..1. The coarsest level is
+    left out, as DAAM leaves out SD's 8 x 8 (on the toy model's 4 x 4 it costs 0.04-0.08 mIoU in
+    ``hmedit bench attention-masks``)."""
+    from hmedit.masks.attention import aggregate, level_shape, normalise, sharpen
+
+    tokens = sorted({i for idx in positions.values() for i in idx})
+    row = {t: j for j, t in enumerate(tokens)}
+    levels = region.token_maps()
+    size = (plan.height, plan.width)
+    skip = [min(levels)] if len(levels) > 2 else []
+    full = aggregate(levels, plan.latent, size, skip=skip)
+    out = {}
+    for p in probes:
+        rows = [row[i] for i in positions[p]]
+        if p.refine == "self" and region.self_record is not None:
+            ((n, attn),) = region.self_attention().items()
+            shape = level_shape(n, plan.latent)
+            small = aggregate(levels, plan.latent, shape, skip=skip)[rows].sum(0, keepdim=True)
+            m = sharpen(small, attn.cpu())
+            m = F.interpolate(m[None], size, mode="bicubic", align_corners=False)[0, 0].clamp(min=0)
+        else:
+            m = full[rows].sum(0)
+        out[p] = normalise(m.cpu())
+    return out
+
+
+def attention_masks(
+    scene: Scene, model: Model, s: Settings, progress=None, *, inversions=None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The masks of the scene's attention-mask nodes, by id, from a first pass that renders the scene without
+    them (:func:`hmedit.masks.attention.first_pass_scene`), thresholded; and the first pass's maps
+    ("source/<id>": the normalised map each was thresholded from)."""
+    from hmedit.masks.attention import first_pass_scene, threshold
+
+    nodes = attention_nodes(scene)
+    sharp = [n for n in nodes if n.mask.attention.refine == "self"]
+    if s.tiling is not None and sharp:
+        path = next(f.path for f in scene.flat() if f.node.id == sharp[0].id)
+        raise HmeditError(
+            "refine: self (self-attention sharpening) needs an untiled render",
+            **scene.where(f"{path}.mask.attention.refine"),
+            hint="render at the model's native size, or set tiling: off, or leave refine out",
+        )
+    wanted = {n.id: Probe(n.mask.attention.of, n.mask.attention.word, n.mask.attention.refine) for n in nodes}
+    first = render(
+        first_pass_scene(scene),
+        model,
+        replace(s, record_attention=False),
+        progress,
+        inversions=inversions,
+        probes=list(dict.fromkeys(wanted.values())),
+    )
+    masks, maps = {}, {}
+    for n in nodes:
+        m = first.probes[wanted[n.id]]
+        masks[n.id] = threshold(m, float(n.mask.attention.threshold))
+        maps[f"source/{n.id}"] = m
+    return masks, maps
 
 
 def plan_of(scene: Scene, model: Model, s: Settings, **kw) -> Plan:
@@ -271,6 +443,12 @@ def render_edits(
             "edits are rendered untiled: this size needs tiling",
             **where,
             hint="render at the model's native size, or set tiling: off",
+        )
+    if attention_nodes(scene) or any(attention_nodes(t) for t in targets):
+        raise HmeditError(
+            "edits do not work with attention masks (mask: {attention: ...}) yet",
+            **where,
+            hint="give the nodes drawn masks",
         )
     if has_controls(scene) or any(has_controls(t) for t in targets):
         raise HmeditError(
@@ -402,12 +580,14 @@ def decode(model: Model, s: Settings, plan: Plan, latents: Tensor) -> np.ndarray
     return (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
 
 
-def check_fusion(scene: Scene, tiler) -> None:
-    """``regions: fusion`` runs its own windows (one per node): not with tiling, ControlNets or inversion."""
+def check_fusion(scene: Scene, tiler, probes: bool = False) -> None:
+    """``regions: fusion`` runs its own windows (one per node): not with tiling, ControlNets, inversion or
+    attention probes (there is no one cross-attention to read)."""
     for what, on, key in (
         ("tiling", tiler is not None, "tiling"),
         ("a ControlNet", has_controls(scene), "regions"),
         ("an inversion", scene.inversion != "none", "inversion"),
+        ("attention maps read from the render (probes, --words, attention masks)", probes, "regions"),
     ):
         if on:
             raise HmeditError(

@@ -104,6 +104,7 @@ def render_key(
     dtype: str,
     version: str = hmedit.__version__,
     controls: Mapping[str, Mapping[str, str]] | None = None,
+    words: bool = False,
 ) -> str:
     """sha256 (hex) over everything that decides a render's output files.
 
@@ -111,7 +112,8 @@ def render_key(
     setting after defaults and command-line overrides. A setting that defaults to the model's own value
     (the native size) is given as None: the model hash already pins it, so the key needs no loaded model.
     ``controls``: the ControlNet of each control by field path (its hash decides the output); a scene without
-    controls keys as before.
+    controls keys as before. ``words``: the per-word attention maps are written too (a render without them
+    keys as before).
     """
     h = hashlib.sha256()
     h.update(_canonical({"format": FORMAT, "format_version": FORMAT_VERSION, "hmedit": version}))
@@ -125,6 +127,7 @@ def render_key(
                 "device": device,
                 "dtype": dtype,
                 **({"controls": {k: dict(v) for k, v in controls.items()}} if controls else {}),
+                **({"words": True} if words else {}),
             }
         )
     )

@@ -46,3 +46,31 @@ def test_iou_and_the_suites_registration():
     assert bc.iou(a, b) == 4 / 12 and bc.iou(a, a) == 1.0
     assert "control-net" in bench.SUITES and "control-net" not in bench.check_suites(None)
     assert bench.render_count("control-net", bench.Config.quick_config()) == 4 * 2 + 2 + 2 + 2
+
+
+def test_the_cost_ratio_is_of_cpu_seconds_with_one_thread_else_of_wall_seconds(tmp_path, monkeypatch):
+    import torch
+
+    # wall seconds inflated by other jobs (plain waited more), CPU seconds the renders' own work
+    times = {"control": (20.0, 12.0), "plain": (25.0, 10.0)}
+
+    def fake_render(b, raw, label, size=None, steps=None):
+        from types import SimpleNamespace
+
+        wall, cpu = times["plain" if raw["name"].endswith("-plain") else "control"]
+        return SimpleNamespace(timings={"sample": cpu}), None, wall, cpu
+
+    monkeypatch.setattr(bc, "_render", fake_render)
+    cc = bc.ControlNetConfig(repeats=2)
+    kw = dict(size=64, steps=2, guidance=5.0, feather=2.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = bc._cost(None, tmp_path, cc, kw)
+        torch.set_num_threads(2)
+        two = bc._cost(None, tmp_path, cc, kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert one["ratio_of"] == "cpu" and one["ratio"] == 1.2 and one["ratio_wall"] == 0.8
+    assert two["ratio_of"] == "wall" and two["ratio"] == 0.8
+    assert one["cpu_runs_s"] == {"control": [12.0, 12.0], "plain": [10.0, 10.0]}

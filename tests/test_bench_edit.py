@@ -103,6 +103,7 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
     for m in bench_edit.METHODS:
         s = f["edits"]["summary"][m]
         assert 0 <= s["oracle_rate"] <= 1 and 0 <= s["iou_mean"] <= 1 and s["ssim_i"] <= 1
+        assert -1 <= s["clip"] <= 1  # the bundled toy-clip's score of the edited region vs its new prompt
     cost = f["cost"]
     assert cost["null_text_cached"]["invert_wall_s"] < cost["null_text_first"]["invert_wall_s"]
     pairs = f["pairs"]

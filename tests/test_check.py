@@ -130,3 +130,24 @@ def test_update_then_check_then_regression(tiny, tmp_path, monkeypatch, capsys):
     with Image.open(out / "disc" / "image-4.compare.png") as compare:
         assert compare.size == (3 * 64 + 2 * 4, 64)
     assert not (out / "disc" / "image-3.diff.png").exists()
+
+
+def test_goldens_record_the_controlnets_and_a_changed_one_is_noted(tmp_path):
+    from types import SimpleNamespace
+
+    from hmedit.check import GOLDEN_JSON, _drift, _manifest
+
+    def result(control_hash: str | None):
+        record = {"model": {"name": "toy", "hash": "m1", "family": "sd1"}, "settings": [{"seed": 1}]}
+        if control_hash:
+            where = "root.children[0].control.model"
+            record["controls"] = {where: {"name": "toy-controlnet", "hash": control_hash, "path": "/x"}}
+        return SimpleNamespace(name="s", record=record, images={})
+
+    made = _manifest(result("aaaa"))
+    assert made["controls"] == {"root.children[0].control.model": {"name": "toy-controlnet", "hash": "aaaa"}}
+    assert "controls" not in _manifest(result(None))  # scenes without controls keep their manifest
+    (tmp_path / GOLDEN_JSON).write_text(json.dumps(made))
+    assert _drift(result("aaaa"), tmp_path) is None
+    note = _drift(result("bbbb"), tmp_path)
+    assert note == "ControlNet of root.children[0].control.model changed (aaaa -> bbbb)"

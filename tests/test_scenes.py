@@ -9,7 +9,7 @@ import pytest
 from hmedit.masks import SCHEMES
 from hmedit.masks.checks import validate
 from hmedit.scene import find_scenes
-from hmedit.scene.spec import EllipseMask, ImageMask, PolygonMask, RectMask
+from hmedit.scene.spec import AttentionMask, BandMask, EllipseMask, ImageMask, PolygonMask, RectMask
 
 SCENES_DIR = Path(__file__).resolve().parent.parent / "scenes"
 SCENE_FILES = find_scenes([SCENES_DIR])
@@ -53,6 +53,7 @@ def test_examples_cover_the_features():
     assert any(n.layer is not None for n in nodes)
     mask_kinds = {type(n.mask) for n in nodes if n.mask is not None}
     assert {RectMask, EllipseMask, PolygonMask, ImageMask} <= mask_kinds
+    assert {BandMask, AttentionMask} <= mask_kinds  # masks from other nodes
     assert any(n.feather > 0 for n in nodes)
     assert any(n.active != (0.0, 1.0) for n in nodes)
     assert any(len(n.levels) < 3 for n in nodes)

@@ -51,6 +51,12 @@ class RegionCall:
     pos, neg: [K] s_k · v_pos,k and s_k · v_neg,k.
     record: query length N → [W, K, N] accumulated attention mass per node (cond branch), or None.
     record_owner: [T] node whose mass a cond token counts towards (-1: none), e.g. the root's words → 0.
+    record_tokens: [T'] cond token positions whose own maps are recorded into ``token_record`` (query
+        length N → [W, T', N]), for word maps and attention masks (hmedit.masks.attention).
+    self_record: query length N → [W, N, N] accumulated self-attention (cond branch, mean over heads), for
+        sharpening those maps; recorded at the levels it holds.
+    record_only: no token is regional (a root-only scene recorded for its words): the output is the stock
+        processor's, and the probabilities are computed for the recording alone.
     """
 
     masks: dict[int, Tensor]
@@ -63,6 +69,10 @@ class RegionCall:
     record: dict[int, Tensor] | None = None
     record_owner: Tensor | None = None
     record_count: dict[int, int] = field(default_factory=dict)
+    record_tokens: Tensor | None = None
+    token_record: dict[int, Tensor] | None = None
+    self_record: dict[int, Tensor] | None = None
+    record_only: bool = False
     inject: Tensor | None = None
     _cache: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
@@ -161,7 +171,9 @@ class RegionAttnProcessor(AttnProcessor2_0):
             or attn.norm_cross
             or attn.residual_connection
         )
-        if plain:
+        if plain or region.record_only:
+            if region is not None and attention_mask is None and hidden_states.ndim == 3:
+                self._record_plain(attn, hidden_states, encoder_hidden_states, region)
             return super().__call__(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs
             )
@@ -196,21 +208,54 @@ class RegionAttnProcessor(AttnProcessor2_0):
 
     @staticmethod
     def _record(region: RegionCall, probs: Tensor, n: int) -> None:
-        """Add this layer's cond-branch attention mass per node (mean over heads) to the recording."""
+        """Add this layer's cond-branch attention mass per node (mean over heads) to the recording, and the
+        recorded tokens' own maps."""
         owner = region.record_owner
+        heads_mean = probs.mean(1)  # [W, N, T]
         k = region.record[n].shape[1]
         if owner.ndim == 2:  # per-window owners (edit pairs): each copy's tokens to its own nodes
             for w in range(owner.shape[0]):
                 keep = owner[w] >= 0
-                mass = probs[w].mean(0)[..., keep]  # [N, T']
+                mass = heads_mean[w][..., keep]  # [N, T']
                 per_node = mass.new_zeros(n, k).index_add_(1, owner[w][keep], mass)
                 region.record[n][w] += per_node.transpose(0, 1).float()
         else:
             keep = owner >= 0
-            mass = probs.mean(1)[..., keep]  # [W, N, T']
+            mass = heads_mean[..., keep]  # [W, N, T']
             per_node = mass.new_zeros(mass.shape[0], n, k).index_add_(2, owner[keep], mass)
             region.record[n] += per_node.transpose(1, 2).float()
         region.record_count[n] = region.record_count.get(n, 0) + 1
+        if region.token_record is not None and n in region.token_record:
+            region.token_record[n] += heads_mean[..., region.record_tokens].transpose(1, 2).float()
+
+    def _record_plain(self, attn, hidden_states, encoder_hidden_states, region: RegionCall) -> None:
+        """Where the stock processor computes the output: the cond branch's attention probabilities for the
+        recordings alone (cross-attention of a ``record_only`` call; self-attention into ``self_record``)."""
+        cross = encoder_hidden_states is not None
+        n = hidden_states.shape[1]
+        if cross and not (region.record_only and region.record is not None and n in region.record):
+            return
+        if not cross and (region.self_record is None or n not in region.self_record):
+            return
+        if attn.spatial_norm is not None or attn.group_norm is not None or (cross and attn.norm_cross):
+            return
+        windows = hidden_states.shape[0] // region.owners.shape[0]
+        x = hidden_states[-windows:]
+        ctx = encoder_hidden_states[-windows:] if cross else x
+        heads = attn.heads
+        q, k = attn.to_q(x), attn.to_k(ctx)
+        d = k.shape[-1] // heads
+        q, k = (t.view(windows, -1, heads, d).transpose(1, 2) for t in (q, k))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scores = (q @ k.transpose(-1, -2)) * attn.scale
+        if cross:
+            scores = scores.masked_fill(~region.valid[-1][None, None, None, :], float("-inf"))
+            self._record(region, torch.softmax(scores, dim=-1), n)
+        else:
+            region.self_record[n] += torch.softmax(scores.float(), dim=-1).mean(1)
 
 
 @contextmanager

@@ -84,6 +84,8 @@ def bench_command(
 
     [bold]memory[/]: a 3-region 4096x4096 render through hmedit render in a child process. Target: peak RSS <= 4 GiB.
 
+    [bold]attention-masks[/] (asked for by name): 24 root-only toy scenes from world captions; the mask an attention node would read for each object's shape word (and for the colour-and-shape phrase), thresholded at 0.4, with and without self-attention sharpening, against the pixels of the object's colour (the oracle). Target: mIoU >= 0.75. Then hmedit dataset on the example scenes up to 256 px, 4 seeds: the COCO file read back by pycocotools, the masks' mIoU against the colour the node's prompt names within its effective mask, seconds per image.
+
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
     [bold]edit-pairs[/] (asked for by name; also part of [bold]edit[/]): edit pairs from noise (scene key edits) on control scenes, one region recoloured, added or removed, as regions: fusion, attention without injection and attention with injection: colour oracle, SSIM-e and SSIM-i of the target against the source. Target: SSIM-i >= 0.9 with injection.
@@ -164,16 +166,19 @@ def table(name: str, f: dict):
             title=f"control: {f['scenes']} scenes, {f['regions']} regions, {f['size'][0]}x{f['size'][1]}",
             title_justify="left",
         )
-        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched", "CPU s/image"):
+        for col in ("attention", "regions matched", "regions bleeding", "scenes all matched", "CLIP"):
             t.add_column(col, justify="left" if col == "attention" else "right")
+        t.add_column("CPU s/image", justify="right")
         names = {"masked": "on", "unmasked": "off (pos 0, neg 0)", "fusion": "regions: fusion"}
         for v in (v for v in names if v in f):
+            clip = f[v].get("clip_mean")  # toy-clip: region vs its prompt (cosine); absent in older results
             cost = f[v].get("cpu_s_per_image")
             t.add_row(
                 names[v],
                 _pct(f[v]["match_rate"]),
                 _pct(f[v]["bleed_rate"]),
                 _pct(f[v]["scene_match_rate"]),
+                "n/a" if clip is None else f"{clip:.3f}",
                 "-" if cost is None else f"{cost:.1f}",
             )
         return t
@@ -205,6 +210,10 @@ def table(name: str, f: dict):
         from hmedit.bench_edit import pairs_table
 
         return pairs_table(f)
+    if name == "attention-masks":
+        from hmedit.bench_attention import table as attention_table
+
+        return attention_table(f)
     if name == "memory":
         t = Table(title=f"memory: {f['size'][0]}x{f['size'][1]}, {f['steps']} steps", title_justify="left")
         for col in ("figure", "value", "target"):

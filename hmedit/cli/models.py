@@ -20,13 +20,25 @@ def _folder_size(path: Path) -> int:
     return total
 
 
+BUNDLED_CLIP = "toy-clip"  # the bundled CLIP (hmedit.clip.load: scenes call it clip: toy)
+
+
+def bundled_folders() -> dict[str, Path]:
+    """Every bundled model's name and folder: the diffusion model and ControlNet, then the CLIP."""
+    from hmedit.clip.load import bundled_folder
+    from hmedit.models.load import BUNDLED
+
+    return {**BUNDLED, BUNDLED_CLIP: bundled_folder()}
+
+
 def bundled() -> list[dict[str, Any]]:
     """Each bundled model: name, folder, whether it is there, its size in MB and hash (None when absent)."""
-    from hmedit.models.load import BUNDLED, BUNDLED_CONTROLNETS, ModelRef, model_hash
+    from hmedit.models.load import BUNDLED_CONTROLNETS, ModelRef, model_hash
 
     rows = []
-    for name, folder in BUNDLED.items():
-        present = (folder / ("config.json" if name in BUNDLED_CONTROLNETS else "model_index.json")).is_file()
+    for name, folder in bundled_folders().items():
+        marker = "config.json" if name in BUNDLED_CONTROLNETS or name == BUNDLED_CLIP else "model_index.json"
+        present = (folder / marker).is_file()
         ref = ModelRef(name, folder, "bundled")
         rows.append(
             {
@@ -103,19 +115,26 @@ def models_command(
 
       [green]hmedit models --path toy-controlnet[/]      the bundled ControlNet's folder
 
+      [green]hmedit models --path toy-clip[/]      the bundled CLIP's folder (CLIPModel.from_pretrained)
+
       [green]hmedit models --json[/]
     """
     from hmedit.errors import HmeditError
 
     if path is not None:
-        from hmedit.models.load import BUNDLED, BUNDLED_CONTROLNETS, resolve, resolve_controlnet
+        from hmedit.clip.load import resolve_clip
+        from hmedit.models.load import BUNDLED_CONTROLNETS, resolve, resolve_controlnet
 
-        if path not in BUNDLED:
+        names = bundled_folders()
+        if path not in names:
             raise HmeditError(
-                f"'{path}' is not a bundled model", hint="bundled models: " + ", ".join(sorted(BUNDLED))
+                f"'{path}' is not a bundled model", hint="bundled models: " + ", ".join(sorted(names))
             )
-        found = resolve_controlnet(path) if path in BUNDLED_CONTROLNETS else resolve(path)
-        typer.echo(str(found.path))  # resolve raises the one-line error when it is missing
+        if path == BUNDLED_CLIP:
+            found = resolve_clip("toy")
+        else:
+            found = (resolve_controlnet(path) if path in BUNDLED_CONTROLNETS else resolve(path)).path
+        typer.echo(str(found))  # the resolvers raise the one-line error when it is missing
         return
 
     rows = bundled() + hub_models()
@@ -146,8 +165,13 @@ def models_command(
     for r in rows:
         if not r["present"]:
             console.print(
-                f"{r['name']} is missing: train it with `make train-toy` or reinstall hmedit", markup=False
+                f"{r['name']} is missing: train it with `make {_TRAIN.get(r['name'], 'train-toy')}`"
+                " or reinstall hmedit",
+                markup=False,
             )
+
+
+_TRAIN = {"toy-controlnet": "train-controlnet", BUNDLED_CLIP: "train-clip"}
 
 
 def register(app: typer.Typer) -> None:

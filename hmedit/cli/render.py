@@ -37,6 +37,7 @@ def options_from(
     fail_fast: bool = False,
     cache_dir: Path | None = None,
     preset: str | None = None,
+    words: bool = False,
 ):
     """The batch options from the command line (shared with ``hmedit check``)."""
     from hmedit.batch import Options
@@ -57,6 +58,7 @@ def options_from(
         force=force,
         fail_fast=fail_fast,
         cache_dir=cache_dir,
+        words=words,
     )
 
 
@@ -109,6 +111,14 @@ def render_command(
             show_default=False,
         ),
     ] = None,
+    words: Annotated[
+        bool,
+        typer.Option(
+            "--words",
+            help="Also write each word's cross-attention map of the first seed, attention/<id>/<word>.png "
+            "(untiled renders).",
+        ),
+    ] = False,
     ray: RayOpt = None,
     ray_cpus: RayCpusOpt = None,
 ) -> None:
@@ -119,6 +129,8 @@ def render_command(
       [bold]image.png[/] or [bold]image-<seed>.png[/]   the render, with the scene and settings in its text
 
       [bold]influence.safetensors[/], [bold]influence/<id>.png[/], [bold]influence.png[/]   first seed's maps
+
+      [bold]attention/<id>/<word>.png[/]   with [bold]--words[/]: where each word of a node's prompt drew (first seed; DAAM)
 
       [bold]render.json[/]   model and hash, versions, settings, scene, asset hashes, timings
 
@@ -161,6 +173,7 @@ def render_command(
         fail_fast=fail_fast,
         cache_dir=cache_dir,
         preset=preset,
+        words=words,
     )
     files = scene_files(paths)
     console = stdout()

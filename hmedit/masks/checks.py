@@ -24,7 +24,7 @@ from hmedit.masks.raster import (
     reference_size,
 )
 from hmedit.scene.assets import has_alpha, image_size, load_gray, load_rgba
-from hmedit.scene.spec import EllipseMask, ImageMask, Node, PolygonMask, RectMask, Scene
+from hmedit.scene.spec import DERIVED_MASKS, EllipseMask, ImageMask, Node, PolygonMask, RectMask, Scene
 
 __all__ = [
     "ASPECT_TOLERANCE",
@@ -146,6 +146,8 @@ def check_masks(scene: Scene, ref_size: tuple[int, int] | None = None) -> Diagno
         node = flat.node
         if node.mask is None and node.layer is None:
             masks[flat.index] = torch.ones(height, width)
+            continue
+        if isinstance(node.mask, DERIVED_MASKS):  # computed from other nodes at render time
             continue
         path = f"{flat.path}.{_region_field(node)}"
         where = scene.where(path)

@@ -30,7 +30,17 @@ from torch import Tensor
 
 from hmedit.errors import HmeditError
 from hmedit.scene.assets import image_size, load_gray, load_rgb, load_rgba
-from hmedit.scene.spec import EllipseMask, FlatNode, ImageMask, Node, PolygonMask, RectMask, Scene
+from hmedit.scene.spec import (
+    AttentionMask,
+    BandMask,
+    EllipseMask,
+    FlatNode,
+    ImageMask,
+    Node,
+    PolygonMask,
+    RectMask,
+    Scene,
+)
 
 __all__ = [
     "SUBROWS",
@@ -435,23 +445,56 @@ def rasterize_node(
 
 
 def rasterize_scene(
-    scene: Scene, width: int, height: int, ref_size: tuple[int, int] | None = None
+    scene: Scene,
+    width: int,
+    height: int,
+    ref_size: tuple[int, int] | None = None,
+    *,
+    given: dict[str, Tensor] | None = None,
 ) -> tuple[list[str], Tensor]:
     """Node ids and intrinsic masks [K, height, width] in ``scene.flat()`` order (index 0 = the root).
 
     ``ref_size`` defaults to :func:`reference_size` and, failing that, the render size. Problems with the
     mask and layer files are raised as ``HmeditError`` pointing at the field in the scene file.
+    ``given``: the masks of attention-mask nodes by id, [height, width] (read from a first pass; absent:
+    empty), feathered here like any other. A band is made from the mask of the node it follows.
     """
     ref = ref_size or reference_size(scene, default=(width, height))
     assert ref is not None
-    ids, masks = [], []
-    for flat in scene.flat():
-        path = f"{flat.path}.{_region_field(flat.node)}"
+    flats = scene.flat()
+    ids = [f.node.id for f in flats]
+    masks: list[Tensor | None] = [None] * len(flats)
+    bands = []
+    for flat in flats:
+        node = flat.node
+        if isinstance(node.mask, BandMask):
+            bands.append(flat)
+            continue
+        if isinstance(node.mask, AttentionMask):
+            m = (given or {}).get(node.id)
+            m = torch.zeros(height, width) if m is None else m.float().to("cpu")
+            if tuple(m.shape) != (height, width):
+                raise ValueError(f"the given mask of {node.id!r} is {tuple(m.shape)}, not {(height, width)}")
+            masks[flat.index] = feather(m, node.feather, scale=width / ref[0]) if node.feather > 0 else m
+            continue
+        path = f"{flat.path}.{_region_field(node)}"
         try:
-            masks.append(rasterize_node(flat.node, width, height, ref, field=path))
+            masks[flat.index] = rasterize_node(node, width, height, ref, field=path)
         except HmeditError as exc:
             raise HmeditError(exc.problem, **scene.where(path), hint=exc.hint) from exc
-        ids.append(flat.node.id)
+    while bands:  # in the order of their references (the scene's validation ruled out cycles)
+        from hmedit.masks.attention import band
+
+        ready = [f for f in bands if masks[ids.index(f.node.mask.band.of)] is not None]
+        if not ready:
+            raise ValueError(f"bands refer to each other: {[f.node.id for f in bands]}")
+        for flat in ready:
+            spec = flat.node.mask.band
+            m = band(masks[ids.index(spec.of)], spec.width, scale=width / ref[0])
+            if flat.node.feather > 0:
+                m = feather(m, flat.node.feather, scale=width / ref[0])
+            masks[flat.index] = m
+            bands.remove(flat)
     return ids, torch.stack(masks)
 
 

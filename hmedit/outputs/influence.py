@@ -497,7 +497,8 @@ def write_influence(
     if nodes is not None:
         meta["parents"] = json.dumps([r.parent for r in rows])
     meta.update(metadata or {})
-    # in kind order, then tree order, so that reading the file lists maps the way the sheet shows them
+    # kind order, then tree order (the sheet's). safetensors itself stores the names sorted, so a reader gets
+    # the tree order from the ``ids`` metadata; the bytes are the same for the same maps either way
     ordered = {
         f"{kind}/{node_id}": torch.as_tensor(_as_array(by_kind[kind][node_id]), dtype=torch.float32)
         for kind in kinds

@@ -141,8 +141,14 @@ class RegionalAttention:
         dtype,
         record: bool,
         tiler: Tiler | None = None,
+        tokens: Tensor | None = None,
+        self_level: int | None = None,
+        record_only: bool = False,
         branches: Sequence[int] | None = None,
     ) -> None:
+        """``tokens``: cond token positions whose own maps are recorded; ``self_level``: the query length at
+        which self-attention is recorded too (untiled); ``record_only``: the scene has no regional token,
+        the processor only records (output as the stock one's)."""
         _, owners, valid = cond.batch()
         rows = list(branch_rows(guidance, branches))
         owners, valid = owners[rows], valid[rows]
@@ -160,8 +166,23 @@ class RegionalAttention:
             {n: torch.zeros(1, len(plan.ids), n, device=device) for n in self.masks} if record else None
         )
         self.record_count: dict[int, int] = {}
+        self.record_only = record_only
+        self.tokens = tokens.to(device) if tokens is not None else None
+        self.token_record = (
+            {n: torch.zeros(1, len(tokens), n, device=device) for n in self.masks}
+            if tokens is not None
+            else None
+        )
+        self.self_record = (
+            {self_level: torch.zeros(1, self_level, self_level, device=device)} if self_level else None
+        )
         self.tiled_record = (
             TiledRecord(len(plan.ids), plan.latent, tiler.sizes) if record and tiler is not None else None
+        )
+        self.tiled_tokens = (
+            TiledRecord(len(tokens), plan.latent, tiler.sizes)
+            if tokens is not None and tiler is not None
+            else None
         )
         self.last: RegionCall | None = None
 
@@ -169,16 +190,19 @@ class RegionalAttention:
         step = self.plan.step_gate(i / self.n_run).to(self.device)
         if windows is None:
             masks, gate = self.masks, self.level_gate
-            record, count = self.record, self.record_count
+            record, count, token_record = self.record, self.record_count, self.token_record
         else:
             masks = {n: m.to(self.device, self.dtype) for n, m in self.tiler.masks(windows).items()}
             gate = {n: g.to(self.device) for n, g in self.tiler.gate.items()}
             count: dict[int, int] = {}
-            record = None
+            record = token_record = None
             if self.tiled_record is not None:
                 record = {
                     n: torch.zeros(len(windows), m.shape[1], n, device=m.device) for n, m in masks.items()
                 }
+            if self.tiled_tokens is not None:
+                t = len(self.tokens)
+                token_record = {n: torch.zeros(len(windows), t, n, device=self.device) for n in masks}
         ac = self.scheduler.alphas_cumprod[int(self.timesteps[i])]
         sigma = float(((1 - ac) / ac.clamp(min=1e-12)).sqrt())
         return RegionCall(
@@ -192,6 +216,10 @@ class RegionalAttention:
             record=record,
             record_owner=self.record_owner,
             record_count=count,
+            record_tokens=self.tokens,
+            token_record=token_record,
+            self_record=self.self_record if windows is None else None,
+            record_only=self.record_only,
         )
 
     def inputs(self, i: int, windows, n: int) -> dict:
@@ -203,6 +231,8 @@ class RegionalAttention:
         region = self.last
         if region is not None and region.record is not None and self.tiled_record is not None:
             self.tiled_record.add(region.record, region.record_count, list(windows), weights)
+            if self.tiled_tokens is not None and region.token_record is not None:
+                self.tiled_tokens.add(region.token_record, region.record_count, list(windows), weights)
 
     def attention_maps(self) -> dict[int, Tensor] | None:
         """Mean recorded attention mass per level: query length -> [K, N]."""
@@ -211,6 +241,19 @@ class RegionalAttention:
         if self.tiled_record is not None:
             return self.tiled_record.maps()
         return {n: self.record[n][0] / max(self.record_count.get(n, 0), 1) for n in self.record}
+
+    def token_maps(self) -> dict[int, Tensor] | None:
+        """Mean recorded attention of each recorded token per level: query length -> [T', N]."""
+        if self.tiled_tokens is not None:
+            return self.tiled_tokens.maps()
+        if self.token_record is None:
+            return None
+        count = self.record_count
+        return {n: m[0] / count[n] for n, m in self.token_record.items() if count.get(n, 0) > 0}
+
+    def self_attention(self) -> dict[int, Tensor] | None:
+        """Summed self-attention of the recorded level: query length -> [N, N] (rows not normalised)."""
+        return {n: m[0] for n, m in self.self_record.items()} if self.self_record is not None else None
 
 
 def conditioning_parts(
@@ -225,17 +268,20 @@ def conditioning_parts(
     text: TextEmbeddings | None = None,
     record: bool = False,
     tiler: Tiler | None = None,
+    region: bool | None = None,
+    **region_kw,
 ) -> list:
     """The parts every denoiser of ``plan`` starts from: :class:`TextEmbeddings` (``text``, else ``cond``'s
     embeddings of the selected branches), :class:`RegionalAttention` when the plan and the conditioning
     are regional, and :class:`AddedConditioning` on families with micro-conditioning. ``branches``: the
-    rows of ``cond`` the UNet batch holds (0: uncond, 1: cond; default: as ``guidance`` needs)."""
+    rows of ``cond`` the UNet batch holds (0: uncond, 1: cond; default: as ``guidance`` needs); ``region``:
+    whether to add the regional attention (None: when regional); ``region_kw``: its recording options."""
     dev, dt = model.device, model.dtype
     rows = list(branch_rows(guidance, branches))
     if text is None:
         text = TextEmbeddings(cond.batch()[0][rows].to(dev, dt))
     parts: list = [text]
-    if plan.regional and cond.regional:
+    if region if region is not None else plan.regional and cond.regional:
         parts.append(
             RegionalAttention(
                 plan,
@@ -248,6 +294,7 @@ def conditioning_parts(
                 record=record,
                 tiler=tiler,
                 branches=rows,
+                **region_kw,
             )
         )
     fam = model.family

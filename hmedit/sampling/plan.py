@@ -62,12 +62,14 @@ def build_plan(
     refine: Tensor | None = None,
     noise_scale: float = 1.0,
     cross_attention: list[int] | None = None,
+    given: dict[str, Tensor] | None = None,
 ) -> Plan:
     """Everything a render of ``scene`` at ``width`` × ``height`` needs. ``refine`` [1, 3, H, W] in [-1, 1]
     (a coarse render, upscaled) becomes the picture to edit wherever a node has noise > 0, with every node's
-    noise multiplied by ``noise_scale``; untouched regions keep the scene's own source pixels."""
+    noise multiplied by ``noise_scale``; untouched regions keep the scene's own source pixels. ``given``: the
+    masks of attention-mask nodes, by id (:func:`hmedit.masks.raster.rasterize_scene`)."""
     flat = scene.flat()
-    ids, intrinsic = rasterize_scene(scene, width, height)
+    ids, intrinsic = rasterize_scene(scene, width, height, given=given)
     parents = [f.parent for f in flat]
     strengths = torch.tensor([float(f.node.strength) for f in flat])
     schemes = [f.node.composition for f in flat]

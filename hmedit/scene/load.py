@@ -25,7 +25,9 @@ from hmedit.scene.spec import (
     MASK_TAGS,
     MAX_NAME_CHARS,
     AssetRef,
+    AttentionSpec,
     AttentionWeights,
+    BandSpec,
     LearnSpec,
     Node,
     Scene,
@@ -745,6 +747,10 @@ def _allowed_keys(parent: FieldPath, data: Any) -> list[str]:
         if len(kinds) == 1:
             return [kinds[0], "invert"] if kinds == ["image"] else kinds
         return [*MASK_KINDS, "invert"]
+    if last == "attention" and len(parent) > 1 and parent[-2] == "mask":
+        return list(AttentionSpec.model_fields)
+    if last == "band":
+        return list(BandSpec.model_fields)
     if last == "attention":
         return list(AttentionWeights.model_fields)
     if last == "tiling":
@@ -758,7 +764,7 @@ def _mask_kind_problem(value: Any) -> tuple[str, str | None]:
     if not isinstance(value, dict):
         return (
             f"expected a mask like {{rect: [x, y, w, h]}} (got {_show(value)})",
-            "use rect, ellipse, polygon or image",
+            "use rect, ellipse, polygon, image, band or attention",
         )
     kinds = [k for k in MASK_KINDS if k in value]
     if len(kinds) > 1:
@@ -770,7 +776,10 @@ def _mask_kind_problem(value: Any) -> tuple[str, str | None]:
         close = difflib.get_close_matches(str(key), MASK_KINDS, n=1, cutoff=0.6)
         if close:
             return f"unknown mask kind {key!r}", f"did you mean {close[0]!r}?"
-    return "a mask needs one of: rect, ellipse, polygon, image", "e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}"
+    return (
+        "a mask needs one of: rect, ellipse, polygon, image, band, attention",
+        "e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
+    )
 
 
 def value_at(path: FieldPath, data: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_wei
 """A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
 Level = Literal["coarse", "mid", "fine"]
 LEVELS: tuple[Level, ...] = ("coarse", "mid", "fine")
-MASK_KINDS = ("rect", "ellipse", "polygon", "image")
+MASK_KINDS = ("rect", "ellipse", "polygon", "image", "band", "attention")
 
 # Numbers are strict so that a quoted "0.5" or a bare `true` is reported instead of silently converted;
 # an int is still accepted where a float is expected.
@@ -296,12 +297,61 @@ class ImageMask(_Spec):
     invert: bool = Field(False, description="Use black as inside instead of white.")
 
 
+class BandSpec(_Spec):
+    """A soft band along another node's boundary (Hierarchical Mask Composition, Tables 2 and 8)."""
+
+    of: str = Field(description="Id of the node whose boundary the band follows: a sibling of this node.")
+    width: Number = Field(
+        gt=0,
+        le=MAX_FEATHER,
+        description="Width of the band across the boundary (half inside, half outside), in px at the "
+        "reference size, (0, 1000].",
+    )
+
+
+class BandMask(_Spec):
+    """A soft band along the boundary of another node (a sibling): e.g. a 'blend smoothly' prompt."""
+
+    band: BandSpec = Field(description="{of: <node id>, width: <px>}.")
+
+
+class AttentionSpec(_Spec):
+    """Where the model drew another node's prompt (or one of its words) in a first pass (DAAM, Tang et al.,
+    arXiv:2210.04885; Free-Mask)."""
+
+    of: str = Field(description="Id of the node whose cross-attention map becomes this node's mask.")
+    word: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="One word (or a few consecutive words) of that node's prompt. Default: the whole prompt.",
+    )
+    threshold: Number = Field(
+        0.4, gt=0, lt=1, description="Threshold on the map normalised to 0..1, in (0, 1) (DAAM: 0.4)."
+    )
+    refine: Literal["none", "self"] = Field(
+        "none", description="self: sharpen the map with the aggregated self-attention first."
+    )
+
+
+class AttentionMask(_Spec):
+    """The thresholded cross-attention map of another node's prompt or word, from a first pass."""
+
+    attention: AttentionSpec = Field(description="{of: <node id>, word, threshold, refine}.")
+
+
+DERIVED_MASKS = (BandMask, AttentionMask)
+"""Masks computed from other nodes (hmedit.masks.attention), not drawn by the user."""
+
+
 # The union's tags are class names, not keys, so that a tag in an error's loc cannot be mistaken for a key.
 _MASK_CLASSES: dict[str, type[_Spec]] = {
     "rect": RectMask,
     "ellipse": EllipseMask,
     "polygon": PolygonMask,
     "image": ImageMask,
+    "band": BandMask,
+    "attention": AttentionMask,
 }
 MASK_TAGS = frozenset(cls.__name__ for cls in _MASK_CLASSES.values())
 
@@ -317,14 +367,17 @@ MaskSpec = Annotated[
     Annotated[RectMask, Tag("RectMask")]
     | Annotated[EllipseMask, Tag("EllipseMask")]
     | Annotated[PolygonMask, Tag("PolygonMask")]
-    | Annotated[ImageMask, Tag("ImageMask")],
+    | Annotated[ImageMask, Tag("ImageMask")]
+    | Annotated[BandMask, Tag("BandMask")]
+    | Annotated[AttentionMask, Tag("AttentionMask")],
     Discriminator(
         _mask_kind,
         custom_error_type="mask_kind",
-        custom_error_message="a mask needs exactly one of: rect, ellipse, polygon, image",
+        custom_error_message="a mask needs exactly one of: rect, ellipse, polygon, image, band, attention",
     ),
 ]
-"""One of the mask variants; the key present (rect / ellipse / polygon / image) picks it."""
+"""One of the mask variants; the key present (rect / ellipse / polygon / image / band / attention) picks
+it."""
 
 
 def _levels(value: Any) -> Any:
@@ -563,8 +616,9 @@ class Node(_Spec):
     )
     mask: MaskSpec | None = Field(
         None,
-        description="The node's region: exactly one of rect, ellipse, polygon (fractions of the image) "
-        "or image (a grayscale file). Not on the root, which covers the whole frame.",
+        description="The node's region: exactly one of rect, ellipse, polygon (fractions of the image), "
+        "image (a grayscale file), band (along a sibling's boundary) or attention (where a first pass drew "
+        "another node's prompt or word). Not on the root, which covers the whole frame.",
     )
     layer: AssetRef | None = Field(
         None,
@@ -860,6 +914,15 @@ class Scene(_Spec):
         description="The diffusion model: 'toy' (bundled), a local diffusers folder, a Hugging Face hub id, "
         "or a .safetensors file.",
     )
+    clip: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="The CLIP that scores regions against their prompts (hmedit score, benches) and guides "
+        "CLIP-driven masks: 'toy' (the bundled toy-clip), a transformers CLIPModel folder (relative to the "
+        "scene) or a Hugging Face hub id already in the local cache, e.g. openai/clip-vit-base-patch16. "
+        "Default: toy.",
+    )
     size: tuple[Side, Side] | None = Field(
         None,
         description="[width, height] in pixels: multiples of 8, 64..65536 (the memory plan limits width x "
@@ -1023,6 +1086,7 @@ class Scene(_Spec):
                 extra.extend(_learn_sources(root, data))
                 extra.extend(_control_sources(root, data))
                 extra.extend(_edit_targets(root, data))
+                extra.extend(_mask_references(root, data))
         return _merge_errors(cls.__name__, extra, data, handler)
 
     # ---------------------------------------------------------------------------------------------
@@ -1293,6 +1357,137 @@ def _edit_targets(root: Any, data: Any) -> list[InitErrorDetails]:
                         hint="add e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
                     )
                 )
+    return out
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt, lower-cased, as ``attention.word`` and ``hmedit render --words`` name them."""
+    return re.findall(r"[\w'-]+", text.lower())
+
+
+def _reference(node: Any) -> tuple[str, str, Any] | None:
+    """(kind, the id it names, its spec) of a node's band / attention mask, or None."""
+    mask = _given(node, "mask")
+    for kind in ("band", "attention"):
+        spec = _given(mask, kind)
+        of = _given(spec, "of")
+        if isinstance(of, str):
+            return kind, of, spec
+    return None
+
+
+def _mask_references(root: Any, data: Any) -> list[InitErrorDetails]:
+    """``band`` and ``attention`` masks name another node: it must exist, not be the node itself or come
+    back to it (a cycle); a band follows a sibling; an attention map comes from a first pass without the
+    attention-mask nodes, so the node it reads must not depend on one; a word must be in its prompt."""
+    nodes = list(_nodes(root))
+    by_id: dict[str, tuple[Any, tuple]] = {}
+    parent_of: dict[tuple, tuple | None] = {("root",): None}
+    for node, path in nodes:
+        node_id = _given(node, "id") or ("root" if path == ("root",) else None)
+        if isinstance(node_id, str):
+            by_id.setdefault(node_id, (node, path))
+        children = _given(node, "children")
+        if isinstance(children, (list, tuple)):
+            for i in range(len(children)):
+                parent_of[(*path, "children", i)] = path
+    refs = {path: ref for node, path in nodes if (ref := _reference(node)) is not None}
+    out: list[InitErrorDetails] = []
+
+    def add(path: tuple, kind: str, key: str, problem: str, hint: str) -> None:
+        out.append(_detail((*path, "mask", kind, key), data, f"{kind}_reference", problem, hint=hint))
+
+    def target(path: tuple) -> tuple | None:
+        ref = refs.get(path)
+        return by_id[ref[1]][1] if ref is not None and ref[1] in by_id else None
+
+    def from_attention(path: tuple) -> bool:
+        """The node at ``path`` is absent from the first pass: it, an ancestor, or what its band follows
+        has an attention mask."""
+        seen: set[tuple] = set()
+        while path is not None and path not in seen:
+            seen.add(path)
+            up: tuple | None = path
+            while up is not None:
+                if refs.get(up, ("",))[0] == "attention":
+                    return True
+                up = parent_of.get(up)
+            path = target(path)  # type: ignore[assignment]
+        return False
+
+    reported: set[tuple] = set()
+    for path, (kind, of, spec) in refs.items():
+        if of not in by_id:
+            close = difflib.get_close_matches(of, list(by_id), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else "of: names another node's id"
+            add(path, kind, "of", f"no node has id {of!r}", hint)
+            continue
+        other, other_path = by_id[of]
+        if other_path == path:
+            add(path, kind, "of", f"a {kind} mask cannot follow its own node", "name another node")
+            continue
+        # a cycle: following the references from here comes back here
+        seen, step = {path}, other_path
+        while step is not None and step not in seen:
+            seen.add(step)
+            step = target(step)
+        if step == path:
+            if path not in reported:
+                reported.update(seen)
+                add(
+                    path,
+                    kind,
+                    "of",
+                    f"the masks of {of!r} and this node refer to each other (a cycle)",
+                    "one of them needs a mask of its own",
+                )
+            continue
+        if kind == "band":
+            if other_path == ("root",):
+                add(path, kind, "of", "the root has no boundary to follow", "name a node with a mask")
+            elif parent_of.get(other_path) != parent_of.get(path):
+                where = format_field_path(parent_of.get(other_path) or ("root",))
+                add(
+                    path,
+                    kind,
+                    "of",
+                    f"a band goes next to the node it follows, and {of!r} has another parent",
+                    f"move this node into the children of {where}",
+                )
+            continue
+        up = parent_of.get(other_path)
+        while up is not None and up != path:
+            up = parent_of.get(up)
+        if up == path:
+            add(
+                path,
+                kind,
+                "of",
+                f"{of!r} lies inside this node, which the first pass leaves out",
+                "read the attention of a node outside this one",
+            )
+        elif from_attention(other_path):
+            add(
+                path,
+                kind,
+                "of",
+                f"{of!r} itself depends on an attention mask (one first pass only)",
+                "read the attention of a node with a drawn mask, or of the root",
+            )
+        else:
+            word = _given(spec, "word")
+            prompt = _given(other, "prompt")
+            if isinstance(word, str) and isinstance(prompt, str):
+                want, have = " ".join(prompt_words(word)), prompt_words(prompt)
+                if not want or f" {want} " not in f" {' '.join(have)} ":
+                    shown = ", ".join(dict.fromkeys(have)) or "none: its prompt is empty"
+                    add(
+                        path,
+                        kind,
+                        "word",
+                        f"{word!r} is not a word of the prompt of {of!r}",
+                        f"its words: {shown}",
+                    )
     return out
 
 

@@ -225,23 +225,26 @@ def write_card(folder: Path, fig: dict) -> Path:
         f"The target (mean IoU >= 0.8) is met ({ctrl:.3f})."
         if ctrl >= 0.8
         else f"**The target (mean IoU >= 0.8) is not met: {ctrl:.3f}"
-        + ("" if plain is None else f", no better than without control ({plain:.3f})")
-        + f".** After {t['steps']} training steps the ControlNet barely changes the renders. ControlNet"
-        " training starts slowly (the residual convolutions and the conditioning encoder's last convolution"
-        " both start at zero, so the edges reach the UNet only as their product grows), and the steps that 2"
-        " shared CPU cores allowed were too few to get past that start. Continuing this run for a few"
-        " thousand steps (`make train-controlnet` resumes it from `runs/cnet`; minutes on a GPU) is what"
-        " should reach the target; starting the conditioning encoder's last convolution from small random"
-        " weights (only the residual convolutions need zeros to leave the base model unchanged at first)"
-        " should shorten the slow start."
+        + ("" if plain is None else f" (without control: {plain:.3f})")
+        + f".** After {t['steps']} training steps; `make train-controlnet` resumes the run from its"
+        " checkpoint (`--steps` sets a longer schedule)."
+    )
+    text_free = t.get("arch", "full") == "text-free"
+    arch = (
+        "Built from the toy UNet's encoder without its cross-attention (`down_block_types` all `DownBlock2D`,"
+        " a resnet mid block: the copied convolutions only; edges say where things are and the frozen UNet"
+        " already reads the prompt), so it costs a fifth of a UNet pass once its conditioning embedding is"
+        " computed (hmedit does that once a render), with zero convolutions on every residual"
+        if text_free
+        else "Built with `ControlNetModel.from_unet` from the toy UNet (a trainable copy of its encoder and"
+        " mid block, zero convolutions on every residual)"
     )
     text = f"""# toy-controlnet: an edge ControlNet for hmedit's bundled toy model
 
 A diffusers `ControlNetModel` (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion
 Models") for the bundled `toy` model (`hmedit/models/weights/toy`), conditioned on edge maps made by hmedit's
-own detector, `hmedit.control.edges.edge_map(image)`: white edges on black, RGB, 128x128 px. Built with
-`ControlNetModel.from_unet` from the toy UNet (a trainable copy of its encoder and mid block, zero
-convolutions on every residual), conditioning encoder widths {tuple(t["conditioning_embedding_out_channels"])}
+own detector, `hmedit.control.edges.edge_map(image)`: white edges on black, RGB, 128x128 px. {arch};
+conditioning encoder widths {tuple(t["conditioning_embedding_out_channels"])}
 (three stride-2 convolutions: 128 px -> the 16 px latent grid). {n_params / 1e6:.2f} M parameters,
 {fig["size_bytes"] / 2**20:.1f} MB on disk (fp16 safetensors; diffusers loads them as fp32). Licence:
 Apache-2.0 (as hmedit).

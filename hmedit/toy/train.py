@@ -16,7 +16,6 @@ Stages (each resumable from its checkpoint in ``--run-dir``):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hmedit.toy import world
+from hmedit.toy.publish import publish
 
 MAX_TOKENS = 77
 
@@ -486,34 +486,22 @@ def export(a, out: Path, use_ema: bool = True) -> Path:
     # StableDiffusionPipeline.from_pretrained on CPU.
     unet.half()
     vae.half()
-    tmp = out.with_name(out.name + ".tmp")
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "training.json").write_text(
-        json.dumps(
-            {
-                "unet_steps": st["step"],
-                "vae_steps": a.vae_steps,
-                "decoder_steps": a.dec_steps,
-                "decoder_batch": a.dec_batch,
-                "decoder_crop": a.dec_crop,
-                "dataset": a.dataset,
-                "seed": a.seed,
-                "unet_batch": a.unet_batch,
-                "unet_lr": a.unet_lr,
-                "vae_batch": a.vae_batch,
-                "vae_crop": a.vae_crop,
-                "ema": a.ema,
-                "scaling_factor": scale,
-            },
-            indent=2,
-        )
-    )
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    record = {
+        "unet_steps": st["step"],
+        "vae_steps": a.vae_steps,
+        "decoder_steps": a.dec_steps,
+        "decoder_batch": a.dec_batch,
+        "decoder_crop": a.dec_crop,
+        "dataset": a.dataset,
+        "seed": a.seed,
+        "unet_batch": a.unet_batch,
+        "unet_lr": a.unet_lr,
+        "vae_batch": a.vae_batch,
+        "vae_crop": a.vae_crop,
+        "ema": a.ema,
+        "scaling_factor": scale,
+    }
+    return publish(out, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), record)
 
 
 def parse_args(argv=None):

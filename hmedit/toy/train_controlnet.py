@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hmedit.toy import world
+from hmedit.toy.publish import publish
 from hmedit.toy.train import MAX_TOKENS, _log, _lr, _to_tensor, build_scheduler_config
 
 # The ControlNet's conditioning encoder: 128 px edge map -> 16 px latent grid (three stride-2 convolutions,
@@ -76,10 +76,33 @@ def load_frozen(base: Path):
     return tok, text, unet, vae
 
 
-def build_controlnet(unet):
+def build_controlnet(unet, arch: str = "text-free"):
+    """A ControlNet for ``unet``: ``full`` is ``ControlNetModel.from_unet`` (a copy of the encoder with its
+    cross-attention); ``text-free`` keeps the copied convolutions only (``DownBlock2D`` blocks, a resnet
+    mid block): edges say where things are, the frozen UNet already reads the prompt, and without attention
+    the ControlNet costs under a fifth of a UNet pass (its conditioning embedding is computed once a render,
+    see ``hmedit.control.residuals``). Either way its zero convolutions start at zero, so an untrained
+    ControlNet leaves the UNet's output unchanged. The conditioning encoder's last convolution is not
+    zeroed (diffusers zeroes it): with both factors of the residual path at zero, the zero convolutions first
+    learn from a signal that does not depend on the edges, which slowed the first runs. At its default init
+    the edges' signal through the encoder is weak (about 1e-4); Adam at the fast rate scales it up."""
     from diffusers import ControlNetModel
 
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
+    full = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
+    if arch == "full":
+        cn = full
+    else:
+        config = {k: v for k, v in full.config.items() if not k.startswith("_")}
+        n = len(config["down_block_types"])
+        config.update(down_block_types=["DownBlock2D"] * n, mid_block_type="UNetMidBlock2D")
+        cn = ControlNetModel(**config)
+        cn.load_state_dict(full.state_dict(), strict=False)  # the attention weights have no place here
+    g = torch.Generator().manual_seed(0)
+    conv = cn.controlnet_cond_embedding.conv_out
+    with torch.no_grad():
+        bound = 1.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]) ** 0.5
+        conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=g))
+    return cn
 
 
 # ---------------------------------------------------------------- stage 1: data
@@ -210,6 +233,7 @@ def _arg_record(a) -> dict:
         "ema",
         "t_bias",
         "save_every",
+        "arch",
     )
     return {k: getattr(a, k, None) for k in keys}
 
@@ -237,7 +261,7 @@ def train(a, frozen=None) -> None:
     data = load_data(a.run_dir / DATA)
     z_all, edges, ids_all = data["latents"], data["edges"], data["ids"]
     empty = tok([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
-    cn = build_controlnet(unet).train()
+    cn = build_controlnet(unet, a.arch).train()
     opt, names = make_optimizer(cn, a.lr, a.fast_lr_mult)
     params = [p for g in opt.param_groups for p in g["params"]]
     ema = [p.detach().clone() for p in params]
@@ -309,7 +333,7 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
     training.json; a README.md already in ``out`` (the model card) is kept."""
     if unet is None:
         unet = load_frozen(a.base)[2]
-    cn = build_controlnet(unet)
+    cn = build_controlnet(unet, a.arch)
     opt, names = make_optimizer(cn, a.lr, a.fast_lr_mult)
     ema, step = load_state(a.run_dir / CKPT, cn, opt, names)
     if use_ema:
@@ -317,11 +341,6 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
         with torch.no_grad():
             for n, e in zip(names, ema):
                 params[n].copy_(e)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    # fp16 storage keeps the folder under 10 MB (diffusers loads it as fp32 unless asked otherwise)
-    cn.half().save_pretrained(tmp, safe_serialization=True)
     record = {
         "base_model": "toy",
         "conditioning": "hmedit.control.edges.edge_map (white edges on black, RGB, 128x128)",
@@ -333,15 +352,8 @@ def export(a, out: Path, use_ema: bool = True, unet=None, extra: dict | None = N
         "steps": step,  # trained
         **(extra or {}),
     }
-    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    if (out / "README.md").exists():
-        shutil.copy2(out / "README.md", tmp / "README.md")
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # package data: readable by all (the library writes its weights 0600)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    # fp16 storage keeps the folder under 10 MB (diffusers loads it as fp32 unless asked otherwise)
+    return publish(out, lambda tmp: cn.half().save_pretrained(tmp, safe_serialization=True), record)
 
 
 def parse_args(argv=None):
@@ -358,12 +370,14 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--fast-lr-mult", type=float, default=10.0, help="lr factor of the zero convs (see above)")
+    p.add_argument("--arch", choices=("text-free", "full"), default="text-free", help="see build_controlnet")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--ema", type=float, default=0.98)
     p.add_argument("--t-bias", choices=("cubic", "uniform"), default="cubic")
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--note", default="", help="how it was trained, for the model card (training.json)")
     a = p.parse_args(argv)
     a.base = a.base or base_folder()
     return a
@@ -383,7 +397,8 @@ def main(argv=None) -> None:
     if "train" in stages:
         train(a, frozen)
     if "export" in stages and a.out:
-        _log(f"exported to {export(a, a.out, use_ema=not a.raw, unet=frozen[2])}", a.log)
+        extra = {"note": a.note} if a.note else None
+        _log(f"exported to {export(a, a.out, use_ema=not a.raw, unet=frozen[2], extra=extra)}", a.log)
 
 
 if __name__ == "__main__":

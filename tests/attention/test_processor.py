@@ -101,3 +101,55 @@ def test_sigma_weight():
     assert sigma_weight(0) == 0
     assert sigma_weight(1.0) < sigma_weight(5.0) < sigma_weight(14.6)
     assert sigma_weight(math.inf) == sigma_weight(14.6) == sigma_weight(1e6)
+
+
+def _probs(attn, x, ctx):
+    """The cond branch's attention probabilities, mean over heads: [1, N, T]."""
+    q, k = attn.to_q(x[-1:]), attn.to_k(ctx[-1:])
+    h = attn.heads
+    q, k = (t.view(1, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k))
+    return torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1).mean(1)
+
+
+def test_token_recording_keeps_each_token_map(attn):
+    x, ctx = torch.randn(2, 4, 16), torch.randn(2, 5, 8)
+    call = make_call(record=True, pos=0.0, neg=0.0)  # zero weights: the probabilities are the plain ones
+    call.record_tokens = torch.tensor([1, 3])
+    call.token_record = {4: torch.zeros(1, 2, 4)}
+    with torch.no_grad():
+        RegionAttnProcessor()(attn, x, ctx, region=call)
+        ref = _probs(attn, x, ctx)[0]  # [N, T]
+    assert torch.allclose(call.token_record[4][0], ref[:, [1, 3]].T, atol=1e-5)
+
+
+def test_record_only_output_is_the_stock_one_and_records(attn):
+    x, ctx = torch.randn(2, 4, 16), torch.randn(2, 5, 8)
+    owners = torch.full((2, 5), -1)  # a root-only scene: no regional token
+    call = make_call(record=True, owners=owners)
+    call.record_only = True
+    call.record_tokens = torch.tensor([1, 2])
+    call.token_record = {4: torch.zeros(1, 2, 4)}
+    with torch.no_grad():
+        out = RegionAttnProcessor()(attn, x, ctx, region=call)
+        ref = _probs(attn, x, ctx)[0]
+    assert torch.equal(out, AttnProcessor2_0()(attn, x, ctx))  # bit for bit: the stock path computes it
+    assert torch.allclose(call.token_record[4][0], ref[:, [1, 2]].T, atol=1e-5)
+    assert call.record_count[4] == 1
+
+
+def test_self_attention_recording_leaves_the_output_alone():
+    torch.manual_seed(1)
+    self_attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    x = torch.randn(2, 4, 16)
+    call = make_call()
+    call.self_record = {4: torch.zeros(1, 4, 4)}
+    with torch.no_grad():
+        out = RegionAttnProcessor()(self_attn, x, None, region=call)
+        ref = _probs(self_attn, x, x)[0]
+    assert torch.equal(out, AttnProcessor2_0()(self_attn, x, None))
+    assert torch.allclose(call.self_record[4][0], ref, atol=1e-5)
+    assert torch.allclose(call.self_record[4][0].sum(-1), torch.ones(4))
+    other = make_call()
+    other.self_record = {16: torch.zeros(1, 16, 16)}  # another level: nothing recorded here
+    RegionAttnProcessor()(self_attn, x, None, region=other)
+    assert other.self_record[16].abs().sum() == 0

@@ -146,3 +146,34 @@ def test_cubic_timesteps_favour_high_noise():
     u = tc.draw_timesteps(4000, 1000, "uniform", g)
     assert t.min() >= 0 and t.max() <= 999 and u.max() <= 999
     assert 0.75 < (t >= 500).float().mean() < 0.84 and 0.45 < (u >= 500).float().mean() < 0.55
+
+
+@pytest.mark.parametrize("arch", ["text-free", "full"])
+def test_an_untrained_controlnet_leaves_the_unet_unchanged_but_already_sees_the_edges(base, arch):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
+    cn = tc.build_controlnet(unet, arch).eval()
+    has_attention = any("attentions" in n for n, _ in cn.named_parameters())
+    assert has_attention == (arch == "full")
+    x, text = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
+    edges = torch.zeros(1, 3, 128, 128)
+    edges[..., 40:90, 40:42] = 1.0
+    with torch.no_grad():
+        down, mid = cn(x, 500, text, controlnet_cond=edges, return_dict=False)
+        plain = unet(x, 500, text).sample
+        steered = unet(x, 500, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        # zero convolutions: the residuals are exactly zero, so the UNet's output is unchanged
+        assert all(float(r.abs().max()) == 0.0 for r in [*down, mid])
+        assert torch.equal(steered.sample, plain)
+        # the conditioning encoder's last layer is not zeroed: its output already depends on the edges
+        # (weakly: the default-initialised layers before it shrink the signal; Adam scales it up quickly)
+        e1 = cn.controlnet_cond_embedding(edges)
+        e0 = cn.controlnet_cond_embedding(torch.zeros_like(edges))
+    assert float((e1 - e0).abs().max()) > 1e-6
+    # the text-free variant's residuals have the full one's shapes (the UNet takes either)
+    full = tc.build_controlnet(unet, "full").eval()
+    with torch.no_grad():
+        fdown, fmid = full(x, 500, text, controlnet_cond=edges, return_dict=False)
+    assert [r.shape for r in down] == [r.shape for r in fdown] and mid.shape == fmid.shape

@@ -1,0 +1,521 @@
+"""Train the bundled CLIP: a small transformers ``CLIPModel`` (vision and text towers) of the toy world.
+
+Stages (each resumable from its files in ``--run-dir``):
+  1. data    world images of seeds 0..N-1 (every evaluation seed is above them), rendered once and cached
+             with what they show (objects' colour, shape, texture; background) as ``data.safetensors``.
+  2. train   the symmetric contrastive loss of CLIP (Radford et al. 2021) over a batch of images and one
+             caption each. A caption is, at random, the world's own caption (all objects and the background),
+             one object's full phrase ("a striped red circle") or its short phrase ("a red circle"), the
+             words a user's prompt or a zero-shot query uses. Every short phrase brings a hard negative to
+             the image-to-text side: the same colour with another shape ("a red star"; NegCLIP, Yuksekgonul
+             et al. 2023), since colour is the easy half of the world and shape the hard one. Checkpoints
+             are safetensors; every step draws its randomness from a generator seeded by (seed, step), so a
+             resumed run repeats a straight run bit for bit.
+  3. export  a folder that ``CLIPModel.from_pretrained`` and ``CLIPProcessor.from_pretrained`` load: fp16
+             safetensors (loaded as fp32), the toy model's tokenizer (a 601-token byte-level BPE of the
+             world's words) and an image processor at the world's size with the world's mean and std.
+
+    python -m hmedit.toy.train_clip --run-dir runs/clip --out hmedit/models/weights/toy-clip --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hmedit.toy import world
+from hmedit.toy.train import _log, _lr
+
+CKPT = "clip.safetensors"
+DATA = "data.safetensors"
+MAX_TOKENS = 77  # the text tower's positions (as every CLIP); training captions are padded to TRAIN_TOKENS
+TRAIN_TOKENS = 40  # longer than any world caption (4 objects, textures, background, style: 36 tokens)
+# per-channel mean and std of world images (seeds 0..299, 0..1 scale): the image processor's normalisation
+IMAGE_MEAN = [0.5269, 0.4521, 0.4449]
+IMAGE_STD = [0.3294, 0.2657, 0.3184]
+MAX_OBJECTS = 4
+
+ARCH = {
+    # 128 px, 16 px patches: 64 patch tokens + CLS
+    "full": dict(
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4),
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+        projection_dim=128,
+        patch_size=16,
+    ),
+    # the same shape, minute: tests
+    "tiny": dict(
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=16,
+        patch_size=32,
+    ),
+}
+
+
+def toy_tokenizer():
+    """The bundled toy model's tokenizer (a CLIPTokenizer over the world's words, 601 tokens)."""
+    from transformers import CLIPTokenizer
+
+    from hmedit.models.load import BUNDLED
+
+    return CLIPTokenizer.from_pretrained(BUNDLED["toy"], subfolder="tokenizer")
+
+
+def build_clip(arch: str = "full", tokenizer=None, image_size: int = world.SIZE, logit_scale: float = 30.0):
+    """A randomly initialised CLIPModel of the named size whose text tower fits ``tokenizer``;
+    ``logit_scale``: the initial factor of the cosine similarities (CLIP's 1/0.07 = 14.3 learns slowly)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    tok = tokenizer or toy_tokenizer()
+    spec = ARCH[arch]
+    text = CLIPTextConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=spec["projection_dim"],
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **spec["text"],
+    )
+    vision = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=spec["patch_size"],
+        projection_dim=spec["projection_dim"],
+        **spec["vision"],
+    )
+    cfg = CLIPConfig(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=spec["projection_dim"],
+        logit_scale_init_value=math.log(logit_scale),
+    )
+    return CLIPModel(cfg)
+
+
+def make_processor(tokenizer=None, image_size: int = world.SIZE):
+    """CLIPProcessor: images resized and centre-cropped to ``image_size``, normalised by the world's mean
+    and std; text by the toy tokenizer."""
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    images = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+    )
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer or toy_tokenizer())
+
+
+def save_random(folder: Path, arch: str = "tiny", seed: int = 0, image_size: int = 64) -> Path:
+    """A CLIP folder with random weights (tests, and code that needs a CLIP without the bundled one)."""
+    torch.manual_seed(seed)
+    tok = toy_tokenizer()
+    model = build_clip(arch, tok, image_size)
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    make_processor(tok, image_size).save_pretrained(folder)
+    return folder
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, 3] uint8 world-size images -> [N, 3, H, W] float normalised as the processor does."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ---------------------------------------------------------------- stage 1: data
+def make_data(a) -> None:
+    """World images 0..N-1 with what they show: objects [N, 4, 3] (colour, shape, texture indices; -1:
+    none), background [N, 2] (colour, texture), outlined [N], the world's caption as token ids."""
+    from hmedit.outputs.write import save_safetensors
+
+    out = a.run_dir / DATA
+    if out.exists():
+        return
+    tok = toy_tokenizer()
+    n = a.dataset
+    images = np.zeros((n, world.SIZE, world.SIZE, 3), np.uint8)
+    objects = np.full((n, MAX_OBJECTS, 3), -1, np.int64)
+    background = np.zeros((n, 2), np.int64)
+    outlined = np.zeros(n, np.int64)
+    captions = []
+    t0 = time.time()
+    for s in range(n):
+        w = world.sample(s)
+        images[s] = w.image
+        for j, o in enumerate(w.objects):
+            objects[s, j] = (
+                world.COLOURS.index(o.colour),
+                world.SHAPES.index(o.shape),
+                world.TEXTURES.index(o.texture),
+            )
+        background[s] = (world.COLOURS.index(w.background), world.TEXTURES.index(w.background_texture))
+        outlined[s] = int(w.outlined)
+        captions.append(w.caption)
+        if (s + 1) % 1000 == 0 or s + 1 == n:
+            _log(f"data {s + 1}/{n} ({time.time() - t0:.0f} s)", a.log)
+    save_safetensors(
+        out,
+        {
+            "images": torch.from_numpy(images),
+            "objects": torch.from_numpy(objects),
+            "background": torch.from_numpy(background),
+            "outlined": torch.from_numpy(outlined),
+            "ids": tokenize(tok, captions),
+        },
+        metadata={"seeds": f"0..{n - 1}", "world": "hmedit.toy.world.sample"},
+    )
+
+
+def tokenize(tok, texts: list[str]) -> torch.Tensor:
+    return tok(
+        texts, padding="max_length", max_length=TRAIN_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def trim(ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """Drop the padding columns after every row's first end token (the text tower pools at the first one and
+    attends causally, so the features do not change; the step gets cheaper)."""
+    first = (ids == eos).int().argmax(1)
+    return ids[:, : int(first.max()) + 1]
+
+
+def load_data(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+# ---------------------------------------------------------------- captions
+def class_of(colour: int, shape: int) -> int:
+    """Index of "a {colour} {shape}" among :func:`class_captions` (colour-major)."""
+    return colour * len(world.SHAPES) + shape
+
+
+def class_captions() -> list[str]:
+    """Every "a {colour} {shape}" of the world: the zero-shot classes (60)."""
+    return [world.object_phrase(c, s) for c in world.COLOURS for s in world.SHAPES]
+
+
+def draw_captions(
+    data: dict[str, torch.Tensor], idx: torch.Tensor, g: torch.Generator, p_world: float, p_short: float
+) -> tuple[list[str | None], list[str], list[int], list[list[int]]]:
+    """Per image: a caption (None: the world's own, already tokenised), the class of one of its objects (the
+    one its caption names when it names one; -1 for an empty image) and the classes of all its objects; plus
+    the hard negatives (same colour, another shape) of the images captioned with a short phrase."""
+    captions: list[str | None] = []
+    negatives: list[str] = []
+    targets: list[int] = []
+    present: list[list[int]] = []
+    u = torch.rand(len(idx), generator=g).tolist()
+    pick = torch.rand(len(idx), generator=g).tolist()
+    other = torch.randint(1, len(world.SHAPES), (len(idx),), generator=g).tolist()
+    for k, i in enumerate(idx.tolist()):
+        objs = [o for o in data["objects"][i].tolist() if o[0] >= 0]
+        present.append([class_of(c, s) for c, s, _ in objs])
+        if not objs:
+            captions.append(None)
+            targets.append(-1)
+            continue
+        c, s, t = objs[int(pick[k] * len(objs))]
+        targets.append(class_of(c, s))
+        colour, shape = world.COLOURS[c], world.SHAPES[s]
+        if u[k] < p_world:
+            captions.append(None)
+        elif u[k] < p_world + p_short:
+            captions.append(world.object_phrase(colour, shape))
+            negatives.append(world.object_phrase(colour, world.SHAPES[(s + other[k]) % len(world.SHAPES)]))
+        else:
+            captions.append(world.object_phrase(colour, shape, world.TEXTURES[t], bool(data["outlined"][i])))
+    return captions, negatives, targets, present
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_state(path: Path, model, opt, names: list[str], ema: list[torch.Tensor], step: int, a) -> None:
+    """Model, EMA and Adam moments (keyed by parameter name; ``names``: the optimiser's order, which ``ema``
+    follows) as one safetensors file, written atomically."""
+    from hmedit.outputs.write import save_safetensors
+
+    tensors = {f"model.{n}": p for n, p in model.named_parameters()}
+    tensors.update({f"ema.{n}": e for n, e in zip(names, ema)})
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{names[i]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    save_safetensors(path, tensors, metadata={"step": str(step), "args": json.dumps(_arg_record(a))})
+
+
+def load_state(path: Path, model, opt, names: list[str]) -> tuple[list[torch.Tensor], int]:
+    """Restore ``model`` and ``opt`` from :func:`save_state`'s file; returns (EMA tensors, step)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from hmedit.errors import HmeditError
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        data = load_file(path)
+        step = int(meta["step"])
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(data[f"model.{n}"])
+        ema = [data[f"ema.{n}"].clone() for n in names]
+        state = {}
+        for i, n in enumerate(names):
+            keys = [k for k in data if k.startswith(f"opt.{n}.")]
+            if keys:
+                state[i] = {k[len(f"opt.{n}.") :]: data[k] for k in keys}
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HmeditError(
+            f"cannot resume from the checkpoint: {first}",
+            file=path,
+            hint="delete it to train from the start, or train into another --run-dir",
+        ) from None
+    return ema, step
+
+
+def _arg_record(a) -> dict:
+    keys = (
+        "seed",
+        "arch",
+        "dataset",
+        "steps",
+        "batch",
+        "lr",
+        "warmup",
+        "ema",
+        "p_world",
+        "p_short",
+        "class_loss",
+        "logit_scale",
+        "save_every",
+    )
+    return {k: getattr(a, k, None) for k in keys}
+
+
+def make_optimizer(model, lr: float):
+    """AdamW with weight decay on the matrices (not on embeddings, norms, biases, the logit scale); returns
+    (optimiser, the parameters' names in its order: checkpoints and the EMA keep that order)."""
+    named = list(model.named_parameters())
+    decayed = [(n, p) for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    kept = [(n, p) for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
+    groups = [
+        {"params": [p for _, p in decayed], "weight_decay": 0.05},
+        {"params": [p for _, p in kept], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return opt, [n for n, _ in decayed + kept]
+
+
+# ---------------------------------------------------------------- stage 2: train
+def clip_loss(
+    model,
+    pix: torch.Tensor,
+    ids: torch.Tensor,
+    n_pos: int,
+    class_ids: torch.Tensor | None = None,
+    targets: list[int] | None = None,
+    present: list[list[int]] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE: image i's caption is text i (i < n_pos); texts from n_pos on are negatives only.
+    With ``class_ids`` (the tokenised :func:`class_captions`), plus the zero-shot task as a loss: each image
+    against all 60 "a {colour} {shape}" captions, the class of its target object right and the classes of its
+    other objects left out of the softmax (they are not wrong). Returns (loss, figures)."""
+    from hmedit.clip.load import image_features, text_features
+
+    img = F.normalize(image_features(model, pix), dim=-1)
+    txt = F.normalize(text_features(model, ids), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.T  # [B, B + negatives]
+    target = torch.arange(n_pos)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :n_pos].T, target)) / 2
+    figures = {"acc": (logits.argmax(1) == target).float().mean().item()}
+    if class_ids is not None and targets is not None and present is not None:
+        rows = [k for k, t in enumerate(targets) if t >= 0]
+        if rows:
+            cls = F.normalize(text_features(model, class_ids), dim=-1)
+            cl = scale * img[rows] @ cls.T  # [R, 60]
+            mask = torch.zeros_like(cl, dtype=torch.bool)
+            for r, k in enumerate(rows):
+                for c in present[k]:
+                    if c != targets[k]:
+                        mask[r, c] = True
+            cl = cl.masked_fill(mask, float("-inf"))
+            want = torch.tensor([targets[k] for k in rows])
+            loss = loss + F.cross_entropy(cl, want)
+            best = cl.argmax(1)
+            n_shapes = len(world.SHAPES)
+            figures["cls"] = (best == want).float().mean().item()
+            figures["shape"] = (best % n_shapes == want % n_shapes).float().mean().item()
+    return loss, figures
+
+
+def train(a) -> None:
+    tok = toy_tokenizer()
+    data = load_data(a.run_dir / DATA)
+    images, world_ids = data["images"], data["ids"]
+    model = build_clip(a.arch, tok, logit_scale=a.logit_scale).train()
+    opt, names = make_optimizer(model, a.lr)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    ema = [p.detach().clone() for p in params]
+    step = 0
+    ckpt = a.run_dir / CKPT
+    if ckpt.exists():
+        ema, step = load_state(ckpt, model, opt, names)
+    _log(
+        f"clip params {sum(p.numel() for p in params) / 1e6:.2f} M, dataset {len(images)}, from step {step}",
+        a.log,
+    )
+    class_ids = trim(tokenize(tok, class_captions()), tok.eos_token_id) if a.class_loss else None
+    t0, losses, figs, done = time.time(), [], [], 0
+    stop = min(a.steps, a.until or a.steps)
+    while step < stop:
+        g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
+        for pg in opt.param_groups:
+            pg["lr"] = _lr(step, a.steps, a.lr, warmup=a.warmup, floor=0.02)
+        idx = torch.randint(0, len(images), (a.batch,), generator=g)
+        captions, negatives, targets, present = draw_captions(data, idx, g, a.p_world, a.p_short)
+        ids = world_ids[idx].clone()
+        mine = [k for k, c in enumerate(captions) if c is not None]
+        if mine:
+            ids[mine] = tokenize(tok, [captions[k] for k in mine])
+        if negatives:
+            ids = torch.cat([ids, tokenize(tok, negatives)])
+        loss, fig = clip_loss(
+            model, pixels(images[idx]), trim(ids, tok.eos_token_id), len(idx), class_ids, targets, present
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        done += 1
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        losses.append(loss.item())
+        figs.append(fig)
+        if step % a.log_every == 0 or step == stop:
+            _log(
+                f"clip step {step}/{a.steps} loss {np.mean(losses):.4f} "
+                + " ".join(
+                    f"{k} {np.mean([f[k] for f in figs]):.3f}" for k in figs[0] if all(k in f for f in figs)
+                )
+                + f" scale {model.logit_scale.exp().item():.1f} lr {opt.param_groups[0]['lr']:.2e}"
+                f" ({(time.time() - t0) / done:.2f} s/step)",
+                a.log,
+            )
+            losses, figs, t0, done = [], [], time.time(), 0
+        if step % a.save_every == 0 or step == stop:
+            save_state(ckpt, model, opt, names, ema, step, a)
+
+
+# ---------------------------------------------------------------- stage 3: export
+def export(a, out: Path, use_ema: bool = True, extra: dict | None = None) -> Path:
+    """Write the CLIP (EMA weights unless ``use_ema`` is false) as an fp16 transformers folder with its
+    processor and training.json; a README.md already in ``out`` (the model card) is kept."""
+    tok = toy_tokenizer()
+    model = build_clip(a.arch, tok)
+    opt, names = make_optimizer(model, a.lr)
+    ema, step = load_state(a.run_dir / CKPT, model, opt, names)
+    if use_ema:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, e in zip(names, ema):
+                params[n].copy_(e)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    # fp16 storage halves the folder (transformers loads it as fp32 unless asked otherwise)
+    model.half().save_pretrained(tmp, safe_serialization=True)
+    # transformers 5 loads in the config's dtype by default: say fp32, so that from_pretrained gives fp32
+    cfg = json.loads((tmp / "config.json").read_text())
+    for part in (cfg, cfg.get("text_config", {}), cfg.get("vision_config", {})):
+        for key in ("dtype", "torch_dtype"):
+            if key in part:
+                part[key] = "float32"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    make_processor(tok).save_pretrained(tmp)
+    record = {
+        "weights": "ema" if use_ema else "raw",
+        "train_seeds": f"0..{a.dataset - 1}",
+        "image_size": world.SIZE,
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+        **_arg_record(a),
+        "schedule_steps": a.steps,
+        "steps": step,
+        **(extra or {}),
+    }
+    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    if (out / "README.md").exists():
+        shutil.copy2(out / "README.md", tmp / "README.md")
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/clip"))
+    p.add_argument("--out", type=Path, default=None, help="export the CLIP folder here when done")
+    p.add_argument("--stages", default="data,train,export")
+    p.add_argument("--arch", choices=tuple(ARCH), default="full")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--dataset", type=int, default=12000, help="world images 0..N-1")
+    p.add_argument("--steps", type=int, default=750, help="length of the run (the lr schedule's)")
+    p.add_argument("--until", type=int, default=0, help="stop this session at this step (resume later)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument("--p-world", type=float, default=0.4, help="share of images captioned as the world does")
+    p.add_argument("--p-short", type=float, default=0.4, help="share captioned 'a {colour} {shape}'")
+    p.add_argument(
+        "--class-loss",
+        type=int,
+        default=1,
+        help="1: add the zero-shot task as a loss (each image vs every 'a {colour} {shape}'); 0: CLIP's",
+    )
+    p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature factor")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    a.log = a.run_dir / "train.log"
+    stages = a.stages.split(",")
+    if "data" in stages:
+        make_data(a)
+    if "train" in stages:
+        train(a)
+    if "export" in stages and a.out:
+        _log(f"exported to {export(a, a.out, use_ema=not a.raw)}", a.log)
+
+
+if __name__ == "__main__":
+    main()
