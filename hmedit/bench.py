@@ -49,6 +49,7 @@ SUITES = (
     "scale",
     "control-net",
     "edit",
+    "edit-pairs",
     "attention-masks",
     "masks",
 )
@@ -56,6 +57,7 @@ OPT_IN_SUITES = (
     "scale",
     "control-net",
     "edit",
+    "edit-pairs",
     "attention-masks",
     "masks",
 )  # run when asked for by name (accelerators, the bundled ControlNet, edits)
@@ -413,7 +415,7 @@ def render_count(suite: str, cfg: Config) -> int:
     """How many renders a suite makes (for the progress bar)."""
     return {
         "cost": 3 + 3 * cfg.repeats,
-        "control": 2 * cfg.control_scenes,
+        "control": 3 * cfg.control_scenes,
         "hierarchy": len(HIERARCHY_SCHEMES) * cfg.hierarchy_scenes,
         "locality": 2 * cfg.locality_scenes,
         "inversion": len(INVERSION_COLOURS) * (1 + 2 * cfg.inversion_seeds),
@@ -424,6 +426,7 @@ def render_count(suite: str, cfg: Config) -> int:
         "scale": 2 * len(cfg.scale_sizes),
         "control-net": _control().render_count(cfg),
         "edit": _edit().render_count(cfg),
+        "edit-pairs": len(_edit().pair_items(cfg)) * len(_edit().PAIR_VARIANTS),
         "attention-masks": _attention().render_count(cfg),
         "masks": _masks().render_count(cfg),
     }[suite]
@@ -547,20 +550,24 @@ def _score_regions(image: np.ndarray, masks: dict[str, np.ndarray], colours: dic
 
 def suite_control(b: Bench) -> dict:
     cfg = b.config
-    variants = {"masked": True, "unmasked": False}
+    variants = {"masked": True, "unmasked": False, "fusion": True}  # fusion: regions: fusion
     from hmedit.clip.score import bench_scores, mean_of
 
     cases, flags = [], {v: {"match": [], "bleed": [], "scene": [], "clip": []} for v in variants}
+    cpu = {v: 0.0 for v in variants}
     for seed in range(cfg.control_scenes):
         kw = dict(size=cfg.size, steps=cfg.steps, guidance=cfg.guidance)
         scenes = {v: control_scene(seed, masking=m, **kw) for v, m in variants.items()}
+        scenes["fusion"]["regions"] = "fusion"
         sc = Scene.model_validate(scenes["masked"])
         masks = region_masks(sc, cfg.size, cfg.size)
         colours = {r.id: colour_of(r.prompt) for r in sc.root.children}
         prompts = {r.id: r.prompt for r in sc.root.children}
         case: dict[str, Any] = {"seed": seed, "background": colour_of(sc.root.prompt), "regions": {}}
         for v, raw in scenes.items():
+            clock = time.process_time()
             image = b.render(raw, suite="control", label=f"{seed}-{v}")
+            cpu[v] += time.process_time() - clock
             scores = _score_regions(image, masks, colours, cfg.threshold)
             clip = bench_scores(image, masks, prompts)  # MRGD's CLIP metric: region vs its prompt
             for rid, s in scores.items():
@@ -585,6 +592,8 @@ def suite_control(b: Bench) -> dict:
                 "scene_match_rate": _rate(f["scene"]),
                 "clip_mean": mean_of(f["clip"]),
                 "attention": {"pos": 1.0, "neg": 1.0} if variants[v] else {"pos": 0.0, "neg": 0.0},
+                "regions": "fusion" if v == "fusion" else "attention",
+                "cpu_s_per_image": round(cpu[v] / max(cfg.control_scenes, 1), 3),
             }
             for v, f in flags.items()
         },
@@ -821,6 +830,7 @@ SUITE_FUNCTIONS: dict[str, Callable[[Bench], dict]] = {
     "scale": lambda b: _tiled().suite_scale(b),
     "control-net": lambda b: _control().suite_control_net(b),
     "edit": lambda b: _edit().suite_edit(b),
+    "edit-pairs": lambda b: _edit().suite_pairs(b),
     "attention-masks": lambda b: _attention().suite_attention_masks(b),
     "masks": lambda b: _masks().suite_masks(b),
 }

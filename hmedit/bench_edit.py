@@ -17,6 +17,14 @@ null_text``), side by side on one model.
   the background's) before and after, SSIM-i and SSIM-e (MRGD's: SSIM farther than 6 px from the edited
   object, and in an 8 px band around it).
 
+- pairs (MRGD, Li et al., AAAI 2024, Table 1's three tasks; also alone as ``hmedit bench edit-pairs``):
+  edit pairs from noise (the scene key ``edits``) on generated control scenes: one region's colour changed
+  (attribute), one region added (addition), one removed (removal), each rendered as ``regions: fusion``
+  (the MultiDiffusion baseline), with the attention bias and no injection, and with the attention bias and
+  the source's attention injected in the untouched nodes for half of the steps (prompt-to-prompt). Per
+  task and variant: the colour oracle on the edited region of the target (the new colour; removal: the
+  background's), SSIM-i and SSIM-e between source and target around the edited region, seconds per pair.
+
 Every inversion goes to a temporary cache, so each is computed once per run (ddim and negative_prompt share
 their trajectory).
 """
@@ -61,6 +69,16 @@ TARGET_SSIM_I = 0.98
 TARGET_NTI_S = 60.0
 TARGET_CACHED_S = 1.0
 TARGET_NPI_RATIO = 2.0
+PAIR_TASKS = ("attribute", "addition", "removal")
+PAIR_VARIANTS = {  # name -> (regions, inject, blend)
+    "fusion": ("fusion", 0.0, 0.0),
+    "attention": ("attention", 0.0, 0.0),
+    "attention+inject": ("attention", 0.5, 0.0),
+    "attention+inject+blend": ("attention", 0.5, 1.0),
+}
+PAIR_SCENES = 10  # per task
+PAIR_SEEDS = 20_000
+TARGET_PAIR_SSIM_I = 0.9  # attention with injection
 
 
 def photos_dir() -> Path:
@@ -338,6 +356,129 @@ def edit_summary(cases: list[dict], cfg) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------ edit pairs
+def pair_scene(task: str, seed: int, size: int, steps: int, guidance: float) -> tuple[dict, dict, str]:
+    """A control scene (2-3 regions on a background, :func:`hmedit.bench.control_scene`) and one edit of
+    ``task``, with the colour the edited region should show in the target."""
+    from hmedit import bench
+
+    rng = np.random.default_rng([seed, PAIR_TASKS.index(task), 0x9A1E])
+    n = int(rng.integers(2, 4))
+    kw = dict(size=size, steps=steps, guidance=guidance)
+    seed = PAIR_SEEDS + 1000 * PAIR_TASKS.index(task) + seed  # control scenes the control suite does not use
+    if task == "addition":
+        scene = bench.control_scene(seed, n=n + 1, **kw)
+        added = scene["root"]["children"].pop(int(rng.integers(n + 1)))
+        return scene, {"id": "edit", "add": added}, bench.colour_of(added["prompt"])
+    scene = bench.control_scene(seed, n=n, **kw)
+    if task == "attribute":
+        node, colour = bench.edit_target(scene, seed)
+        region = next(r for r in scene["root"]["children"] if r["id"] == node)
+        prompt = region["prompt"].replace(bench.colour_of(region["prompt"]), colour)
+        return scene, {"id": "edit", "node": node, "prompt": prompt}, colour
+    node = scene["root"]["children"][int(rng.integers(n))]["id"]
+    return scene, {"id": "edit", "node": node, "remove": True}, bench.colour_of(scene["root"]["prompt"])
+
+
+def pair_case(run: _Runner, task: str, seed: int, cfg) -> dict:
+    """One edit pair of ``task`` in every variant, scored target against source."""
+    from hmedit import bench
+    from hmedit.pipeline import Settings, render
+
+    scene, edit, colour = pair_scene(task, seed, cfg.size, cfg.steps, cfg.guidance)
+    edited_scene = Scene.model_validate({**scene, "edits": [edit]})
+    node = edited_scene.edits[0].touched
+    target = edited_scene.edit_target(edited_scene.edits[0])
+    masks = bench.region_masks(target if task == "addition" else edited_scene, cfg.size, cfg.size)
+    mask = masks[node]
+    edited = mask > 0.5
+    case: dict[str, Any] = {"task": task, "seed": seed, "node": node, "colour": colour, "variants": {}}
+    model = run.b.model
+    for name, (regions, inject, blend) in PAIR_VARIANTS.items():
+        sc = Scene.model_validate(
+            {**scene, "regions": regions, "edits": [{**edit, "inject": inject, "blend": blend}]}
+        )
+        wall, cpu = time.perf_counter(), time.process_time()
+        r = render(sc, model, Settings.of(sc, model, sc.seed_list[0], record=False))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        src, tgt = r.image, r.edits["edit"].image
+        if run.b.images is not None:
+            from hmedit.outputs.write import save_png
+
+            save_png(run.b.images / "pairs" / f"{task}-{seed}-{name}.png", np.concatenate([src, tgt], 1))
+        run.b.tick(f"pairs {task} {seed} {name}")
+        case["variants"][name] = {
+            "oracle": metrics.region_match(tgt, mask, colour, cfg.threshold, palette=PALETTE),
+            "fraction": round(metrics.region_colour_fraction(tgt, mask, colour, palette=PALETTE), 4),
+            "ssim_i": round(metrics.ssim_inherent(src, tgt, edited, MARGIN_PX), 4),
+            "ssim_e": round(metrics.ssim_edge(src, tgt, edited, BAND_PX), 4),
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+        }
+    return case
+
+
+def pair_summary(cases: list[dict], cfg) -> dict:
+    tasks: dict[str, Any] = {}
+    for task in PAIR_TASKS:
+        per = [c for c in cases if c["task"] == task]
+        if not per:
+            continue
+        tasks[task] = {
+            v: {
+                "oracle_rate": _mean(float(c["variants"][v]["oracle"]) for c in per),
+                "ssim_e": _mean(c["variants"][v]["ssim_e"] for c in per),
+                "ssim_i": _mean(c["variants"][v]["ssim_i"] for c in per),
+                "cpu_s": _mean(c["variants"][v]["cpu_s"] for c in per),
+            }
+            for v in PAIR_VARIANTS
+        }
+        tasks[task]["scenes"] = len(per)
+    ok = [t["attention+inject"]["ssim_i"] >= TARGET_PAIR_SSIM_I for t in tasks.values()]
+    return {
+        "size": [cfg.size, cfg.size],
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "threshold": cfg.threshold,
+        "margin_px": MARGIN_PX,
+        "band_px": BAND_PX,
+        "variants": {k: {"regions": r, "inject": i, "blend": bl} for k, (r, i, bl) in PAIR_VARIANTS.items()},
+        "tasks": tasks,
+        "target_ssim_i": TARGET_PAIR_SSIM_I,
+        "pass": bool(ok) and all(ok),
+        "cases": cases,
+    }
+
+
+def pair_count(cfg) -> int:
+    """Edit pairs per task: 10; ``--seeds N``: N; quick: 1."""
+    from hmedit.bench import Config
+
+    if cfg.quick:
+        return 1
+    if cfg.control_scenes != Config.control_scenes:
+        return cfg.control_scenes
+    return PAIR_SCENES
+
+
+def pair_items(cfg) -> list[tuple]:
+    n = pair_count(cfg)
+    return [("pair", k * n + i, (task, i)) for i in range(n) for k, task in enumerate(PAIR_TASKS)]
+
+
+def suite_pairs(b) -> dict:
+    """``hmedit bench edit-pairs``: the pairs part alone."""
+    cfg = b.config
+    with tempfile.TemporaryDirectory(prefix="hmedit-bench-pairs-") as tmp_name:
+        tmp = Path(tmp_name)
+        run = _Runner(b, tmp / "cache")
+        cpu = getattr(b.model.device, "type", str(b.model.device)) == "cpu"
+        cases = _run_all(b, run, tmp, cfg, pair_items(cfg), WORKERS if cpu else 1)
+    out = pair_summary(cases.get("pair", []), cfg)
+    out["workers"] = WORKERS if cpu else 1
+    return out
+
+
 # Work items run in forked worker processes (one torch thread each), the model inherited from the parent.
 _WORK: dict[str, Any] = {}
 
@@ -352,6 +493,8 @@ def _run_item(item: tuple) -> tuple[str, int, dict]:
     kind, index, args = item
     if kind == "edit":
         return kind, index, edit_case(run, tmp, *args, cfg)
+    if kind == "pair":
+        return kind, index, pair_case(run, *args, cfg)
     return kind, index, recon_case(run, tmp, *args, cfg)
 
 
@@ -369,7 +512,12 @@ def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) 
 
             save_json(b.images.parent / "edit-partial.json", out)
 
-    renders = {"edit": len(METHODS), "recon": 2 * len(METHODS), "photo": 2 * len(METHODS)}
+    renders = {
+        "edit": len(METHODS),
+        "recon": 2 * len(METHODS),
+        "photo": 2 * len(METHODS),
+        "pair": len(PAIR_VARIANTS),
+    }
     _WORK.update(run=run, tmp=tmp, cfg=cfg)
     try:
         if workers > 1:
@@ -434,8 +582,9 @@ def suite_edit(b) -> dict:
                 items.append(("photo", i, (name, img, prompt)))
         for i, (seed, w, k, colour) in enumerate(edit_images(n_edit, size)):
             items.append(("edit", i, (seed, w, k, colour)))
+        items += pair_items(cfg)
         # interleaved, so that a stopped run has some of each: world reconstructions, edits, photographs
-        rank = {"recon": 0, "edit": 1, "photo": 2}
+        rank = {"recon": 0, "edit": 1, "photo": 2, "pair": 3}
         items.sort(key=lambda it: (it[1] + (0.5 if it[0] == "photo" else 0), rank[it[0]]))
         cpu = getattr(b.model.device, "type", str(b.model.device)) == "cpu"
         cases = _run_all(b, run, tmp, cfg, items, WORKERS if cpu else 1)
@@ -443,6 +592,7 @@ def suite_edit(b) -> dict:
         out["reconstruction"] = recon_summary(cases.get("recon", []), cfg)
         out["photos"] = recon_summary(cases["photo"], cfg) if cases.get("photo") else {"images": 0}
         out["edits"] = edit_summary(cases.get("edit", []), cfg)
+        out["pairs"] = pair_summary(cases.get("pair", []), cfg)
     rec = out["reconstruction"]["mean_psnr_db"]
     g = f"{float(cfg.guidance):g}"
     nti, ddim, ceiling = rec[f"null_text@{g}"], rec[f"ddim@{g}"], rec["ceiling_db"]
@@ -470,7 +620,34 @@ def render_count(cfg) -> int:
     """Renders of the suite (for the progress bar)."""
     n_recon, n_edit = image_counts(cfg)
     photos = sum((photos_dir() / f"{n}.png").is_file() for n in PHOTO_PROMPTS)
-    return 5 + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS)
+    pairs = len(PAIR_TASKS) * pair_count(cfg) * len(PAIR_VARIANTS)
+    return 5 + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS) + pairs
+
+
+def pairs_table(p: dict):
+    """The edit pairs' figures (MRGD Table 1's layout: per task, oracle / SSIM-e / SSIM-i per variant)."""
+    from rich.table import Table
+
+    t = Table(
+        title=f"edit pairs from noise: {p['size'][0]}x{p['size'][1]}, {p['steps']} DDIM steps, guidance "
+        f"{p['guidance']:g} (oracle / SSIM-e / SSIM-i / CPU s per pair)",
+        title_justify="left",
+    )
+    t.add_column("variant", justify="left")
+    for task, f in p["tasks"].items():
+        t.add_column(f"{task} ({f['scenes']})", justify="right")
+    for v in PAIR_VARIANTS:
+        t.add_row(
+            v,
+            *(
+                f"{100 * f[v]['oracle_rate']:.0f}% / {f[v]['ssim_e']:.3f} / {f[v]['ssim_i']:.3f} / "
+                f"{f[v]['cpu_s']:.1f}"
+                for f in p["tasks"].values()
+            ),
+        )
+    mark = "[green]pass[/]" if p["pass"] else "[bold red]fail[/]"
+    t.add_row("target", *(f"SSIM-i >= {p['target_ssim_i']} with injection {mark}" for _ in p["tasks"]))
+    return t
 
 
 def table(f: dict):
@@ -524,4 +701,8 @@ def table(f: dict):
         "",
         f"recon {mark(f['pass_reconstruction'])}, edits {mark(f['pass_edits_null_text'])}",
     )
+    if f.get("pairs", {}).get("tasks"):
+        from rich.console import Group
+
+        return Group(t, pairs_table(f["pairs"]))
     return t

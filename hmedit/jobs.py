@@ -41,6 +41,12 @@ def image_name(seed: int, seeds: list[int]) -> str:
     return "image.png" if len(seeds) == 1 else f"image-{seed}.png"
 
 
+def edit_image_name(edit_id: str, seed: int, seeds: list[int]) -> str:
+    """An edit's target image: ``edits/<id>.png`` for a scene with one seed, ``edits/<id>-<seed>.png`` for
+    each of several; its influence maps go to the folder ``edits/<id>/``."""
+    return f"edits/{edit_id}.png" if len(seeds) == 1 else f"edits/{edit_id}-{seed}.png"
+
+
 def scene_bytes_of(scene: Scene) -> bytes:
     """The bytes a scene's key hashes: its file's, else a canonical dump of the validated scene."""
     source = scene.source
@@ -235,7 +241,7 @@ class Render:
     def provenance(self) -> dict[str, Any]:
         """The content of ``render.json``: model, versions, settings, scene, assets, timings, outputs."""
         job = self.job
-        return provenance.record(
+        rec = provenance.record(
             key=job.key,
             scene=job.scene,
             scene_file=job.file or job.scene.source or "<scene>",
@@ -254,6 +260,18 @@ class Render:
             files=self.files or None,
             controls=job.controls or None,
         )
+        if job.scene.edits:  # the edit pairs (also in the scene and the key): what each target changed
+            rec["edits"] = {
+                e.id: {
+                    "kind": e.kind,
+                    "node": e.touched,
+                    "inject": e.inject,
+                    "blend": e.blend,
+                    "regions": job.scene.regions,
+                }
+                for e in job.scene.edits
+            }
+        return rec
 
     def _png_text(self, settings: Any) -> dict[str, str]:
         from hmedit import __version__
@@ -322,6 +340,8 @@ class Render:
                 outputs += ["influence.safetensors", "influence.png"]
                 outputs += [p.relative_to(target).as_posix() for p in files.heatmaps.values()]
                 outputs += write_word_maps(target, result.probes, seed)
+            for edit in scene.edits:
+                outputs += self._save_edit(target, edit.id, seed, result.edits[edit.id], index == 0)
             per_seed = self.timings.setdefault("seeds", {}).setdefault(str(seed), {})
             per_seed["write"] = round(time.perf_counter() - clock, 4)
         self.outputs = outputs
@@ -329,6 +349,31 @@ class Render:
         rec = self.provenance
         save_json(target / RENDER_JSON, rec)
         return rec
+
+    def _save_edit(self, target: Path, edit_id: str, seed: int, result: Any, maps: bool) -> list[str]:
+        """One edit's target image (``edits/<id>.png``) and, for the first seed, its influence maps in
+        ``edits/<id>/``; returns the names written."""
+        from hmedit.outputs import save_png, write_influence
+
+        name = edit_image_name(edit_id, seed, self.seeds)
+        text = {**self._png_text(result.settings), "hmedit:edit": edit_id}
+        save_png(target / name, result.image, text)
+        if not maps:
+            return [name]
+        folder = target / "edits" / edit_id
+        flats = result.plan.flat
+        s = result.settings
+        files = write_influence(
+            folder,
+            [f.node.id for f in flats],
+            result.maps,
+            nodes=flats,
+            base_image=result.image,
+            metadata={"name": str(self.job.scene.name), "edit": edit_id, "seed": str(seed)},
+            title=f"{self.job.scene.name} edit {edit_id}: {s.width}x{s.height}, seed {seed}",
+        )
+        rel = [f"edits/{edit_id}/influence.safetensors", f"edits/{edit_id}/influence.png"]
+        return [name, *rel, *(p.relative_to(target).as_posix() for p in files.heatmaps.values())]
 
 
 def word_file(word: str) -> str:

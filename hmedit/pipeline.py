@@ -26,12 +26,12 @@ from hmedit.masks.attention import Probe, attention_nodes
 from hmedit.models.load import Model, make_scheduler
 from hmedit.sampling import vae as tiled_vae
 from hmedit.sampling.denoise import (
-    AddedConditioning,
     Denoiser,
     Guidance,
     NoiseHolds,
     RegionalAttention,
-    TextEmbeddings,
+    conditioning_parts,
+    region_part,
 )
 from hmedit.sampling.loop import sample, step_kwargs
 from hmedit.sampling.plan import Plan, build_plan
@@ -133,6 +133,7 @@ class RenderResult:
     stats: dict[str, int] = field(default_factory=dict)  # tiled: windows denoised / scheduled
     probes: dict = field(default_factory=dict)  # Probe -> its attention map [H, W], normalised to 0..1
     masks: dict[str, dict] = field(default_factory=dict)  # click / refine nodes: what their search measured
+    edits: dict[str, RenderResult] = field(default_factory=dict)  # edit id -> the target (scene's edits)
 
 
 def _randn(shape, generator, device, dtype) -> Tensor:
@@ -175,8 +176,9 @@ def render(
     s = settings
     if scene.inversion != "none" and s.scheduler != "ddim":
         s = replace(s, scheduler="ddim")  # sampling from an inversion: DDIM, the inversion's exact reverse
+    if scene.edits:
+        return render_edits(scene, model, s, progress, inversions=inversions, on_invert=on_invert)
     fam = model.family
-    dev, dt = model.device, model.dtype
     search = None
     if masks is None:
         from hmedit.sampling.mask_search import needs_search, search_masks
@@ -194,52 +196,11 @@ def render(
     if attention_nodes(scene):
         given, first_maps = attention_masks(scene, model, s, progress, inversions=inversions)
         lap("attention")
-    plan = build_plan(
-        scene,
-        fam.factors(model.unet),
-        s.width,
-        s.height,
-        model.vae_scale_factor,
-        refine=refine,
-        noise_scale=noise_scale,
-        cross_attention=fam.cross_attention_factors(model.unet),
-        given=given,
-        masks=masks,
-    )
+    plan = plan_of(scene, model, s, refine=refine, noise_scale=noise_scale, given=given, masks=masks)
     lap("plan")
-    cond = encode_scene(
-        fam.text(model),
-        [f.node.prompt for f in plan.flat],
-        [f.node.negative for f in plan.flat],
-        zero_empty_negative=fam.zero_empty_negative(model),
-    )
+    cond = encode(model, plan)
     lap("encode")
-    sched = make_scheduler(s.scheduler, model.scheduler_config)
-    sched.set_timesteps(s.steps, device=dev)
-    gen = torch.Generator("cpu").manual_seed(s.seed)
-    h, w = plan.latent
-    sf = model.vae.config.scaling_factor
-    source = noise = None
-    t_start = 0
-    timesteps = sched.timesteps
-    if plan.canvas is None:
-        latents = _randn((1, model.latent_channels, h, w), gen, dev, dt) * sched.init_noise_sigma
-    else:
-        # StableDiffusion(XL)Img2ImgPipeline: encode (sampling the posterior first), truncate the schedule to
-        # the largest noise level, noise the source to the first remaining timestep.
-        canvas = plan.canvas.to(dev, model.vae.dtype)
-        if max(canvas.shape[-2:]) > s.encode_tiled_above:
-            posterior = tiled_vae.encode_tiled(model.vae, canvas)
-        else:
-            posterior = model.vae.encode(canvas).latent_dist
-        source = posterior.sample(gen).to(dt) * sf
-        init_t = min(int(s.steps * plan.max_noise), s.steps)
-        t_start = max(s.steps - init_t, 0)
-        timesteps = sched.timesteps[t_start * sched.order :]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(t_start * sched.order)
-        noise = _randn(source.shape, gen, dev, dt)
-        latents = sched.add_noise(source, noise, timesteps[:1]) if len(timesteps) else source
+    sched, gen, timesteps, t_start, latents, source, noise = initial_latents(model, s, plan, plan.max_noise)
     lap("prepare")
     inverted = None
     if scene.inversion != "none" and plan.canvas is not None:
@@ -249,16 +210,18 @@ def render(
         latents, cond = inverted.latents, inverted.cond
         lap("invert")
     guidance = Guidance(s.guidance)
-    embeds = cond.batch()[0]
-    parts: list = [TextEmbeddings(guidance.select(embeds).to(dev, dt))]
-    tiler = (
-        Tiler(s.tiling, plan, torch.Generator("cpu").manual_seed(s.seed + OFFSET_STREAM))
-        if s.tiling is not None
-        else None
-    )
-    if inverted is not None:  # per-step embeddings (null_text); the inversion's fixed windows
-        parts = [inverted.text]
-        tiler = inverted.tiler
+    if inverted is not None:  # per-step embeddings (null_text); the inversion's fixed windows and holds
+        text, tiler, holds = inverted.text, inverted.tiler, inverted.holds
+    else:
+        text = None
+        tiler = (
+            Tiler(s.tiling, plan, torch.Generator("cpu").manual_seed(s.seed + OFFSET_STREAM))
+            if s.tiling is not None
+            else None
+        )
+        holds = None
+        if source is not None and plan.noise_map is not None:
+            holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
     region = None
     probe_tokens = None
     if words:
@@ -273,51 +236,46 @@ def render(
             )
         probe_tokens = probe_positions(fam.text(model), plan, cond, probes, strict=not words)
         probes = [p for p in probes if p in probe_tokens]
-    if (plan.regional and cond.regional) or probe_tokens is not None:
-        tokens = sorted({i for idx in (probe_tokens or {}).values() for i in idx})
-        region = RegionalAttention(
+    controls = None
+    if scene.regions == "fusion":
+        from hmedit.sampling.tiled import fusion_denoiser
+
+        check_fusion(scene, tiler, probe_tokens is not None)
+        den = fusion_denoiser(model, plan, guidance, sched, timesteps, holds=holds)
+    else:
+        regional = plan.regional and cond.regional
+        kw: dict = {}
+        if probe_tokens is not None:
+            tokens = sorted({i for idx in probe_tokens.values() for i in idx})
+            kw = dict(
+                tokens=torch.tensor(tokens, dtype=torch.long),
+                self_level=self_level(plan, fam.cross_attention_factors(model.unet))
+                if any(p.refine == "self" for p in probes)
+                else None,
+                record_only=not regional,
+            )
+        parts = conditioning_parts(
+            model,
             plan,
             cond,
             guidance,
             sched,
             timesteps,
-            device=dev,
-            dtype=dt,
+            text=text,
             record=s.record_attention or probe_tokens is not None,
             tiler=tiler,
-            tokens=torch.tensor(tokens, dtype=torch.long) if probe_tokens is not None else None,
-            self_level=self_level(plan, fam.cross_attention_factors(model.unet))
-            if any(p.refine == "self" for p in probes)
-            else None,
-            record_only=not (plan.regional and cond.regional),
+            region=regional or probe_tokens is not None,
+            **kw,
         )
-        parts.append(region)
-    if fam.uses_time_ids:
-        pooled = guidance.select(cond.pooled).to(dev, dt)
-        parts.append(AddedConditioning(fam, pooled, (s.height, s.width), model.vae_scale_factor))
-    holds = None
-    if source is not None and plan.noise_map is not None:
-        holds = NoiseHolds(plan, sched, timesteps, source, noise, t_start, s.steps)
-    if inverted is not None:
-        holds = inverted.holds
-    controls = None
-    if has_controls(scene):
-        controls = make_controls(scene, plan, model, guidance, len(timesteps))
-        parts.append(controls)
-    den = Denoiser(model.unet, sched, parts, guidance, tiler=tiler, holds=holds)
+        region = region_part(parts)
+        if has_controls(scene):
+            controls = make_controls(scene, plan, model, guidance, len(timesteps))
+            parts.append(controls)
+        den = Denoiser(model.unet, sched, parts, guidance, tiler=tiler, holds=holds)
     with torch.no_grad(), regional_attention(model.unet), controls.attention() if controls else nullcontext():
         latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
     lap("sample")
-    with torch.no_grad():
-        img = tiled_vae.decode(model.vae, latents.to(model.vae.dtype) / sf, s.decode_tile)
-    if not torch.isfinite(img).all():
-        raise HmeditError("the VAE decoded NaN/inf pixels", hint="try --dtype fp32 (the VAE overflowed)")
-    img = (img.float() / 2 + 0.5).clamp(0, 1)
-    if plan.canvas is not None:
-        # untouched regions are the source pixels, pasted back with the feathered mask, not re-decoded
-        keep = plan.keep_alpha.to(img.device)[None, None]
-        img = keep * img + (1 - keep) * (plan.canvas.to(img.device).float() / 2 + 0.5)
-    image = (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    image = decode(model, s, plan, latents)
     lap("decode")
     maps = influence_maps(plan, region.attention_maps() if region is not None else None)
     if controls is not None:
@@ -449,6 +407,209 @@ def attention_masks(
         masks[n.id] = threshold(m, float(n.mask.attention.threshold))
         maps[f"source/{n.id}"] = m
     return masks, maps
+
+
+def plan_of(scene: Scene, model: Model, s: Settings, **kw) -> Plan:
+    """:func:`hmedit.sampling.plan.build_plan` of ``scene`` for ``model`` at the settings' size."""
+    fam = model.family
+    return build_plan(
+        scene,
+        fam.factors(model.unet),
+        s.width,
+        s.height,
+        model.vae_scale_factor,
+        cross_attention=fam.cross_attention_factors(model.unet),
+        **kw,
+    )
+
+
+def encode(model: Model, plan: Plan):
+    """The plan's prompts and negatives through the model's text encoders."""
+    fam = model.family
+    return encode_scene(
+        fam.text(model),
+        [f.node.prompt for f in plan.flat],
+        [f.node.negative for f in plan.flat],
+        zero_empty_negative=fam.zero_empty_negative(model),
+    )
+
+
+def render_edits(
+    scene: Scene, model: Model, s: Settings, progress=None, *, inversions=None, on_invert=None
+) -> RenderResult:
+    """A scene with ``edits``: the source and every target (:meth:`Scene.edit_target`) denoised in one batch
+    from the same latents (noise, or the inverted init image), the targets taking the source's attention in
+    the nodes their edit does not touch for the first ``inject`` fraction of the steps
+    (:mod:`hmedit.sampling.edits`). Returns the source's result with each target's in ``edits``.
+    ``regions: fusion`` (the MultiDiffusion baseline: no attention to inject) renders each copy on its own
+    from the same seed."""
+    from hmedit.sampling import edits as E
+
+    base = scene.model_copy(update={"edits": ()})
+    targets = [scene.edit_target(e) for e in scene.edits]
+    if scene.regions == "fusion":
+        result = render(base, model, s, progress, inversions=inversions, on_invert=on_invert)
+        for e, t in zip(scene.edits, targets):
+            result.edits[e.id] = render(t, model, s, progress, inversions=inversions, on_invert=on_invert)
+        return result
+    where = scene.where("edits")
+    if s.tiling is not None:
+        raise HmeditError(
+            "edits are rendered untiled: this size needs tiling",
+            **where,
+            hint="render at the model's native size, or set tiling: off",
+        )
+    if attention_nodes(scene) or any(attention_nodes(t) for t in targets):
+        raise HmeditError(
+            "edits do not work with attention masks (mask: {attention: ...}) yet",
+            **where,
+            hint="give the nodes drawn masks",
+        )
+    if has_controls(scene) or any(has_controls(t) for t in targets):
+        raise HmeditError(
+            "edits do not work with ControlNets (control:) yet", **where, hint="remove control:"
+        )
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    plans = [plan_of(base, model, s)] + [plan_of(t, model, s) for t in targets]
+    conds = [encode(model, p) for p in plans]
+    top = max(p.max_noise for p in plans)
+    sched, gen, timesteps, t_start, latents, source, noise = initial_latents(model, s, plans[0], top)
+    guidance = Guidance(s.guidance)
+    dev, dt = model.device, model.dtype
+    texts: list = [None] * len(plans)
+    holds: list = [None] * len(plans)
+    if scene.inversion != "none" and plans[0].canvas is not None:
+        from hmedit.sampling.inversion import TrajectoryHolds, prepare
+
+        start = prepare(model, plans[0], s, conds[0], sched, timesteps, t_start, inversions, on_invert)
+        latents, conds[0], texts[0], holds[0] = start.latents, start.cond, start.text, start.holds
+        inv = start.inversion
+        for c in range(1, len(plans)):
+            uncond_steps = None
+            if inv.method in ("negative_prompt", "null_text"):
+                conds[c], keep = E.source_uncond(start.cond, plans[0], plans[c], conds[c])
+                if inv.method == "null_text" and inv.uncond is not None:
+                    uncond_steps = inv.uncond[:, keep]
+            texts[c] = E.copy_text(conds[c], guidance, uncond_steps, t_start, len(timesteps), dev, dt)
+            if plans[c].noise_map is not None:
+                holds[c] = TrajectoryHolds(plans[c], sched, timesteps, inv, t_start, s.steps, dev, dt)
+    elif source is not None:
+        holds = [
+            NoiseHolds(p, sched, timesteps, source, noise, t_start, s.steps)
+            if p.noise_map is not None
+            else None
+            for p in plans
+        ]
+    timings["prepare"] = round(time.perf_counter() - clock, 4)
+    parts, regions = [], []
+    for p, c, text in zip(plans, conds, texts):
+        ps = conditioning_parts(model, p, c, guidance, sched, timesteps, text=text)
+        region = region_part(ps)
+        if region is None:
+            region = RegionalAttention(p, c, guidance, sched, timesteps, device=dev, dtype=dt, record=False)
+        regions.append(region)
+        parts.append([q for q in ps if q is not region])
+    inject = [None] + [
+        E.injection_map(plans[0], conds[0], p, c, e) for p, c, e in zip(plans[1:], conds[1:], scene.edits)
+    ]
+    until = [0.0] + [float(e.inject) for e in scene.edits]
+    regional = any(p.regional and c.regional for p, c in zip(plans, conds))
+    copies = E.Copies(
+        parts,
+        regions,
+        inject,
+        until,
+        len(timesteps),
+        regional=regional,
+        record=s.record_attention,
+        device=dev,
+    )
+    blend = [0.0] + [float(e.blend) for e in scene.edits]
+    keep = E.blend_masks(regions, [None] + [e.touched for e in scene.edits]) if any(blend) else None
+    stacked = E.StackedHolds(holds, keep, blend, len(timesteps))
+    den = Denoiser(model.unet, sched, [copies], guidance, holds=stacked)
+    clock = time.perf_counter()
+    x = latents.repeat(len(plans), 1, 1, 1)
+    with torch.no_grad(), regional_attention(model.unet):
+        x = sample(den, sched, x, timesteps, step_kwargs(sched, gen), progress)
+    timings["sample"] = round(time.perf_counter() - clock, 4)
+    results = []
+    for c, p in enumerate(plans):
+        clock = time.perf_counter()
+        image = decode(model, s, p, x[c : c + 1])
+        maps = influence_maps(p, copies.attention_maps(c) if regional else None)
+        results.append(RenderResult(image, s, maps, {"decode": round(time.perf_counter() - clock, 4)}, p))
+    out = results[0]
+    out.timings = {**timings, **out.timings}
+    out.edits = {e.id: r for e, r in zip(scene.edits, results[1:])}
+    return out
+
+
+def initial_latents(model: Model, s: Settings, plan: Plan, max_noise: float):
+    """The scheduler (set to ``s.steps``), the generator, the timesteps from the first step on, that step,
+    the first latents [1, C, h, w], and with an init image its latent and the noise drawn for it. From noise:
+    StableDiffusion(XL)Pipeline's draw. With an init image, StableDiffusion(XL)Img2ImgPipeline's: encode
+    (sampling the posterior first), truncate the schedule to ``max_noise``, noise the source to the first
+    remaining timestep."""
+    dev, dt = model.device, model.dtype
+    sched = make_scheduler(s.scheduler, model.scheduler_config)
+    sched.set_timesteps(s.steps, device=dev)
+    gen = torch.Generator("cpu").manual_seed(s.seed)
+    h, w = plan.latent
+    sf = model.vae.config.scaling_factor
+    source = noise = None
+    t_start = 0
+    timesteps = sched.timesteps
+    if plan.canvas is None:
+        latents = _randn((1, model.latent_channels, h, w), gen, dev, dt) * sched.init_noise_sigma
+    else:
+        canvas = plan.canvas.to(dev, model.vae.dtype)
+        if max(canvas.shape[-2:]) > s.encode_tiled_above:
+            posterior = tiled_vae.encode_tiled(model.vae, canvas)
+        else:
+            posterior = model.vae.encode(canvas).latent_dist
+        source = posterior.sample(gen).to(dt) * sf
+        init_t = min(int(s.steps * max_noise), s.steps)
+        t_start = max(s.steps - init_t, 0)
+        timesteps = sched.timesteps[t_start * sched.order :]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        noise = _randn(source.shape, gen, dev, dt)
+        latents = sched.add_noise(source, noise, timesteps[:1]) if len(timesteps) else source
+    return sched, gen, timesteps, t_start, latents, source, noise
+
+
+def decode(model: Model, s: Settings, plan: Plan, latents: Tensor) -> np.ndarray:
+    """The image of ``latents`` [1, C, h, w] (uint8 [H, W, 3]); with an init image, its untouched regions
+    are the source pixels, pasted back with the feathered mask, not re-decoded."""
+    sf = model.vae.config.scaling_factor
+    with torch.no_grad():
+        img = tiled_vae.decode(model.vae, latents.to(model.vae.dtype) / sf, s.decode_tile)
+    if not torch.isfinite(img).all():
+        raise HmeditError("the VAE decoded NaN/inf pixels", hint="try --dtype fp32 (the VAE overflowed)")
+    img = (img.float() / 2 + 0.5).clamp(0, 1)
+    if plan.canvas is not None:
+        keep = plan.keep_alpha.to(img.device)[None, None]
+        img = keep * img + (1 - keep) * (plan.canvas.to(img.device).float() / 2 + 0.5)
+    return (img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+
+
+def check_fusion(scene: Scene, tiler, probes: bool = False) -> None:
+    """``regions: fusion`` runs its own windows (one per node): not with tiling, ControlNets, inversion or
+    attention probes (there is no one cross-attention to read)."""
+    for what, on, key in (
+        ("tiling", tiler is not None, "tiling"),
+        ("a ControlNet", has_controls(scene), "regions"),
+        ("an inversion", scene.inversion != "none", "inversion"),
+        ("attention maps read from the render (probes, --words, attention masks)", probes, "regions"),
+    ):
+        if on:
+            raise HmeditError(
+                f"regions: fusion does not work with {what} yet",
+                **scene.where(key),
+                hint="use regions: attention (the default) for this scene",
+            )
 
 
 def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:

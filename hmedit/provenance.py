@@ -66,21 +66,27 @@ def asset_paths(scene: Scene) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if scene.init_image is not None:
         found["init_image"] = scene.init_image.path
-    for flat in scene.flat():
-        node = flat.node
+    nodes = [(f.path, f.node) for f in scene.flat()]
+    for i, edit in enumerate(scene.edits):  # the files of nodes an edit adds (and their children)
+        stack = [(f"edits[{i}].add", edit.add)] if edit.add is not None else []
+        while stack:
+            path, node = stack.pop()
+            nodes.append((path, node))
+            stack += [(f"{path}.children[{j}]", c) for j, c in enumerate(node.children)]
+    for path, node in nodes:
         if node.layer is not None:
-            found[f"{flat.path}.layer"] = node.layer.path
+            found[f"{path}.layer"] = node.layer.path
         image = getattr(node.mask, "image", None)
         if image is not None:
-            found[f"{flat.path}.mask.image"] = image.path
+            found[f"{path}.mask.image"] = image.path
         if node.embedding is not None:
-            found[f"{flat.path}.embedding"] = node.embedding.path
+            found[f"{path}.embedding"] = node.embedding.path
         control = node.control
         if control is not None:
             for key in ("image", "source"):
                 value = getattr(control, key)
                 if hasattr(value, "path"):  # a file (source may also name the layer or the init image)
-                    found[f"{flat.path}.control.{key}"] = value.path
+                    found[f"{path}.control.{key}"] = value.path
     return found
 
 

@@ -267,8 +267,8 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
 
     control = doc["suites"]["control"]
     assert control["scenes"] == 2 and control["size"] == [64, 64] and control["steps"] == 2
-    for v in ("masked", "unmasked"):
-        assert {"match_rate", "bleed_rate", "scene_match_rate"} <= set(control[v])
+    for v in ("masked", "unmasked", "fusion"):
+        assert {"match_rate", "bleed_rate", "scene_match_rate", "cpu_s_per_image"} <= set(control[v])
         assert 0 <= control[v]["match_rate"] <= 1
         assert -1 <= control[v]["clip_mean"] <= 1  # the bundled toy-clip's region-vs-prompt score
     assert control["regions"] == sum(len(c["regions"]["masked"]) for c in control["cases"])

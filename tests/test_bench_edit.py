@@ -57,6 +57,29 @@ def test_the_suite_is_registered_and_opt_in():
     assert bench.check_suites(["edit"]) == ["edit"]
 
 
+@pytest.mark.parametrize("task", bench_edit.PAIR_TASKS)
+def test_pair_scenes_edit_one_region_of_a_control_scene(task):
+    raw, edit, colour = bench_edit.pair_scene(task, 3, 128, 30, 7.5)
+    sc = Scene.model_validate({**raw, "edits": [edit]})
+    target = sc.edit_target(sc.edits[0])
+    ids = {f.node.id for f in sc.flat()}
+    if task == "attribute":
+        node = target.node(edit["node"])
+        assert bench.colour_of(node.prompt) == colour != bench.colour_of(sc.node(edit["node"]).prompt)
+    elif task == "addition":
+        assert edit["add"]["id"] not in ids and bench.colour_of(edit["add"]["prompt"]) == colour
+        assert len(target.flat()) == len(sc.flat()) + 1
+    else:
+        assert colour == bench.colour_of(sc.root.prompt) and len(target.flat()) == len(sc.flat()) - 1
+    assert raw == bench_edit.pair_scene(task, 3, 128, 30, 7.5)[0]  # a function of the seed
+
+
+def test_the_pairs_suite_is_registered_and_opt_in():
+    assert "edit-pairs" in bench.OPT_IN_SUITES and bench.check_suites(["edit-pairs"]) == ["edit-pairs"]
+    cfg = bench.Config.make(quick=True)
+    assert bench.render_count("edit-pairs", cfg) == 3 * len(bench_edit.PAIR_VARIANTS)
+
+
 @pytest.mark.slow
 def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     from hmedit.cli.app import main
@@ -83,6 +106,10 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
         assert -1 <= s["clip"] <= 1  # the bundled toy-clip's score of the edited region vs its new prompt
     cost = f["cost"]
     assert cost["null_text_cached"]["invert_wall_s"] < cost["null_text_first"]["invert_wall_s"]
-    assert len(list((out / "images" / "edit").glob("*.png"))) == bench_edit.render_count(
-        bench.Config.make(quick=True)
-    )
+    pairs = f["pairs"]
+    assert set(pairs["tasks"]) == set(bench_edit.PAIR_TASKS) and len(pairs["cases"]) == 3
+    for task in pairs["tasks"].values():
+        for v in bench_edit.PAIR_VARIANTS:
+            assert 0 <= task[v]["oracle_rate"] <= 1 and task[v]["ssim_i"] <= 1 and task[v]["cpu_s"] > 0
+    images = [*(out / "images" / "edit").glob("*.png"), *(out / "images" / "pairs").glob("*.png")]
+    assert len(images) == bench_edit.render_count(bench.Config.make(quick=True))

@@ -73,21 +73,45 @@ class RegionCall:
     token_record: dict[int, Tensor] | None = None
     self_record: dict[int, Tensor] | None = None
     record_only: bool = False
+    inject: Tensor | None = None
     _cache: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+    # Edit pairs (hmedit.sampling.edits): the W "windows" are copies of one image (the source, then the
+    # targets), each with its own nodes and tokens: owners and valid are then [B, W, T], active [W, K] per
+    # level, pos and neg [W, K], record_owner [W, T]; and ``inject`` [W, T] names, per target token, the
+    # source token whose cross-attention probabilities it takes (-1: its own; prompt-to-prompt).
 
     def bias(self, n: int, windows: int, scores_max: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
         """Additive attention bias [B·W, 1, N, T], already multiplied by the attention ``scale`` (1/√d)."""
-        term, drop = self._terms(n)  # [B, W, N, T], [B, 1, 1, T]
+        term, drop = self._terms(n)  # [B, W, N, T], [B, W or 1, 1, T]
         y = (self.y_sigma * scale) * scores_max.view(term.shape[0], windows, 1, 1)
         bias = torch.addcmul(drop, y.to(term.dtype), term)
         return bias.flatten(0, 1).unsqueeze(1).to(dtype)
 
+    def row_valid(self, windows: int) -> Tensor:
+        """[B·W, T] valid tokens per row of the UNet batch."""
+        if self.valid.ndim == 3:
+            return self.valid.flatten(0, 1)
+        return self.valid.repeat_interleave(windows, dim=0)
+
+    def inject_source(self, probs: Tensor, windows: int) -> Tensor:
+        """The cond rows of the targets (copies 1..W-1) with the source's (copy 0) probabilities where
+        ``inject`` names a source token [B·W, h, N, T]."""
+        idx = self.inject.to(probs.device)
+        cond = probs[probs.shape[0] - windows :]
+        src = cond[0][..., idx.clamp(min=0)]  # [h, N, W, T]
+        taken = torch.where((idx >= 0)[:, None, None, :], src.permute(2, 0, 1, 3), cond)
+        return torch.cat([probs[: probs.shape[0] - windows], taken])
+
     def _terms(self, n: int) -> tuple[Tensor, Tensor]:
         """The step's bias pattern at level ``n``, shared by every layer of the level: v_pos·m − v_neg·(1 − m)
         per (window, query, token) ([B, W, N, T], 0 for global and dropped tokens), and the additive −inf
-        of dropped tokens ([B, 1, 1, T])."""
+        of dropped tokens ([B, 1, 1, T], or [B, W, 1, T] with per-window owners)."""
         cache = self._cache
         if n not in cache:
+            if self.owners.ndim == 3:
+                cache[n] = self._copy_terms(n)
+                return cache[n]
             masks, active = self.masks[n], self.active[n]  # [W, K, N], [K]
             terms, drops = [], []
             for b in range(self.owners.shape[0]):
@@ -105,6 +129,23 @@ class RegionCall:
                 )
             cache[n] = (torch.stack(terms), torch.stack(drops)[:, None, None, :])
         return cache[n]
+
+    def _copy_terms(self, n: int) -> tuple[Tensor, Tensor]:
+        """:meth:`_terms` with per-window owners, valid, active, pos and neg (edit pairs)."""
+        masks, active = self.masks[n], self.active[n]  # [W, K, N], [W, K]
+        terms, drops = [], []
+        for b in range(self.owners.shape[0]):
+            own = self.owners[b]  # [W, T]
+            node = own >= 0
+            idx = own.clamp(min=0)
+            m = masks.gather(1, idx[..., None].expand(-1, -1, masks.shape[2])).transpose(1, 2)  # [W, N, T]
+            term = self.pos.gather(1, idx)[:, None] * m - self.neg.gather(1, idx)[:, None] * (1 - m)
+            drop = (node & ~active.gather(1, idx)) | ~self.valid[b]  # [W, T]
+            terms.append(torch.where((node & ~drop)[:, None], term, torch.zeros((), dtype=term.dtype)))
+            drops.append(
+                torch.zeros(drop.shape, dtype=term.dtype, device=term.device).masked_fill(drop, -torch.inf)
+            )
+        return torch.stack(terms), torch.stack(drops)[:, :, None, :]
 
 
 class RegionAttnProcessor(AttnProcessor2_0):
@@ -150,12 +191,14 @@ class RegionAttnProcessor(AttnProcessor2_0):
         scale = attn.scale
         scores = q @ k.transpose(-1, -2)  # [B, h, N, T], unscaled QKᵀ as in the paper
         windows = batch // region.owners.shape[0]  # the batch is [uncond × W, cond × W], or [cond × W]
-        valid = region.valid.repeat_interleave(windows, dim=0)  # [B, T]
+        valid = region.row_valid(windows)  # [B, T]
         smax = scores.amax(dim=(1, 2)).masked_fill(~valid, float("-inf")).amax(dim=-1)  # max over valid QKᵀ
         bias = region.bias(n, windows, smax, scale, scores.dtype)
         # the scores are at hand (y(σ) needs their max), so the softmax is finished here rather than handing
         # q, k, v to scaled_dot_product_attention, which would compute QKᵀ a second time
         probs = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)
+        if region.inject is not None:
+            probs = region.inject_source(probs, windows)
         out = probs @ v
         if region.record is not None:
             self._record(region, probs[batch - windows :], n)
@@ -168,12 +211,19 @@ class RegionAttnProcessor(AttnProcessor2_0):
         """Add this layer's cond-branch attention mass per node (mean over heads) to the recording, and the
         recorded tokens' own maps."""
         owner = region.record_owner
-        keep = owner >= 0
         heads_mean = probs.mean(1)  # [W, N, T]
-        mass = heads_mean[..., keep]  # [W, N, T']
         k = region.record[n].shape[1]
-        per_node = mass.new_zeros(mass.shape[0], n, k).index_add_(2, owner[keep], mass)
-        region.record[n] += per_node.transpose(1, 2).float()
+        if owner.ndim == 2:  # per-window owners (edit pairs): each copy's tokens to its own nodes
+            for w in range(owner.shape[0]):
+                keep = owner[w] >= 0
+                mass = heads_mean[w][..., keep]  # [N, T']
+                per_node = mass.new_zeros(n, k).index_add_(1, owner[w][keep], mass)
+                region.record[n][w] += per_node.transpose(0, 1).float()
+        else:
+            keep = owner >= 0
+            mass = heads_mean[..., keep]  # [W, N, T']
+            per_node = mass.new_zeros(mass.shape[0], n, k).index_add_(2, owner[keep], mass)
+            region.record[n] += per_node.transpose(1, 2).float()
         region.record_count[n] = region.record_count.get(n, 0) + 1
         if region.token_record is not None and n in region.token_record:
             region.token_record[n] += heads_mean[..., region.record_tokens].transpose(1, 2).float()

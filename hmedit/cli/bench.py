@@ -72,7 +72,7 @@ def bench_command(
 
     [bold]cost[/]: a 4-node scene at 256x256 (30 DDIM steps, guidance 7.5) against diffusers' StableDiffusionPipeline on the same modules and root prompt; medians of alternating runs after a warm-up. Target: hmedit / diffusers <= 1.15.
 
-    [bold]control[/]: 2-4 coloured squares and circles on a background at 128x128, with the regional attention on and off; a region matches when >= 30% of it shows its colour, and bleeds when >= 30% shows another region's.
+    [bold]control[/]: 2-4 coloured squares and circles on a background at 128x128, with the regional attention on and off, and as regions: fusion (each region denoised over its own crop, fused by its mask; CPU seconds per image beside); a region matches when >= 30% of it shows its colour, and bleeds when >= 30% shows another region's.
 
     [bold]hierarchy[/]: a circle inside a square, with each composition scheme and as a flat list.
 
@@ -89,6 +89,7 @@ def bench_command(
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
     [bold]masks[/] (asked for by name): click masks on 20 procedural backgrounds ("a {colour} {shape}" at a random click): colour in the final mask, object centroid within 0.15 of the click, change outside the mask <= 1/255, IoU mask / object >= 0.6; refinement on 12 world images whose drawn box is off (shifted and grown 30%): region colour match and IoU with the object, drawn and refined (both must improve).
+    [bold]edit-pairs[/] (asked for by name; also part of [bold]edit[/]): edit pairs from noise (scene key edits) on control scenes, one region recoloured, added or removed, as regions: fusion, attention without injection and attention with injection: colour oracle, SSIM-e and SSIM-i of the target against the source. Target: SSIM-i >= 0.9 with injection.
 
     Writes [bold]OUT/bench.json[/] (figures, per-scene scores, machine, library versions, model hash) after each suite; suites of an earlier bench.json of the same model that this run does not repeat are kept.
 
@@ -168,14 +169,18 @@ def table(name: str, f: dict):
         )
         for col in ("attention", "regions matched", "regions bleeding", "scenes all matched", "CLIP"):
             t.add_column(col, justify="left" if col == "attention" else "right")
-        for v in ("masked", "unmasked"):
+        t.add_column("CPU s/image", justify="right")
+        names = {"masked": "on", "unmasked": "off (pos 0, neg 0)", "fusion": "regions: fusion"}
+        for v in (v for v in names if v in f):
             clip = f[v].get("clip_mean")  # toy-clip: region vs its prompt (cosine); absent in older results
+            cost = f[v].get("cpu_s_per_image")
             t.add_row(
-                "on" if v == "masked" else "off (pos 0, neg 0)",
+                names[v],
                 _pct(f[v]["match_rate"]),
                 _pct(f[v]["bleed_rate"]),
                 _pct(f[v]["scene_match_rate"]),
                 "n/a" if clip is None else f"{clip:.3f}",
+                "-" if cost is None else f"{cost:.1f}",
             )
         return t
     if name == "hierarchy":
@@ -202,6 +207,10 @@ def table(name: str, f: dict):
         from hmedit.bench_edit import table as edit_table
 
         return edit_table(f)
+    if name == "edit-pairs":
+        from hmedit.bench_edit import pairs_table
+
+        return pairs_table(f)
     if name == "attention-masks":
         from hmedit.bench_attention import table as attention_table
 

@@ -117,8 +117,17 @@ class AddedConditioning:
         return {"added_cond_kwargs": self.family.added_cond(self.pooled.repeat_interleave(n, dim=0), ids)}
 
 
+def branch_rows(guidance: Guidance, branches: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The rows of a conditioning's [2, ...] batch (0: uncond, 1: cond) that the UNet batch holds:
+    ``branches``, else both with guidance and the cond one without."""
+    if branches is not None:
+        return tuple(int(b) for b in branches)
+    return (0, 1) if guidance.on else (1,)
+
+
 class RegionalAttention:
-    """The attention processor's data per step and batch of windows, and the recorded attention."""
+    """The attention processor's data per step and batch of windows, and the recorded attention.
+    ``branches``: which guidance branches of ``cond`` the UNet batch holds (default: ``guidance``'s)."""
 
     def __init__(
         self,
@@ -135,13 +144,14 @@ class RegionalAttention:
         tokens: Tensor | None = None,
         self_level: int | None = None,
         record_only: bool = False,
+        branches: Sequence[int] | None = None,
     ) -> None:
         """``tokens``: cond token positions whose own maps are recorded; ``self_level``: the query length at
         which self-attention is recorded too (untiled); ``record_only``: the scene has no regional token,
         the processor only records (output as the stock one's)."""
         _, owners, valid = cond.batch()
-        if not guidance.on:
-            owners, valid = owners[1:], valid[1:]
+        rows = list(branch_rows(guidance, branches))
+        owners, valid = owners[rows], valid[rows]
         self.plan, self.scheduler, self.timesteps, self.tiler = plan, scheduler, timesteps, tiler
         self.n_run = len(timesteps)
         self.owners, self.valid = owners.to(device), valid.to(device)
@@ -244,6 +254,59 @@ class RegionalAttention:
     def self_attention(self) -> dict[int, Tensor] | None:
         """Summed self-attention of the recorded level: query length -> [N, N] (rows not normalised)."""
         return {n: m[0] for n, m in self.self_record.items()} if self.self_record is not None else None
+
+
+def conditioning_parts(
+    model,
+    plan: Plan,
+    cond: Conditioning,
+    guidance: Guidance,
+    scheduler,
+    timesteps,
+    *,
+    branches: Sequence[int] | None = None,
+    text: TextEmbeddings | None = None,
+    record: bool = False,
+    tiler: Tiler | None = None,
+    region: bool | None = None,
+    **region_kw,
+) -> list:
+    """The parts every denoiser of ``plan`` starts from: :class:`TextEmbeddings` (``text``, else ``cond``'s
+    embeddings of the selected branches), :class:`RegionalAttention` when the plan and the conditioning
+    are regional, and :class:`AddedConditioning` on families with micro-conditioning. ``branches``: the
+    rows of ``cond`` the UNet batch holds (0: uncond, 1: cond; default: as ``guidance`` needs); ``region``:
+    whether to add the regional attention (None: when regional); ``region_kw``: its recording options."""
+    dev, dt = model.device, model.dtype
+    rows = list(branch_rows(guidance, branches))
+    if text is None:
+        text = TextEmbeddings(cond.batch()[0][rows].to(dev, dt))
+    parts: list = [text]
+    if region if region is not None else plan.regional and cond.regional:
+        parts.append(
+            RegionalAttention(
+                plan,
+                cond,
+                guidance,
+                scheduler,
+                timesteps,
+                device=dev,
+                dtype=dt,
+                record=record,
+                tiler=tiler,
+                branches=rows,
+                **region_kw,
+            )
+        )
+    fam = model.family
+    if fam.uses_time_ids:
+        pooled = cond.pooled[rows].to(dev, dt)
+        parts.append(AddedConditioning(fam, pooled, (plan.height, plan.width), model.vae_scale_factor))
+    return parts
+
+
+def region_part(parts: Sequence) -> RegionalAttention | None:
+    """The :class:`RegionalAttention` among ``parts``, or None."""
+    return next((p for p in parts if isinstance(p, RegionalAttention)), None)
 
 
 class NoiseHolds:

@@ -42,14 +42,7 @@ from torch import Tensor
 
 from hmedit.conditioning.encode import Branch, Conditioning, encode_scene
 from hmedit.errors import HmeditError
-from hmedit.sampling.denoise import (
-    AddedConditioning,
-    Denoiser,
-    Guidance,
-    NoiseHolds,
-    RegionalAttention,
-    TextEmbeddings,
-)
+from hmedit.sampling.denoise import Denoiser, Guidance, NoiseHolds, TextEmbeddings, conditioning_parts
 from hmedit.sampling.plan import Plan
 from hmedit.sampling.tiled import Tiler, TileSettings
 
@@ -301,19 +294,9 @@ def branch_denoiser(
         text = TextEmbeddings(per_step=lambda i: embeds(i)[None].to(dev, dt))
     else:
         text = TextEmbeddings(embeds[None].to(dev, dt))
-    parts: list = [text]
-    if plan.regional and cond.regional:
-        region = RegionalAttention(
-            plan, cond, one, sched, sched.timesteps, device=dev, dtype=dt, record=False, tiler=tiler
-        )
-        _, owners, valid = cond.batch()
-        region.owners = owners[branch : branch + 1].to(dev)
-        region.valid = valid[branch : branch + 1].to(dev)
-        parts.append(region)
-    fam = model.family
-    if fam.uses_time_ids:
-        pooled = cond.pooled[branch : branch + 1].to(dev, dt)
-        parts.append(AddedConditioning(fam, pooled, (plan.height, plan.width), model.vae_scale_factor))
+    parts = conditioning_parts(
+        model, plan, cond, one, sched, sched.timesteps, branches=(branch,), text=text, tiler=tiler
+    )
     return Denoiser(model.unet, sched, parts, one, tiler=tiler)
 
 
@@ -477,20 +460,8 @@ def invert(
 
 def sampling_denoiser(model, plan, cond: Conditioning, sched, guidance: float, tiler, u: Tensor) -> Denoiser:
     """Both branches, the unconditional one's embeddings replaced by ``u`` [T_u, D] (null-text's step)."""
-    dev, dt = model.device, model.dtype
     g = Guidance(guidance)
-    both = with_uncond(cond, u).batch()[0]
-    parts: list = [TextEmbeddings(g.select(both).to(dev, dt))]
-    if plan.regional and cond.regional:
-        parts.append(
-            RegionalAttention(
-                plan, cond, g, sched, sched.timesteps, device=dev, dtype=dt, record=False, tiler=tiler
-            )
-        )
-    fam = model.family
-    if fam.uses_time_ids:
-        pooled = g.select(cond.pooled).to(dev, dt)
-        parts.append(AddedConditioning(fam, pooled, (plan.height, plan.width), model.vae_scale_factor))
+    parts = conditioning_parts(model, plan, with_uncond(cond, u), g, sched, sched.timesteps, tiler=tiler)
     return Denoiser(model.unet, sched, parts, g, tiler=tiler)
 
 

@@ -49,6 +49,8 @@ Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 Composition = Literal["multiplicative", "normalized", "top_down", "depth_weighted", "hybrid"]
 Inversion = Literal["none", "ddim", "negative_prompt", "null_text"]
+Regions = Literal["attention", "fusion"]
+"""How nodes act on their regions: a bias on cross-attention, or one denoising per node fused by its mask."""
 NodeComposition = Literal["multiplicative", "normalized", "top_down", "depth_weighted"]
 """A node's own scheme inside a hybrid composition: any scheme but hybrid itself."""
 Level = Literal["coarse", "mid", "fine"]
@@ -875,6 +877,82 @@ class Node(_Spec):
 
 
 # ------------------------------------------------------------------------------------------------
+# Edits
+
+
+class EditSpec(_Spec):
+    """One target image of an edit pair (MRGD, Li et al., "Multi-Region Text-Driven Manipulation of
+    Diffusion Imagery", AAAI 2024, Alg. 1): the scene with one node's prompt changed (``node`` + ``prompt``),
+    one node removed (``node`` + ``remove: true``) or one node added (``add``), denoised beside the source
+    from the same latents."""
+
+    id: str = Field(
+        max_length=MAX_NAME_CHARS,
+        description="The edit's name, also its output file edits/<id>.png: up to 100 letters, digits, "
+        "'_', '.', '-'.",
+    )
+    node: str | None = Field(None, description="The id of the node to change or remove.")
+    prompt: str | None = Field(None, description="With node: the node's new prompt.")
+    remove: bool = Field(False, description="With node: remove the node (and its children).")
+    add: Node | None = Field(
+        None, description="A node to add (id, mask or layer, prompt, ...), under parent (default: root)."
+    )
+    parent: str | None = Field(None, description="With add: the id of the node the new node goes under.")
+    inject: Number = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Fraction of the steps in which the nodes the edit does not touch take the source's "
+        "cross-attention (prompt-to-prompt), 0..1; 0: none.",
+    )
+
+    blend: Number = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of the steps in which the target's latents outside the edited node's region "
+        "are the source's (local blending), 0..1; 0: none.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not is_safe_name(value):
+            raise _error("id_chars", f"edit id {value!r} is not a safe file name", hint=safe_name_hint(value))
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EditSpec:
+        kinds = [k for k, on in (("prompt", self.prompt is not None), ("remove", self.remove)) if on]
+        if self.add is not None:
+            kinds.append("add")
+        hint = "e.g. {id: blue, node: ball, prompt: a blue ball}, {id: no-ball, node: ball, remove: true}"
+        if len(kinds) != 1:
+            raise _error(
+                "edit_kind",
+                "an edit has exactly one of prompt (with node), remove: true (with node) or add",
+                hint=hint,
+            )
+        if kinds[0] == "add" and self.node is not None:
+            raise _error("edit_node", "add takes no node (use parent for where it goes)", hint=hint)
+        if kinds[0] != "add" and self.node is None:
+            raise _error("edit_node", f"{kinds[0]} needs node: the id of the node to edit", hint=hint)
+        if kinds[0] != "add" and self.parent is not None:
+            raise _error("edit_parent", "parent applies only to add", hint="remove parent")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """ "prompt", "remove" or "add"."""
+        return "add" if self.add is not None else "remove" if self.remove else "prompt"
+
+    @property
+    def touched(self) -> str:
+        """The id of the node the edit changes, removes or adds."""
+        return self.add.id if self.add is not None else str(self.node)
+
+
+# ------------------------------------------------------------------------------------------------
 # The scene
 
 
@@ -978,6 +1056,18 @@ class Scene(_Spec):
         description="How the init image enters sampling: none (re-noised with fresh noise), ddim (DDIM "
         "inversion), negative_prompt (DDIM inversion, source prompts as the negative) or null_text "
         "(DDIM inversion plus optimised per-step negative embeddings). Inversions are cached.",
+    )
+    regions: Regions = Field(
+        "attention",
+        description="How nodes act on their regions: attention (a bias on cross-attention, one denoising) "
+        "or fusion (each node denoised over its own crop with its own prompt, the predictions fused with "
+        "its mask as the weight: MultiDiffusion / Mixture of Diffusers).",
+    )
+    edits: tuple[EditSpec, ...] = Field(
+        (),
+        description="Edit pairs: targets rendered beside the source from the same latents, each "
+        "{id, node, prompt}, {id, node, remove: true} or {id, add: <node>, parent}; written to "
+        "edits/<id>.png.",
     )
     composition: Composition = Field(
         "top_down",
@@ -1090,6 +1180,7 @@ class Scene(_Spec):
                 extra.extend(_duplicate_ids(root, data))
                 extra.extend(_learn_sources(root, data))
                 extra.extend(_control_sources(root, data))
+                extra.extend(_edit_targets(root, data))
                 extra.extend(_mask_references(root, data))
                 extra.extend(_mask_search_sources(root, data))
         return _merge_errors(cls.__name__, extra, data, handler)
@@ -1116,6 +1207,32 @@ class Scene(_Spec):
 
         visit(self.root, -1, 0, "root", 1.0)
         return out
+
+    def edit_target(self, edit: EditSpec | str) -> Scene:
+        """The scene an edit (or the id of one of ``edits``) renders: its node's prompt changed (its
+        ``source_prompt`` kept: what the init image shows there), the node and its children removed, or the
+        new node appended to its parent's children; without edits of its own."""
+        if isinstance(edit, str):
+            edit = next(e for e in self.edits if e.id == edit)
+
+        def rebuild(node: Node) -> Node | None:
+            if edit.kind == "remove" and node.id == edit.node:
+                return None
+            update: dict[str, Any] = {}
+            if edit.kind == "prompt" and node.id == edit.node:
+                update["prompt"] = edit.prompt
+                if node.source_prompt is None and self.inversion != "none":
+                    update["source_prompt"] = node.prompt  # the source image still shows the old prompt
+            children = [c for c in (rebuild(c) for c in node.children) if c is not None]
+            if edit.kind == "add" and node.id == (edit.parent or "root"):
+                children.append(edit.add)
+            if tuple(children) != node.children:
+                update["children"] = tuple(children)
+            return node.model_copy(update=update) if update else node
+
+        root = rebuild(self.root)
+        assert root is not None  # the root is never removed (validated)
+        return self.model_copy(update={"root": root, "edits": ()})
 
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError if there is none)."""
@@ -1269,6 +1386,73 @@ def _control_sources(root: Any, data: Any) -> list[InitErrorDetails]:
             problem = "control source 'init_image' needs the scene's init_image, and this scene has none"
             hint = "set init_image, or use source: <picture file> or image: <file>"
             out.append(_detail((*path, "control", "source"), data, "control_init", problem, hint=hint))
+    return out
+
+
+def _edit_targets(root: Any, data: Any) -> list[InitErrorDetails]:
+    """Edits name nodes that exist (the root cannot be removed), add nodes under existing ones with new ids,
+    and have distinct ids."""
+    edits = _given(data, "edits")
+    if not isinstance(edits, (list, tuple)):
+        return []
+    ids = {_given(node, "id") or ("root" if path == ("root",) else None) for node, path in _nodes(root)}
+    ids.discard(None)
+    known = ", ".join(sorted(str(i) for i in ids))
+    out: list[InitErrorDetails] = []
+    seen: dict[str, int] = {}
+    for i, edit in enumerate(edits):
+        if not isinstance(edit, (dict, EditSpec)):
+            continue
+        where = ("edits", i)
+        eid = _given(edit, "id")
+        if isinstance(eid, str):
+            if eid in seen:
+                problem = f"duplicate edit id {eid!r} (also used by edits[{seen[eid]}])"
+                out.append(
+                    _detail((*where, "id"), data, "edit_duplicate", problem, hint="edit ids are unique")
+                )
+            else:
+                seen[eid] = i
+        for key in ("node", "parent"):
+            ref = _given(edit, key)
+            if isinstance(ref, str) and ref not in ids:
+                close = difflib.get_close_matches(ref, [str(x) for x in ids], n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"the scene's nodes: {known}"
+                out.append(
+                    _detail((*where, key), data, "edit_unknown", f"no node {ref!r} in the scene", hint=hint)
+                )
+        if _given(edit, "remove") is True and _given(edit, "node") == "root":
+            problem = "the root cannot be removed: it is the whole frame"
+            hint = "remove a child node, or change the root's prompt with node: root, prompt: ..."
+            out.append(_detail((*where, "remove"), data, "edit_remove_root", problem, hint=hint))
+        added = _given(edit, "add")
+        add_id = _given(added, "id") if isinstance(added, (dict, Node)) else None
+        if isinstance(added, (dict, Node)):
+            if add_id is None:
+                out.append(
+                    _detail(
+                        (*where, "add", "id"),
+                        data,
+                        "id_missing",
+                        "an added node needs an id",
+                        hint="add id: <name>, using letters, digits, '_', '.', '-'",
+                    )
+                )
+            elif add_id in ids:
+                problem = f"the added node's id {add_id!r} is already used in the scene"
+                out.append(
+                    _detail((*where, "add", "id"), data, "edit_add_id", problem, hint="give it a new id")
+                )
+            if _given(added, "mask") is None and _given(added, "layer") is None:
+                out.append(
+                    _detail(
+                        (*where, "add"),
+                        data,
+                        "region_missing",
+                        "an added node needs a mask or a layer",
+                        hint="add e.g. mask: {rect: [0.25, 0.25, 0.5, 0.5]}",
+                    )
+                )
     return out
 
 

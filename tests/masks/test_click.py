@@ -62,7 +62,7 @@ def test_click_spec_defaults(write_scene, write_png):
     sc = load_click(write_scene, write_png, "{click: [0.25, 0.75]}")
     spec = sc.root.children[0].mask
     assert spec.click == (0.25, 0.75) and spec.candidates == 3 and spec.radius == 0.2
-    assert sc.clip == "toy"
+    assert sc.clip is None  # the default: the bundled toy CLIP (hmedit.clip.load)
 
 
 def test_initial_bump_is_a_disc_of_the_radius_at_the_click():
