@@ -153,6 +153,7 @@ def render(
     probes: Sequence[Probe] = (),
     words: bool = False,
     masks: dict[int, Tensor] | None = None,
+    keep_words: dict[str, list[str]] | None = None,
 ) -> RenderResult:
     """Render ``scene`` on ``model``. ``progress(i, n)`` is called after each sampling step. With the scene's
     ``inversion``, the init image is inverted first (or taken from ``inversions``, an
@@ -160,8 +161,10 @@ def render(
     each inversion step. ``probes``: attention maps to read (:class:`~hmedit.masks.attention.Probe`), into
     the result's ``probes``; ``words``: also every word of every node's prompt (the words the tokenizer
     finds as tokens of the prompt). Nodes with ``mask: {attention: ...}`` get their masks from a first
-    pass. Click masks are grown and ``refine:`` masks refined first (:mod:`hmedit.sampling.mask_search`),
-    unless ``masks`` (node index -> [H, W]) gives them."""
+    pass; so do nodes with ``keywords`` their keywords (:func:`node_keywords`). ``keep_words``: node id ->
+    the words of its prompt that keep the regional bias (its other tokens act globally), instead of
+    selecting them. Click masks are grown and ``refine:`` masks refined first
+    (:mod:`hmedit.sampling.mask_search`), unless ``masks`` (node index -> [H, W]) gives them."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -196,9 +199,14 @@ def render(
     if attention_nodes(scene):
         given, first_maps = attention_masks(scene, model, s, progress, inversions=inversions)
         lap("attention")
+    if keep_words is None and any(n.keywords is not None for n in scene.root.walk()):
+        keep_words = node_keywords(scene, model, s, progress, inversions=inversions)
+        lap("keywords")
     plan = plan_of(scene, model, s, refine=refine, noise_scale=noise_scale, given=given, masks=masks)
     lap("plan")
     cond = encode(model, plan)
+    if keep_words:
+        cond = keep_regional(cond, plan, fam.text(model), keep_words)
     lap("encode")
     sched, gen, timesteps, t_start, latents, source, noise = initial_latents(model, s, plan, plan.max_noise)
     lap("prepare")
@@ -287,6 +295,8 @@ def render(
     read = read_probes(region, plan, probe_tokens, probes) if probe_tokens is not None else {}
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
+    if keep_words:
+        stats["keywords"] = {k: list(v) for k, v in keep_words.items()}
     return RenderResult(
         image, s, maps, timings, plan, stats, probes=read, masks=search.info if search is not None else {}
     )
@@ -664,4 +674,68 @@ def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str,
         att = torch.stack(ups).mean(0)
         for k, node_id in enumerate(plan.ids):
             out[f"attention/{node_id}"] = att[k]
+    return out
+
+
+def node_keywords(scene: Scene, model: Model, s: Settings, progress=None, *, inversions=None) -> dict:
+    """The keywords of the scene's nodes with ``keywords`` (MRGD eq. 6, :mod:`hmedit.masks.keywords`), by
+    node id: a first pass renders the scene with those nodes' tokens all global (where the model puts each
+    word on its own) and reads each of their words' cross-attention maps; the words of lowest image entropy
+    are kept (``keywords: N``, or ``auto``)."""
+    from hmedit.masks.keywords import select_keywords
+    from hmedit.scene.spec import prompt_words
+
+    nodes = [n for n in scene.root.walk() if n.keywords is not None and n is not scene.root]
+    wanted = {n.id: [Probe(n.id, w) for w in dict.fromkeys(prompt_words(n.prompt))] for n in nodes}
+    first = render(
+        scene,
+        model,
+        replace(s, record_attention=False),
+        progress,
+        inversions=inversions,
+        words=True,
+        keep_words={n.id: [] for n in nodes},
+    )
+    out: dict[str, list[str]] = {}
+    for n in nodes:
+        found = [p for p in wanted[n.id] if p in first.probes]
+        if not found:
+            out[n.id] = []
+            continue
+        maps = torch.stack([first.probes[p] for p in found])
+        out[n.id] = [found[i].word for i in select_keywords(maps, n.keywords)]
+    return out
+
+
+def keep_regional(cond, plan: Plan, text, keep: dict[str, list[str]]):
+    """``cond`` with the cond-branch tokens of each node in ``keep`` made global (owner -1), but for those of
+    the words listed (every occurrence) and, when any word is kept, the node's end tokens."""
+    from copy import copy
+
+    from hmedit.masks.attention import phrase_tokens, token_position
+
+    def tokenize(t: str) -> list[int]:
+        return list(text.word_ids(t)[0])
+
+    owner = cond.cond.owner.clone()
+    for node_id, words in keep.items():
+        k = plan.ids.index(node_id)
+        if k == 0 or k not in cond.ranges:
+            continue
+        start, end = cond.ranges[k]
+        prompt = plan.flat[k].node.prompt
+        n_words = len(tokenize(prompt))
+        word_pos = {token_position(i, root=False, start=start, window=text.window) for i in range(n_words)}
+        kept = set()
+        for w in words:
+            kept |= {
+                token_position(i, root=False, start=start, window=text.window)
+                for i in phrase_tokens(prompt, w, tokenize) or []
+            }
+        for t in range(start, end):
+            if t in kept or (t not in word_pos and words):  # a kept word, or an end token of a keyword node
+                continue
+            owner[t] = -1
+    out = copy(cond)
+    out.cond = replace(cond.cond, owner=owner)
     return out

@@ -549,6 +549,27 @@ Refine = Annotated[
 ]
 
 
+MAX_KEYWORDS = 1000
+
+
+def _keywords(value: Any) -> Any:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_KEYWORDS:
+        return value
+    raise _error(
+        "keywords_type",
+        f"keywords is auto or a whole number of words, 1..{MAX_KEYWORDS} (got {value!r})",
+        hint="e.g. keywords: auto, or keywords: 2 (the node's 2 words of lowest attention entropy)",
+    )
+
+
+Keywords = Annotated[
+    Literal["auto"] | int | None,
+    BeforeValidator(_keywords, json_schema_input_type=Literal["auto"] | Annotated[int, Field(ge=1)] | None),
+]
+
+
 CONTROL_SOURCES = ("layer", "init_image")
 """``control: {source: ...}`` names: the node's own layer, the scene's init image; anything else is a path."""
 
@@ -767,6 +788,12 @@ class Node(_Spec):
         None,
         description="A textual-inversion embedding to use for this node instead of learning one: diffusers "
         "learned_embeds.safetensors/.bin or an A1111 .pt/.safetensors file, relative to the scene file.",
+    )
+    keywords: Keywords = Field(
+        None,
+        description="Keep the regional bias on this node's words of lowest cross-attention entropy (MRGD "
+        "eq. 6) and let its other words act globally: auto, or a number of words. Costs a first pass. "
+        "Default: every word regional.",
     )
     control: ControlSpec | None = Field(
         None,
@@ -1166,6 +1193,16 @@ class Scene(_Spec):
                 )
             root = data.get("root")
             if isinstance(root, (dict, Node)):
+                if _given(root, "keywords") is not None:
+                    extra.append(
+                        _detail(
+                            ("root", "keywords"),
+                            data,
+                            "root_keywords",
+                            "the root has no keywords: its words act globally already",
+                            hint="put keywords on a child node with a long prompt",
+                        )
+                    )
                 for key in ("mask", "layer", "at", "scale"):
                     if _given(root, key) is not None:
                         extra.append(
