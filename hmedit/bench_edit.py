@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +108,33 @@ def recon_scene(init: str, prompt: str, method: str, guidance: float, size: int,
     return _inverting_scene("recon", init, method, size, steps, guidance, {"prompt": prompt, "noise": 1.0})
 
 
-def edit_images(count: int, size: int) -> list[tuple[int, world.WorldImage, int, str]]:
-    """``count`` held-out world images fit for a colour edit: (seed, image, object index, new colour). The
-    object is the largest solid one; the background is solid; nothing is outlined; the new colour is one the
-    image does not use."""
-    out = []
-    seed = EDIT_SEEDS
-    while len(out) < count:
+def recolour_cases(
+    first_seed: int, size: int, min_fraction: float, salt: int
+) -> Iterator[tuple[int, world.WorldImage, int, str, np.random.Generator]]:
+    """Held-out world images from ``first_seed`` up that are fit for a colour edit, without end: (seed,
+    image, object index, new colour, the case's generator). The object is the largest solid one and covers
+    at least ``min_fraction`` of the image; the background is solid; nothing is outlined; the new colour is
+    one the image does not use, drawn by a generator seeded by (seed, ``salt``)."""
+    seed = first_seed
+    while True:
         w = world.sample(seed, size)
         seed += 1
         if w.background_texture != "solid" or w.outlined or not w.objects:
             continue
         areas = [float((o.mask > 0.5).mean()) if o.texture == "solid" else 0.0 for o in w.objects]
         k = int(np.argmax(areas))
-        if areas[k] < MIN_OBJECT_FRACTION:
+        if areas[k] < min_fraction:
             continue
+        rng = np.random.default_rng([seed, salt])
         used = {w.background} | {o.colour for o in w.objects}
-        rng = np.random.default_rng([seed, 0xED17])
-        colour = str(rng.choice([c for c in COLOURS if c not in used]))
-        out.append((seed - 1, w, k, colour))
-    return out
+        yield seed - 1, w, k, str(rng.choice([c for c in COLOURS if c not in used])), rng
+
+
+def edit_images(count: int, size: int) -> list[tuple[int, world.WorldImage, int, str]]:
+    """``count`` held-out world images fit for a colour edit (:func:`recolour_cases`): (seed, image, object
+    index, new colour)."""
+    cases = recolour_cases(EDIT_SEEDS, size, MIN_OBJECT_FRACTION, 0xED17)
+    return [case[:4] for case, _ in zip(cases, range(count))]
 
 
 def write_masks(w: world.WorldImage, folder: Path, name: str) -> list[str]:

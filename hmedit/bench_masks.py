@@ -161,19 +161,12 @@ def click_summary(cases: list[dict]) -> dict:
 def refine_cases(count: int, size: int) -> list[dict]:
     """Held-out world images with a solid background and a solid object of at least 4% of the frame; the
     object's new colour; the drawn box, off (fractions of the image)."""
-    out, seed = [], REFINE_SEEDS
-    while len(out) < count:
-        w = world.sample(seed, size)
-        seed += 1
-        if w.background_texture != "solid" or w.outlined or not w.objects:
-            continue
-        areas = [float((o.mask > 0.5).mean()) if o.texture == "solid" else 0.0 for o in w.objects]
-        k = int(np.argmax(areas))
-        if areas[k] < MIN_OBJECT_FRACTION:
-            continue
-        rng = np.random.default_rng([seed, 0x0FF])
-        used = {w.background} | {o.colour for o in w.objects}
-        colour = str(rng.choice([c for c in COLOURS if c not in used]))
+    from hmedit.bench_edit import recolour_cases
+
+    out = []
+    for seed, w, k, colour, rng in recolour_cases(REFINE_SEEDS, size, MIN_OBJECT_FRACTION, 0x0FF):
+        if len(out) == count:
+            break
         x0, y0, x1, y1 = w.objects[k].box
         bw, bh = (x1 - x0) / size, (y1 - y0) / size
         sx, sy = (float(v) for v in rng.choice([-1.0, 1.0], 2))
@@ -181,7 +174,7 @@ def refine_cases(count: int, size: int) -> list[dict]:
         cx = x0 / size + bw / 2 + sx * OFF_SHIFT * bw
         cy = y0 / size + bh / 2 + sy * OFF_SHIFT * bh
         box = [round(cx - gw / 2, 4), round(cy - gh / 2, 4), round(gw, 4), round(gh, 4)]
-        out.append({"seed": seed - 1, "world": w, "object": k, "colour": colour, "box": box})
+        out.append({"seed": seed, "world": w, "object": k, "colour": colour, "box": box})
     return out
 
 
