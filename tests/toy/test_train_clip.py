@@ -52,7 +52,8 @@ def test_export_loads_as_an_fp32_clip_with_its_processor(tmp_path):
     # the processor normalises a world image exactly as training does
     image = world.sample(3).image
     got = proc(images=[image], return_tensors="pt")["pixel_values"]
-    assert torch.allclose(got, tc.pixels(torch.from_numpy(image[None])), atol=1e-5)
+    want = tc.pixels(torch.from_numpy(image[None]), tc.ARCH["tiny"]["image_size"])
+    assert got.shape[-1] == tc.ARCH["tiny"]["image_size"] and torch.allclose(got, want, atol=1e-5)
     assert (out / "training.json").is_file()
 
 
