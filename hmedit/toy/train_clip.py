@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hmedit.toy import world
+from hmedit.toy import checkpoint, world
 from hmedit.toy.publish import publish
 from hmedit.toy.train import _log, _lr
 
@@ -265,48 +265,11 @@ def draw_captions(
 
 # ---------------------------------------------------------------- checkpoints
 def save_state(path: Path, model, opt, names: list[str], ema: list[torch.Tensor], step: int, a) -> None:
-    """Model, EMA and Adam moments (keyed by parameter name; ``names``: the optimiser's order, which ``ema``
-    follows) as one safetensors file, written atomically."""
-    from hmedit.outputs.write import save_safetensors
-
-    tensors = {f"model.{n}": p for n, p in model.named_parameters()}
-    tensors.update({f"ema.{n}": e for n, e in zip(names, ema)})
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{names[i]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    save_safetensors(path, tensors, metadata={"step": str(step), "args": json.dumps(_arg_record(a))})
+    """:func:`hmedit.toy.checkpoint.save_state` with this trainer's argument record."""
+    checkpoint.save_state(path, model, opt, names, ema, step, _arg_record(a))
 
 
-def load_state(path: Path, model, opt, names: list[str]) -> tuple[list[torch.Tensor], int]:
-    """Restore ``model`` and ``opt`` from :func:`save_state`'s file; returns (EMA tensors, step)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    from hmedit.errors import HmeditError
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        data = load_file(path)
-        step = int(meta["step"])
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(data[f"model.{n}"])
-        ema = [data[f"ema.{n}"].clone() for n in names]
-        state = {}
-        for i, n in enumerate(names):
-            keys = [k for k in data if k.startswith(f"opt.{n}.")]
-            if keys:
-                state[i] = {k[len(f"opt.{n}.") :]: data[k] for k in keys}
-        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HmeditError(
-            f"cannot resume from the checkpoint: {first}",
-            file=path,
-            hint="delete it to train from the start, or train into another --run-dir",
-        ) from None
-    return ema, step
+load_state = checkpoint.load_state
 
 
 def _arg_record(a) -> dict:

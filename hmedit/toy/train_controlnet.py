@@ -21,7 +21,6 @@ Stages (each resumable from its files in ``--run-dir``):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hmedit.toy import world
+from hmedit.toy import checkpoint, world
 from hmedit.toy.publish import publish
 from hmedit.toy.train import MAX_TOKENS, _log, _lr, _to_tensor, build_scheduler_config
 
@@ -171,54 +170,15 @@ def make_optimizer(cn, lr: float, fast_mult: float = 1.0):
 def save_state(
     path: Path, cn, opt, ema: list[torch.Tensor], step: int, a, names: list[str] | None = None
 ) -> None:
-    """Model, EMA and Adam moments (all keyed by parameter name) as one safetensors file (no pickle), written
-    atomically. ``names``: the parameters' names in the optimiser's (and ``ema``'s) order."""
-    from hmedit.outputs.write import save_safetensors
-
+    """:func:`hmedit.toy.checkpoint.save_state` with this trainer's argument record. ``names``: the
+    parameters' names in the optimiser's (and ``ema``'s) order; default: ``cn``'s own order."""
     names = names or [n for n, _ in cn.named_parameters()]
-    tensors = {f"model.{n}": p for n, p in cn.named_parameters()}
-    tensors.update({f"ema.{n}": e for n, e in zip(names, ema)})
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{names[i]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    save_safetensors(path, tensors, metadata={"step": str(step), "args": json.dumps(_arg_record(a))})
+    checkpoint.save_state(path, cn, opt, names, ema, step, _arg_record(a))
 
 
 def load_state(path: Path, cn, opt, names: list[str] | None = None) -> tuple[list[torch.Tensor], int]:
-    """Restore ``cn`` and ``opt`` from :func:`save_state`'s file; returns (EMA tensors in ``names``' order,
-    step)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    from hmedit.errors import HmeditError
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        data = load_file(path)
-        step = int(meta["step"])
-        names = names or [n for n, _ in cn.named_parameters()]
-        with torch.no_grad():
-            for n, p in cn.named_parameters():
-                p.copy_(data[f"model.{n}"])
-        ema = [data[f"ema.{n}"].clone() for n in names]
-        state = {}
-        for i, n in enumerate(names):
-            keys = [k for k in data if k.startswith(f"opt.{n}.")]
-            if keys:
-                state[i] = {k[len(f"opt.{n}.") :]: data[k] for k in keys}
-        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise HmeditError(
-            f"cannot resume from the checkpoint: {_first_line(exc)}",
-            file=path,
-            hint="delete it to train from the start, or train into another --run-dir",
-        ) from None
-    return ema, step
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """:func:`hmedit.toy.checkpoint.load_state`; ``names`` as for :func:`save_state`."""
+    return checkpoint.load_state(path, cn, opt, names or [n for n, _ in cn.named_parameters()])
 
 
 def _arg_record(a) -> dict:
