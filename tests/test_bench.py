@@ -323,7 +323,7 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
     images = out / "images"
     assert len(list((images / "tiling").glob("*.png"))) == 4
     assert len(list((images / "composition").glob("*.png"))) == 3
-    assert len(list((images / "control").glob("*.png"))) == 4
+    assert len(list((images / "control").glob("*.png"))) == 2 * 3  # masked, unmasked, fusion
     assert len(list((images / "hierarchy").glob("*.png"))) == 2 * len(bench.HIERARCHY_SCHEMES)
     assert len(list((images / "locality").glob("*.png"))) == 4
     assert len(list((images / "inversion").glob("*.png"))) == 3 * 3  # prompt, token, comparison
