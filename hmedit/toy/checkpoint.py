@@ -55,3 +55,19 @@ def load_state(path: Path, model, opt, names: list[str]) -> tuple[list[torch.Ten
             hint="delete it to train from the start, or train into another --run-dir",
         ) from None
     return ema, step
+
+
+def optimiser_step(
+    opt, loss: torch.Tensor, params: list, ema: list[torch.Tensor], ema_max: float, step: int
+) -> int:
+    """One training step of the toy trainers: backward, gradients clipped to norm 1, Adam's step, then the EMA
+    of ``params`` (decay ``min(ema_max, (1 + s) / (10 + s))`` at the new step s). Returns the new step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    step += 1
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+    return step

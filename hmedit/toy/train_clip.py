@@ -389,15 +389,8 @@ def train(a) -> None:
             targets,
             present,
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
+        step = checkpoint.optimiser_step(opt, loss, params, ema, a.ema, step)
         done += 1
-        decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(loss.item())
         figs.append(fig)
         if step % a.log_every == 0 or step == stop:

@@ -259,15 +259,8 @@ def train(a, frozen=None) -> None:
             zt, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid
         ).sample
         loss = (F.mse_loss(pred, target, reduction="none").mean((1, 2, 3)) * weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
+        step = checkpoint.optimiser_step(opt, loss, params, ema, a.ema, step)
         done += 1
-        decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(loss.item())
         if step % a.log_every == 0 or step == stop:
             _log(
