@@ -161,7 +161,11 @@ per-channel mean {t["image_mean"]} and std {t["image_std"]}.
 ## Data and training (`python -m hmedit.toy.train_clip`, seeded, resumable; `make train-clip`)
 
 World images of seeds {t["train_seeds"]} (`hmedit.toy.world.sample`: 0-4 objects on a coloured, sometimes
-textured background, sometimes outlined), rendered once and cached. Each image of a batch gets one caption:
+textured background, sometimes outlined), rendered once and cached at the image tower's size{
+        f"; {t['flip']:.0%} of a batch's images are mirrored left-right (every world shape is symmetric)"
+        if t.get("flip")
+        else ""
+    }. Each image of a batch gets one caption:
 the world's own caption ({t["p_world"]:.0%}), one of its objects' short phrase "a {{colour}} {{shape}}"
 ({t["p_short"]:.0%}; each brings a hard negative, the same colour with another shape, to the image-to-text
 side of the loss), or that object's full phrase ("an outlined striped red circle", the rest). Loss: CLIP's

@@ -62,6 +62,15 @@ ARCH = {
         image_size=32,
         patch_size=4,
     ),
+    # world images resized to 64 px, 8 px patches: 64 patch tokens + CLS. A supervised 5-shape probe of this
+    # tower learns shape about twice as fast per step as "full" (50% vs 43% at step 500, 2,238 images)
+    "p8": dict(
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4),
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+        projection_dim=128,
+        image_size=64,
+        patch_size=8,
+    ),
     # minute, at 32 px (so that tests go through the resize): tests
     "tiny": dict(
         vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
@@ -157,46 +166,65 @@ def pixels(images: torch.Tensor, size: int = world.SIZE) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- stage 1: data
+def _render_rows(seeds: range, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """World images of ``seeds`` (resized to ``size`` as :func:`pixels` would) and what they show."""
+    from PIL import Image
+
+    n = len(seeds)
+    images = np.zeros((n, size, size, 3), np.uint8)
+    objects = np.full((n, MAX_OBJECTS, 3), -1, np.int64)
+    background = np.zeros((n, 2), np.int64)
+    outlined = np.zeros(n, np.int64)
+    captions = []
+    for k, s in enumerate(seeds):
+        w = world.sample(s)
+        im = w.image
+        if size != world.SIZE:
+            im = np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
+        images[k] = im
+        for j, o in enumerate(w.objects):
+            objects[k, j] = (
+                world.COLOURS.index(o.colour),
+                world.SHAPES.index(o.shape),
+                world.TEXTURES.index(o.texture),
+            )
+        background[k] = (world.COLOURS.index(w.background), world.TEXTURES.index(w.background_texture))
+        outlined[k] = int(w.outlined)
+        captions.append(w.caption)
+    return images, objects, background, outlined, captions
+
+
 def make_data(a) -> None:
-    """World images 0..N-1 with what they show: objects [N, 4, 3] (colour, shape, texture indices; -1:
-    none), background [N, 2] (colour, texture), outlined [N], the world's caption as token ids."""
+    """World images 0..N-1, stored at the arch's image size (resized once, as the processor resizes), with
+    what they show: objects [N, 4, 3] (colour, shape, texture indices; -1: none), background [N, 2] (colour,
+    texture), outlined [N], the world's caption as token ids. ``a.workers`` processes render them."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from hmedit.outputs.write import save_safetensors
 
     out = a.run_dir / DATA
     if out.exists():
         return
     tok = toy_tokenizer()
-    n = a.dataset
-    images = np.zeros((n, world.SIZE, world.SIZE, 3), np.uint8)
-    objects = np.full((n, MAX_OBJECTS, 3), -1, np.int64)
-    background = np.zeros((n, 2), np.int64)
-    outlined = np.zeros(n, np.int64)
-    captions = []
+    n, size = a.dataset, ARCH[a.arch]["image_size"]
+    chunk = 1000
+    parts = [range(i, min(i + chunk, n)) for i in range(0, n, chunk)]
     t0 = time.time()
-    for s in range(n):
-        w = world.sample(s)
-        images[s] = w.image
-        for j, o in enumerate(w.objects):
-            objects[s, j] = (
-                world.COLOURS.index(o.colour),
-                world.SHAPES.index(o.shape),
-                world.TEXTURES.index(o.texture),
-            )
-        background[s] = (world.COLOURS.index(w.background), world.TEXTURES.index(w.background_texture))
-        outlined[s] = int(w.outlined)
-        captions.append(w.caption)
-        if (s + 1) % 1000 == 0 or s + 1 == n:
-            _log(f"data {s + 1}/{n} ({time.time() - t0:.0f} s)", a.log)
+    rows = []
+    with ProcessPoolExecutor(max(1, getattr(a, "workers", 1))) as pool:
+        for part, row in zip(parts, pool.map(_render_rows, parts, [size] * len(parts))):
+            rows.append(row)
+            _log(f"data {part.stop}/{n} ({time.time() - t0:.0f} s)", a.log)
     save_safetensors(
         out,
         {
-            "images": torch.from_numpy(images),
-            "objects": torch.from_numpy(objects),
-            "background": torch.from_numpy(background),
-            "outlined": torch.from_numpy(outlined),
-            "ids": tokenize(tok, captions),
+            "images": torch.from_numpy(np.concatenate([r[0] for r in rows])),
+            "objects": torch.from_numpy(np.concatenate([r[1] for r in rows])),
+            "background": torch.from_numpy(np.concatenate([r[2] for r in rows])),
+            "outlined": torch.from_numpy(np.concatenate([r[3] for r in rows])),
+            "ids": tokenize(tok, [c for r in rows for c in r[4]]),
         },
-        metadata={"seeds": f"0..{n - 1}", "world": "hmedit.toy.world.sample"},
+        metadata={"seeds": f"0..{n - 1}", "world": "hmedit.toy.world.sample", "image_size": str(size)},
     )
 
 
@@ -285,6 +313,8 @@ def _arg_record(a) -> dict:
         "p_world",
         "p_short",
         "class_loss",
+        "aux_shape",
+        "flip",
         "logit_scale",
         "save_every",
     )
@@ -314,14 +344,18 @@ def clip_loss(
     class_ids: torch.Tensor | None = None,
     targets: list[int] | None = None,
     present: list[list[int]] | None = None,
+    aux_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE: image i's caption is text i (i < n_pos); texts from n_pos on are negatives only.
     With ``class_ids`` (the tokenised :func:`class_captions`), plus the zero-shot task as a loss: each image
     against all 60 "a {colour} {shape}" captions, the class of its target object right and the classes of its
-    other objects left out of the softmax (they are not wrong). Returns (loss, figures)."""
-    from hmedit.clip.load import image_features, text_features
+    other objects left out of the softmax (they are not wrong). With ``aux_weight`` and the model's
+    training-only ``aux_shape`` head (:func:`attach_aux`), plus that weight times a multi-label loss: which
+    shapes the image holds, read linearly from the image tower's pooled output. Returns (loss, figures)."""
+    from hmedit.clip.load import text_features
 
-    img = F.normalize(image_features(model, pix), dim=-1)
+    pooled = model.vision_model(pixel_values=pix).pooler_output
+    img = F.normalize(model.visual_projection(pooled), dim=-1)
     txt = F.normalize(text_features(model, ids), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
     logits = scale * img @ txt.T  # [B, B + negatives]
@@ -345,7 +379,23 @@ def clip_loss(
             n_shapes = len(world.SHAPES)
             figures["cls"] = (best == want).float().mean().item()
             figures["shape"] = (best % n_shapes == want % n_shapes).float().mean().item()
+    if aux_weight and present is not None and hasattr(model, "aux_shape"):
+        n_shapes = len(world.SHAPES)
+        want_shapes = torch.zeros(len(present), n_shapes)
+        for k, classes in enumerate(present):
+            for c in classes:
+                want_shapes[k, c % n_shapes] = 1.0
+        guess = model.aux_shape(pooled)
+        loss = loss + aux_weight * F.binary_cross_entropy_with_logits(guess, want_shapes)
+        figures["aux"] = ((guess > 0) == (want_shapes > 0)).all(1).float().mean().item()
     return loss, figures
+
+
+def attach_aux(model) -> None:
+    """A training-only linear head ``aux_shape`` on the image tower's pooled output (which shapes an image
+    holds): it pushes the tower to see outlines, which the contrastive loss alone teaches slowly. It is
+    checkpointed with the model and left out of the export."""
+    model.aux_shape = torch.nn.Linear(model.config.vision_config.hidden_size, len(world.SHAPES))
 
 
 def train(a) -> None:
@@ -353,6 +403,8 @@ def train(a) -> None:
     data = load_data(a.run_dir / DATA)
     images, world_ids = data["images"], data["ids"]
     model = build_clip(a.arch, tok, logit_scale=a.logit_scale).train()
+    if a.aux_shape:
+        attach_aux(model)
     size = ARCH[a.arch]["image_size"]
     opt, names = make_optimizer(model, a.lr)
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -380,14 +432,19 @@ def train(a) -> None:
             ids[mine] = tokenize(tok, [captions[k] for k in mine])
         if negatives:
             ids = torch.cat([ids, tokenize(tok, negatives)])
+        pix = pixels(images[idx], size)
+        if a.flip:
+            mirror = torch.rand(len(idx), generator=g) < a.flip
+            pix = torch.where(mirror.view(-1, 1, 1, 1), pix.flip(-1), pix)
         loss, fig = clip_loss(
             model,
-            pixels(images[idx], size),
+            pix,
             trim(ids, tok.eos_token_id),
             len(idx),
             class_ids,
             targets,
             present,
+            a.aux_shape,
         )
         step = checkpoint.optimiser_step(opt, loss, params, ema, a.ema, step)
         done += 1
@@ -414,6 +471,8 @@ def export(a, out: Path, use_ema: bool = True, extra: dict | None = None) -> Pat
     processor and training.json; a README.md already in ``out`` (the model card) is kept."""
     tok = toy_tokenizer()
     model = build_clip(a.arch, tok)
+    if a.aux_shape:
+        attach_aux(model)
     opt, names = make_optimizer(model, a.lr)
     ema, step = load_state(a.run_dir / CKPT, model, opt, names)
     if use_ema:
@@ -421,6 +480,8 @@ def export(a, out: Path, use_ema: bool = True, extra: dict | None = None) -> Pat
         with torch.no_grad():
             for n, e in zip(names, ema):
                 params[n].copy_(e)
+    if a.aux_shape:
+        del model.aux_shape  # training only
     size = ARCH[a.arch]["image_size"]
 
     def write(tmp: Path) -> None:
@@ -460,6 +521,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--dataset", type=int, default=12000, help="world images 0..N-1")
+    p.add_argument("--workers", type=int, default=1, help="processes that render the data")
+    p.add_argument("--flip", type=float, default=0.0, help="share of images mirrored left-right")
     p.add_argument("--steps", type=int, default=750, help="length of the run (the lr schedule's)")
     p.add_argument("--until", type=int, default=0, help="stop this session at this step (resume later)")
     p.add_argument("--batch", type=int, default=64)
@@ -473,6 +536,12 @@ def parse_args(argv=None):
         type=int,
         default=1,
         help="1: add the zero-shot task as a loss (each image vs every 'a {colour} {shape}'); 0: CLIP's",
+    )
+    p.add_argument(
+        "--aux-shape",
+        type=float,
+        default=0.0,
+        help="weight of a training-only loss: which shapes the image holds, from the image tower (0: none)",
     )
     p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature factor")
     p.add_argument("--save-every", type=int, default=25)

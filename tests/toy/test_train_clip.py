@@ -59,10 +59,11 @@ def test_export_loads_as_an_fp32_clip_with_its_processor(tmp_path):
 
 def test_data_records_what_each_image_shows(tmp_path):
     class A:
-        run_dir, dataset, log = tmp_path, 5, None
+        run_dir, dataset, log, arch, workers = tmp_path, 5, None, "full", 2
 
     tc.make_data(A)
     data = tc.load_data(tmp_path / tc.DATA)
+    assert data["images"].shape == (5, world.SIZE, world.SIZE, 3)
     for s in range(5):
         w = world.sample(s)
         assert torch.equal(data["images"][s], torch.from_numpy(w.image))
@@ -72,6 +73,19 @@ def test_data_records_what_each_image_shows(tmp_path):
             for o in w.objects
         ]
         assert got == want
+
+
+def test_data_of_a_smaller_tower_is_stored_resized_as_the_processor_resizes(tmp_path):
+    class A:
+        run_dir, dataset, log, arch = tmp_path, 3, None, "p8"
+
+    tc.make_data(A)
+    data = tc.load_data(tmp_path / tc.DATA)
+    size = tc.ARCH["p8"]["image_size"]
+    assert data["images"].shape == (3, size, size, 3)
+    full = torch.from_numpy(world.sample(2).image[None])
+    # training normalises the stored image exactly as it would have resized and normalised the full one
+    assert torch.equal(tc.pixels(data["images"][2:3], size), tc.pixels(full, size))
 
 
 def test_captions_name_an_object_of_the_image_and_negatives_another_shape():
@@ -101,3 +115,35 @@ def test_a_damaged_checkpoint_is_an_error_naming_it(tmp_path):
     with pytest.raises(HmeditError) as info:
         tc.load_state(path, model, opt, names)
     assert info.value.location.file == path
+
+
+@pytest.mark.slow
+def test_the_auxiliary_shape_head_trains_and_stays_out_of_the_export(tmp_path):
+    from transformers import CLIPModel
+
+    out = tmp_path / "out"
+    _run(tmp_path / "run", "--steps", "2", "--aux-shape", "1", "--out", str(out))
+    state = load_file(tmp_path / "run" / tc.CKPT)
+    assert "model.aux_shape.weight" in state and "ema.aux_shape.weight" in state
+    assert not any("aux" in k for k in load_file(out / "model.safetensors"))
+    CLIPModel.from_pretrained(out)  # loads without unexpected keys
+
+
+def test_the_auxiliary_loss_asks_which_shapes_the_image_holds():
+    torch.manual_seed(0)
+    model = tc.build_clip("tiny")
+    tc.attach_aux(model)
+    pix = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[0, 5, 1], [0, 6, 1]])
+    present = [[tc.class_of(0, 1)], [tc.class_of(2, 3), tc.class_of(4, 1)]]
+    plain, _ = tc.clip_loss(model, pix, ids, 2, present=present)
+    with_aux, fig = tc.clip_loss(model, pix, ids, 2, present=present, aux_weight=2.0)
+    # the difference is exactly twice the multi-label loss of the head on the pooled image features
+    pooled = model.vision_model(pixel_values=pix).pooler_output
+    want = torch.zeros(2, len(world.SHAPES))
+    want[0, 1] = want[1, 3] = want[1, 1] = 1
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(model.aux_shape(pooled), want)
+    assert torch.allclose(with_aux - plain, 2 * bce, atol=1e-5)
+    assert 0 <= fig["aux"] <= 1
+    with_aux.backward()
+    assert model.aux_shape.weight.grad is not None and model.aux_shape.weight.grad.abs().sum() > 0
