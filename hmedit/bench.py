@@ -132,6 +132,7 @@ class Config:
     scale_steps: int = 3  # seconds per step are what is compared
     clip: str = "toy"  # masks: the CLIP that click masks and refinement score with
     quick: bool = False
+    seeds: int | None = None  # --seeds N as given (suites with their own counts take it when set)
 
     @classmethod
     def quick_config(cls) -> Config:
@@ -170,6 +171,7 @@ class Config:
                 hierarchy_scenes=seeds,
                 locality_scenes=seeds,
                 inversion_seeds=seeds,
+                seeds=seeds,
             )
         if repeats is not None:
             cfg = replace(cfg, repeats=repeats)

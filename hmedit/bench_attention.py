@@ -60,9 +60,7 @@ class AttentionConfig:
                 dataset_steps=cfg.steps,
                 dataset_size=cfg.size,
             )
-        from hmedit.bench import Config
-
-        n = cfg.control_scenes if cfg.control_scenes != Config().control_scenes else cls.scenes
+        n = cfg.seeds if cfg.seeds is not None else cls.scenes
         return cls(scenes=n, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance)
 
 

@@ -69,10 +69,7 @@ class ControlNetConfig:
                 tiled_size=256,
                 tiled_steps=2,
             )
-        from hmedit.bench import Config
-
-        # the control suite's scene count when --seeds named one, else this suite's own
-        n = cfg.control_scenes if cfg.control_scenes != Config().control_scenes else cls.scenes
+        n = cfg.seeds if cfg.seeds is not None else cls.scenes  # --seeds N, else this suite's own count
         return cls(scenes=n, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, repeats=cfg.repeats)
 
 

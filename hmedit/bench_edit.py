@@ -460,12 +460,10 @@ def pair_summary(cases: list[dict], cfg) -> dict:
 
 def pair_count(cfg) -> int:
     """Edit pairs per task: 10; ``--seeds N``: N; quick: 1."""
-    from hmedit.bench import Config
-
     if cfg.quick:
         return 1
-    if cfg.control_scenes != Config.control_scenes:
-        return cfg.control_scenes
+    if cfg.seeds is not None:
+        return cfg.seeds
     return PAIR_SCENES
 
 
@@ -547,12 +545,10 @@ def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) 
 
 def image_counts(cfg) -> tuple[int, int]:
     """Reconstruction and edit images: 20 and 24; ``--seeds N``: N each; quick: 2 each."""
-    from hmedit.bench import Config
-
     if cfg.quick:
         return 2, 2
-    if cfg.control_scenes != Config.control_scenes:  # --seeds N sets every suite's count
-        return cfg.control_scenes, cfg.control_scenes
+    if cfg.seeds is not None:  # --seeds N sets every suite's count
+        return cfg.seeds, cfg.seeds
     return RECON_IMAGES, EDIT_IMAGES
 
 

@@ -197,6 +197,20 @@ def test_place_boxes_always_succeeds_for_four():
         assert len(boxes) == 4
 
 
+def test_seeds_n_sets_every_suites_count_even_when_n_is_a_default():
+    from hmedit import bench_attention, bench_control, bench_edit
+
+    for n in (24, 10, 7):  # 24 is the control suite's default, 10 the edit pairs'
+        cfg = bench.Config.make(seeds=n)
+        assert bench_edit.pair_count(cfg) == n and bench_edit.image_counts(cfg) == (n, n)
+        assert bench_attention.AttentionConfig.of(cfg).scenes == n
+        assert bench_control.ControlNetConfig.of(cfg).scenes == n
+    cfg = bench.Config.make()
+    assert bench_edit.pair_count(cfg) == bench_edit.PAIR_SCENES
+    assert bench_edit.image_counts(cfg) == (bench_edit.RECON_IMAGES, bench_edit.EDIT_IMAGES)
+    assert bench_attention.AttentionConfig.of(cfg).scenes == bench_attention.AttentionConfig.scenes
+
+
 def test_config_and_suites():
     quick = bench.Config.make(quick=True)
     assert quick.size == 64 and quick.steps == 2 and quick.control_scenes == 2 and quick.repeats == 1

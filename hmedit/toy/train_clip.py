@@ -314,6 +314,7 @@ def _arg_record(a) -> dict:
         "p_short",
         "class_loss",
         "aux_shape",
+        "aux_warmup",
         "flip",
         "logit_scale",
         "save_every",
@@ -345,16 +346,21 @@ def clip_loss(
     targets: list[int] | None = None,
     present: list[list[int]] | None = None,
     aux_weight: float = 0.0,
+    aux_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE: image i's caption is text i (i < n_pos); texts from n_pos on are negatives only.
     With ``class_ids`` (the tokenised :func:`class_captions`), plus the zero-shot task as a loss: each image
     against all 60 "a {colour} {shape}" captions, the class of its target object right and the classes of its
     other objects left out of the softmax (they are not wrong). With ``aux_weight`` and the model's
     training-only ``aux_shape`` head (:func:`attach_aux`), plus that weight times a multi-label loss: which
-    shapes the image holds, read linearly from the image tower's pooled output. Returns (loss, figures)."""
+    shapes the image holds, read linearly from the image tower's pooled output; ``aux_only``: that loss
+    alone (the text tower is not run). Returns (loss, figures)."""
     from hmedit.clip.load import text_features
 
     pooled = model.vision_model(pixel_values=pix).pooler_output
+    if aux_only:
+        aux, acc = shape_loss(model, pooled, present or [])
+        return aux, {"aux": acc}
     img = F.normalize(model.visual_projection(pooled), dim=-1)
     txt = F.normalize(text_features(model, ids), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
@@ -380,15 +386,23 @@ def clip_loss(
             figures["cls"] = (best == want).float().mean().item()
             figures["shape"] = (best % n_shapes == want % n_shapes).float().mean().item()
     if aux_weight and present is not None and hasattr(model, "aux_shape"):
-        n_shapes = len(world.SHAPES)
-        want_shapes = torch.zeros(len(present), n_shapes)
-        for k, classes in enumerate(present):
-            for c in classes:
-                want_shapes[k, c % n_shapes] = 1.0
-        guess = model.aux_shape(pooled)
-        loss = loss + aux_weight * F.binary_cross_entropy_with_logits(guess, want_shapes)
-        figures["aux"] = ((guess > 0) == (want_shapes > 0)).all(1).float().mean().item()
+        aux, figures["aux"] = shape_loss(model, pooled, present)
+        loss = loss + aux_weight * aux
     return loss, figures
+
+
+def shape_loss(model, pooled: torch.Tensor, present: list[list[int]]) -> tuple[torch.Tensor, float]:
+    """The ``aux_shape`` head's multi-label loss (which of the world's shapes each image holds) and the share
+    of images whose every shape it gets right."""
+    n_shapes = len(world.SHAPES)
+    want = torch.zeros(len(present), n_shapes)
+    for k, classes in enumerate(present):
+        for c in classes:
+            want[k, c % n_shapes] = 1.0
+    guess = model.aux_shape(pooled)
+    return F.binary_cross_entropy_with_logits(guess, want), ((guess > 0) == (want > 0)).all(
+        1
+    ).float().mean().item()
 
 
 def attach_aux(model) -> None:
@@ -445,6 +459,7 @@ def train(a) -> None:
             targets,
             present,
             a.aux_shape,
+            aux_only=bool(a.aux_shape) and step < a.aux_warmup,
         )
         step = checkpoint.optimiser_step(opt, loss, params, ema, a.ema, step)
         done += 1
@@ -542,6 +557,12 @@ def parse_args(argv=None):
         type=float,
         default=0.0,
         help="weight of a training-only loss: which shapes the image holds, from the image tower (0: none)",
+    )
+    p.add_argument(
+        "--aux-warmup",
+        type=int,
+        default=0,
+        help="the first N steps train the image tower on that loss alone (needs --aux-shape)",
     )
     p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature factor")
     p.add_argument("--save-every", type=int, default=25)
