@@ -59,7 +59,7 @@ train-controlnet: setup
 
 # The bundled CLIP (resumable: run again to continue), then its zero-shot figures into its model card.
 train-clip: setup
-	$(BIN)/python -m hmedit.toy.train_clip --run-dir runs/clip --out hmedit/models/weights/toy-clip
+	$(BIN)/python -m hmedit.toy.train_clip --run-dir runs/clip --workers 2 --threads 1 --out hmedit/models/weights/toy-clip
 	$(BIN)/python -m hmedit.toy.evaluate_clip --card --docs docs/toy-clip-eval.json
 
 # Re-render the golden images (after an intended change of the model or the pipeline).

@@ -17,6 +17,7 @@ def _run(run_dir: Path, *extra: str) -> None:
     torch.set_num_threads(1)
     tc.main(
         ["--arch", "tiny", "--run-dir", str(run_dir), "--dataset", "6", "--batch", "4", "--save-every", "1"]
+        + ["--aux-warmup", "1"]  # one step of the image tower's shape loss alone, then the contrastive one
         + list(extra)
     )
 
