@@ -111,5 +111,10 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
     for task in pairs["tasks"].values():
         for v in bench_edit.PAIR_VARIANTS:
             assert 0 <= task[v]["oracle_rate"] <= 1 and task[v]["ssim_i"] <= 1 and task[v]["cpu_s"] > 0
+        target = bench_edit.TARGET_PAIR_SSIM_I
+        assert task["pass"] == (task["attention+inject"]["ssim_i"] >= target)
+        assert task["pass_blend"] == (task["attention+inject+blend"]["ssim_i"] >= target)
+    assert pairs["pass"] == all(t["pass"] for t in pairs["tasks"].values())
+    assert pairs["pass_blend"] == all(t["pass_blend"] for t in pairs["tasks"].values())
     images = [*(out / "images" / "edit").glob("*.png"), *(out / "images" / "pairs").glob("*.png")]
     assert len(images) == bench_edit.render_count(bench.Config.make(quick=True))
