@@ -511,6 +511,15 @@ def _run_item(item: tuple) -> tuple[str, int, dict]:
     return kind, index, recon_case(run, tmp, *args, cfg)
 
 
+def _quiet_worker() -> None:
+    """A forked worker ends on SIGTERM (the CLI's handler turns it into Ctrl-C, which would print a traceback
+    from every worker when the pool is torn down) and leaves Ctrl-C to the parent, which stops the pool."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) -> dict[str, list[dict]]:
     """Every item's case, in item order per kind; ``workers`` > 1: forked processes (CPU only). With an
     images folder, the cases finished so far are also written to ``edit-partial.json`` beside it as they
@@ -535,12 +544,14 @@ def _run_all(b, run: _Runner, tmp: Path, cfg, items: list[tuple], workers: int) 
     try:
         if workers > 1:
             _WORK["forked"] = True
-            with mp.get_context("fork").Pool(workers) as pool:
+            with mp.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
                 for kind, index, case in pool.imap_unordered(_run_item, items):
                     out.setdefault(kind, {})[index] = case
                     keep()
                     for _ in range(renders[kind]):
                         b.tick(f"edit {kind} {index}")
+                pool.close()  # done: let the workers end instead of terminating them
+                pool.join()
         else:
             for item in items:
                 kind, index, case = _run_item(item)

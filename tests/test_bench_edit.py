@@ -118,3 +118,25 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
     assert pairs["pass_blend"] == all(t["pass_blend"] for t in pairs["tasks"].values())
     images = [*(out / "images" / "edit").glob("*.png"), *(out / "images" / "pairs").glob("*.png")]
     assert len(images) == bench_edit.render_count(bench.Config.make(quick=True))
+
+
+def _handlers(_):
+    import signal
+
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+def test_forked_workers_end_quietly_on_sigterm_and_leave_ctrl_c_to_the_parent():
+    import multiprocessing as mp
+    import signal
+
+    def raising(signum, frame):  # as the CLI's: SIGTERM becomes Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raising)
+    try:
+        with mp.get_context("fork").Pool(1, initializer=bench_edit._quiet_worker) as pool:
+            term, intr = pool.map(_handlers, [0])[0]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert term == signal.SIG_DFL and intr == signal.SIG_IGN
