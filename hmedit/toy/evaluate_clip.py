@@ -173,7 +173,15 @@ symmetric InfoNCE with a learned temperature (initial factor {t.get("logit_scale
         ", plus the zero-shot task as a loss (each image against all 60 class captions)"
         if t.get("class_loss")
         else " alone (no zero-shot class loss: --class-loss 0)"
-    }. AdamW (weight decay 0.05 on matrices), peak lr {t["lr"]}
+    }.{
+        f" The first {t['aux_warmup']} steps train the image tower alone on which shapes an image"
+        " holds, through a training-only linear head on its pooled output (multi-label; left out of the"
+        f" export), which keeps training beside the contrastive loss afterwards (weight"
+        f" {t.get('aux_shape', 0):g}): from scratch, the contrastive loss alone teaches the tower colour at"
+        " once and outlines not at all in the steps one CPU thread allows."
+        if t.get("aux_warmup") and t.get("aux_shape")
+        else ""
+    } AdamW (weight decay 0.05 on matrices), peak lr {t["lr"]}
 (warmup {t["warmup"]} steps, cosine), batch {t["batch"]}, {t["steps"]} steps, EMA {t["ema"]} (exported:
 {t["weights"]}); every step's randomness comes from a generator seeded by (seed, step), so a resumed run
 equals a straight one. Trained on {t.get("hardware", "CPU")}: {t.get("train_minutes", "?")} minutes.
