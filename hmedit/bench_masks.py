@@ -71,9 +71,11 @@ def click_cases(count: int, size: int) -> list[dict]:
     return out
 
 
-def click_scene(case: dict, init: str, cfg) -> dict:
+def _scene(name: str, init: str, cfg, root: dict) -> dict:
+    """A scene of the suite: ``init`` edited at the bench's size, steps and guidance, DDIM, seed 0, with the
+    bench's CLIP."""
     return {
-        "name": f"click-{case['index']}",
+        "name": name,
         "size": [cfg.size, cfg.size],
         "seed": 0,
         "steps": cfg.steps,
@@ -81,7 +83,16 @@ def click_scene(case: dict, init: str, cfg) -> dict:
         "scheduler": "ddim",
         "init_image": init,
         "clip": cfg.clip,
-        "root": {
+        "root": root,
+    }
+
+
+def click_scene(case: dict, init: str, cfg) -> dict:
+    return _scene(
+        f"click-{case['index']}",
+        init,
+        cfg,
+        {
             "prompt": world.background_phrase(case["background"], case["texture"]),
             "noise": 0.0,
             "children": [
@@ -94,7 +105,7 @@ def click_scene(case: dict, init: str, cfg) -> dict:
                 }
             ],
         },
-    }
+    )
 
 
 def click_case(b, tmp: Path, case: dict) -> dict:
@@ -189,17 +200,8 @@ def refine_scene(case: dict, init: str, cfg, refine: bool) -> dict:
     }
     if refine:
         node["refine"] = True
-    return {
-        "name": f"refine-{case['seed']}",
-        "size": [cfg.size, cfg.size],
-        "seed": 0,
-        "steps": cfg.steps,
-        "guidance": cfg.guidance,
-        "scheduler": "ddim",
-        "init_image": init,
-        "clip": cfg.clip,
-        "root": {"prompt": world.background_phrase(w.background), "noise": 0.0, "children": [node]},
-    }
+    root = {"prompt": world.background_phrase(w.background), "noise": 0.0, "children": [node]}
+    return _scene(f"refine-{case['seed']}", init, cfg, root)
 
 
 def refine_case(b, tmp: Path, case: dict) -> dict:

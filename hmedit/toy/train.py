@@ -206,6 +206,17 @@ def _log(msg: str, logfile: Path | None = None) -> None:
             f.write(line + "\n")
 
 
+def start_run(a) -> list[str]:
+    """A trainer's common start: torch threads (``a.threads``; 0 leaves torch's), the seed, the run folder
+    and its log (``a.log``); returns the stages asked for (``a.stages``, comma-separated)."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    a.log = a.run_dir / "train.log"
+    return a.stages.split(",")
+
+
 def _images(seeds) -> np.ndarray:
     return np.stack([world.sample(int(s)).image for s in seeds])
 
@@ -537,12 +548,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    a.run_dir.mkdir(parents=True, exist_ok=True)
-    a.log = a.run_dir / "train.log"
-    stages = a.stages.split(",")
+    stages = start_run(a)
     if "vae" in stages:
         train_vae(a)
     if "encode" in stages:

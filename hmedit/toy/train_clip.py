@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from hmedit.toy import checkpoint, world
 from hmedit.toy.publish import publish
-from hmedit.toy.train import _log, _lr
+from hmedit.toy.train import _log, _lr, start_run
 
 CKPT = "clip.safetensors"
 DATA = "data.safetensors"
@@ -579,12 +579,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    a.run_dir.mkdir(parents=True, exist_ok=True)
-    a.log = a.run_dir / "train.log"
-    stages = a.stages.split(",")
+    stages = start_run(a)
     if "data" in stages:
         make_data(a)
     if "train" in stages:

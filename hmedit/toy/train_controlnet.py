@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from hmedit.toy import checkpoint, world
 from hmedit.toy.publish import publish
-from hmedit.toy.train import MAX_TOKENS, _log, _lr, _to_tensor, build_scheduler_config
+from hmedit.toy.train import MAX_TOKENS, _log, _lr, _to_tensor, build_scheduler_config, start_run
 
 # The ControlNet's conditioning encoder: 128 px edge map -> 16 px latent grid (three stride-2 convolutions,
 # one per step between these widths: 8x, the VAE's factor). Small: edges are a simple signal.
@@ -338,12 +338,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    a.run_dir.mkdir(parents=True, exist_ok=True)
-    a.log = a.run_dir / "train.log"
-    stages = a.stages.split(",")
+    stages = start_run(a)
     frozen = load_frozen(a.base)
     if "data" in stages:
         make_data(a, frozen[0], frozen[3])
