@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from hmedit.masks.attention import Probe, threshold
+from hmedit.masks.attention import Probe
 from hmedit.outputs.coco import Coco
 
 DEFAULT_THRESHOLD = 0.4  # DAAM's
@@ -30,10 +30,13 @@ depth_weighted schemes a node's effective mask is a share, often below 0.5 every
 Categories = Literal["id", "prompt"]
 
 
-def node_masks(result, cutoff: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
+def node_masks(result, cutoff: float | str = DEFAULT_THRESHOLD, cell: int = 8) -> dict[str, np.ndarray]:
     """Each probed node's mask (boolean [H, W]): its prompt's attention map thresholded at ``cutoff`` (after
-    normalising to 0..1), within the node's effective mask (> ``REGION_MIN``). ``result``: a
+    normalising to 0..1; "auto": :func:`hmedit.masks.attention.auto_threshold` against the render over
+    ``cell`` px), within the node's effective mask (> ``REGION_MIN``). ``result``: a
     :class:`hmedit.pipeline.RenderResult` rendered with the nodes' probes."""
+    from hmedit.pipeline import cut
+
     plan = result.plan
     out = {}
     for probe, m in result.probes.items():
@@ -41,7 +44,7 @@ def node_masks(result, cutoff: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarra
             continue
         k = plan.ids.index(probe.node)
         inside = plan.effective[k] > REGION_MIN
-        out[probe.node] = ((threshold(m, cutoff) > 0) & inside).numpy()
+        out[probe.node] = ((cut(m, cutoff, result.image, cell) > 0) & inside).numpy()
     return out
 
 
@@ -87,7 +90,7 @@ def render_scene(
     model,
     seeds: list[int],
     *,
-    cutoff: float = DEFAULT_THRESHOLD,
+    cutoff: float | str = DEFAULT_THRESHOLD,
     refine: str = "none",
     on_step: Callable[[int, int], None] | None = None,
 ):
@@ -114,5 +117,5 @@ def render_scene(
         clock = time.perf_counter()
         settings = R.Settings.from_request(job.scene, model, replace(req, seed=seed), job.preset)
         result = R.render(scene, model, settings, progress=on_step, probes=probes)
-        masks = node_masks(result, cutoff)
+        masks = node_masks(result, cutoff, R.attention_cell(model))
         yield seed, result, masks, time.perf_counter() - clock

@@ -292,7 +292,11 @@ def render(
         maps.update(first_maps)
     if search is not None:
         maps.update(search.maps())
-    read = read_probes(region, plan, probe_tokens, probes) if probe_tokens is not None else {}
+    read = (
+        read_probes(region, plan, probe_tokens, probes, image, attention_cell(model))
+        if probe_tokens is not None
+        else {}
+    )
     lap("influence")
     stats = {"windows_run": tiler.windows_run, "windows_total": tiler.windows_total} if tiler else {}
     if keep_words:
@@ -357,12 +361,31 @@ def probe_positions(
     return out
 
 
-def read_probes(region: RegionalAttention, plan: Plan, positions: dict, probes: Sequence[Probe]) -> dict:
+def attention_cell(model: Model) -> int:
+    """The side in pixels of one cell of the finest cross-attention level: the window of refine: image and
+    threshold: auto (8 on SD1/SD2, 16 on SDXL)."""
+    return int(model.vae_scale_factor * min(model.family.cross_attention_factors(model.unet)))
+
+
+def image_guide(image) -> Tensor:
+    """A rendered image (uint8 [H, W, 3]) as a guided filter's guide [3, H, W] in 0..1."""
+    return torch.as_tensor(np.asarray(image)).permute(2, 0, 1).float() / 255
+
+
+def read_probes(
+    region: RegionalAttention,
+    plan: Plan,
+    positions: dict,
+    probes: Sequence[Probe],
+    image=None,
+    cell: int = 8,
+) -> dict:
     """The probes' maps [H, W] from the recorded attention (:func:`hmedit.masks.attention.aggregate`, then
-    :func:`~hmedit.masks.attention.sharpen` for refine: self), normalised to 0..1. The coarsest level is
-    left out, as DAAM leaves out SD's 8 x 8 (on the toy model's 4 x 4 it costs 0.04-0.08 mIoU in
-    ``hmedit bench attention-masks``)."""
-    from hmedit.masks.attention import aggregate, level_shape, normalise, sharpen
+    :func:`~hmedit.masks.attention.sharpen` for refine: self, or
+    :func:`~hmedit.masks.attention.guided_filter` with the rendered ``image`` over ``cell`` px for refine:
+    image), normalised to 0..1. The coarsest level is left out, as DAAM leaves out SD's 8 x 8 (on the toy
+    model's 4 x 4 it costs 0.04-0.08 mIoU in ``hmedit bench attention-masks``)."""
+    from hmedit.masks.attention import aggregate, guided_filter, level_shape, normalise, sharpen
 
     tokens = sorted({i for idx in positions.values() for i in idx})
     row = {t: j for j, t in enumerate(tokens)}
@@ -381,7 +404,10 @@ def read_probes(region: RegionalAttention, plan: Plan, positions: dict, probes: 
             m = F.interpolate(m[None], size, mode="bicubic", align_corners=False)[0, 0].clamp(min=0)
         else:
             m = full[rows].sum(0)
-        out[p] = normalise(m.cpu())
+        m = normalise(m.cpu())
+        if p.refine == "image" and image is not None:
+            m = normalise(guided_filter(m, image_guide(image), cell))
+        out[p] = m
     return out
 
 
@@ -391,7 +417,7 @@ def attention_masks(
     """The masks of the scene's attention-mask nodes, by id, from a first pass that renders the scene without
     them (:func:`hmedit.masks.attention.first_pass_scene`), thresholded; and the first pass's maps
     ("source/<id>": the normalised map each was thresholded from)."""
-    from hmedit.masks.attention import first_pass_scene, threshold
+    from hmedit.masks.attention import first_pass_scene
 
     nodes = attention_nodes(scene)
     sharp = [n for n in nodes if n.mask.attention.refine == "self"]
@@ -414,9 +440,19 @@ def attention_masks(
     masks, maps = {}, {}
     for n in nodes:
         m = first.probes[wanted[n.id]]
-        masks[n.id] = threshold(m, float(n.mask.attention.threshold))
+        masks[n.id] = cut(m, n.mask.attention.threshold, first.image, attention_cell(model))
         maps[f"source/{n.id}"] = m
     return masks, maps
+
+
+def cut(m: Tensor, t: float | str, image, cell: int) -> Tensor:
+    """A normalised attention map thresholded at ``t``, or at the threshold ``auto`` picks against the
+    rendered ``image`` (:func:`hmedit.masks.attention.auto_threshold`): float 0/1 [H, W]."""
+    from hmedit.masks.attention import auto_threshold, threshold
+
+    if t == "auto":
+        return auto_threshold(m, image_guide(image), cell)[0]
+    return threshold(m, float(t))
 
 
 def plan_of(scene: Scene, model: Model, s: Settings, **kw) -> Plan:

@@ -71,6 +71,32 @@ def test_attention_mask_is_the_first_pass_map_thresholded(tiny_model):
     assert np.array_equal(plain.image, first.image)
 
 
+def test_image_refined_map_and_auto_threshold(tiny_model):
+    from hmedit.masks.attention import auto_threshold, guided_filter, normalise
+    from hmedit.pipeline import attention_cell, image_guide
+
+    m = tiny_model("sd1")
+    node = {
+        **ATTENTION,
+        "mask": {"attention": {"of": "root", "word": "circle", "threshold": "auto", "refine": "image"}},
+    }
+    sc = scene([node])
+    result = render(sc, m, Settings.of(sc, m, seed=3))
+    first_scene = first_pass_scene(sc)
+    raw, snapped = Probe("root", "circle"), Probe("root", "circle", "image")
+    first = render(first_scene, m, Settings.of(first_scene, m, seed=3), probes=[raw, snapped])
+    cell = attention_cell(m)
+    assert cell == m.vae_scale_factor * min(m.family.cross_attention_factors(m.unet))
+    guide = image_guide(first.image)
+    # refine: image is the raw map filtered with the first pass's image as the guide
+    assert torch.allclose(first.probes[snapped], normalise(guided_filter(first.probes[raw], guide, cell)))
+    assert not torch.allclose(first.probes[snapped], first.probes[raw])
+    # threshold: auto is Free-Mask's choice against the same image
+    expected, t = auto_threshold(first.probes[snapped], guide, cell)
+    assert torch.equal(result.maps["intrinsic/c"], expected)
+    assert 0.2 <= t <= 0.7 and 0 < float(expected.mean()) < 1
+
+
 def test_probes_leave_a_regional_render_unchanged(tiny_model):
     m = tiny_model("sd1")
     sc = scene([{"id": "a", "prompt": "a blue square", "mask": {"rect": [0, 0, 0.5, 1.0]}}])
@@ -229,3 +255,24 @@ def test_toy_attention_mask_finds_the_object_the_model_drew(toy_model):
     # and the edit turns it green
     green = metrics.nearest_colour(result.image, PALETTE) == list(PALETTE).index("green")
     assert (green & red).sum() > 0.5 * red.sum()
+
+
+def test_dataset_threshold_auto_and_refine_image(tiny, tiny_model, tmp_path, capsys):
+    from hmedit.dataset import node_masks, node_probes
+    from hmedit.pipeline import attention_cell
+    from hmedit.scene import load_scene
+
+    scenes = tmp_path / "scenes"
+    write(scenes, "one.yaml", SCENE.format(name="one"))
+    out = tmp_path / "data"
+    assert run("dataset", scenes, "--model", tiny, "--out", out, "--seeds", 1, "--threshold", "nope") == 2
+    assert not out.exists()
+    args = ("--model", tiny, "--out", out, "--seeds", 1, "--threshold", "auto", "--refine", "image")
+    assert run("dataset", scenes, *args) == 0
+    data = json.loads((out / "annotations.json").read_text())
+    model = tiny_model("sd1")
+    sc = load_scene(scenes / "one.yaml")
+    result = render(sc, model, Settings.of(sc, model, seed=0), probes=node_probes(sc, "image"))
+    expected = node_masks(result, "auto", attention_cell(model))
+    assert {a["node"] for a in data["annotations"]} == {k for k, v in expected.items() if v.any()}
+    assert all(a["area"] == int(expected[a["node"]].sum()) for a in data["annotations"])

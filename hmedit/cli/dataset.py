@@ -11,6 +11,19 @@ import typer
 from hmedit.cli.options import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, ScenePaths
 
 
+def _threshold(value: str) -> str:
+    """--threshold: a number in (0, 1) or auto."""
+    if value == "auto":
+        return value
+    try:
+        t = float(value)
+    except ValueError:
+        t = float("nan")
+    if not 0 < t < 1:
+        raise typer.BadParameter(f"{value!r} is neither a number in (0, 1) nor auto (e.g. 0.4, or auto)")
+    return value
+
+
 def dataset_command(
     ctx: typer.Context,
     paths: ScenePaths,
@@ -19,14 +32,21 @@ def dataset_command(
     ] = Path("dataset"),
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=100000, help="Seeds per scene: 0..N-1.")] = 4,
     threshold: Annotated[
-        float,
+        str,
         typer.Option(
-            "--threshold", min=0.0, max=1.0, help="Threshold on the normalised attention map (DAAM)."
+            "--threshold",
+            callback=_threshold,
+            help="Threshold on the normalised attention map, 0..1 (DAAM: 0.4), or auto: the one whose mask "
+            "the image's edges agree with best (Free-Mask).",
         ),
-    ] = 0.4,
+    ] = "0.4",
     refine: Annotated[
-        Literal["none", "self"],
-        typer.Option("--refine", help="self: sharpen the maps with the aggregated self-attention."),
+        Literal["none", "self", "image"],
+        typer.Option(
+            "--refine",
+            help="self: sharpen the maps with the aggregated self-attention; image: snap their edges to "
+            "the render's (a guided filter).",
+        ),
     ] = "none",
     categories: Annotated[
         Literal["id", "prompt"], typer.Option("--categories", help="COCO categories: node ids or prompts.")
@@ -52,6 +72,8 @@ def dataset_command(
       [green]hmedit dataset scenes/ --out data/ --seeds 4[/]
 
       [green]hmedit dataset scenes/many_regions.yaml --seeds 100 --refine self --categories prompt[/]
+
+      [green]hmedit dataset scenes/ --refine image --threshold auto[/]   (the best masks on the toy world)
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
     from hmedit.batch import Options, prepare
     from hmedit.cli.options import stdout
@@ -90,7 +112,12 @@ def dataset_command(
 
                 try:
                     for seed, result, masks, secs in render_scene(
-                        job, loaded, list(range(seeds)), cutoff=threshold, refine=refine, on_step=on_step
+                        job,
+                        loaded,
+                        list(range(seeds)),
+                        cutoff=threshold if threshold == "auto" else float(threshold),
+                        refine=refine,
+                        on_step=on_step,
                     ):
                         data.add(job.scene, str(job.scene.name), seed, result, masks, secs)
                         done += 1

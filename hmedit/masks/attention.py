@@ -10,7 +10,12 @@ steps up to a constant) and, on request, self-attention; everything after that i
   Attention", arXiv:2210.04885): each level's map upsampled (bicubic) to one size, averaged over levels.
 - :func:`sharpen`: the map propagated through the aggregated self-attention, A_self^k · map (DiffSegmenter,
   Wang et al., arXiv:2309.02773; Free-Mask), so it follows the objects' outlines.
+- :func:`guided_filter` (refine: image): the map filtered with the rendered image as the guide (He et al.,
+  "Guided Image Filtering", 2010), so its edges move to the image's edges within one attention cell.
 - :func:`normalise` and :func:`threshold`: min-max to [0, 1], then ``>= t`` (DAAM: 0.4).
+- :func:`auto_threshold` (threshold: auto): Free-Mask's threshold selection (§3.1.2): of several thresholds,
+  the one whose mask the image's affinity agrees with best, with a guided filter of the mask standing in for
+  Free-Mask's trained AffinityNet.
 - :func:`word_tokens` and :func:`token_position`: which cond tokens a word of a node's prompt is.
 - :func:`first_pass_scene`: the scene without its attention-mask nodes, whose render gives their maps.
 """
@@ -31,9 +36,11 @@ from hmedit.scene.spec import AttentionMask, BandMask, Node, Scene, prompt_words
 __all__ = [
     "Probe",
     "aggregate",
+    "auto_threshold",
     "band",
     "find_tokens",
     "first_pass_scene",
+    "guided_filter",
     "level_shape",
     "normalise",
     "sharpen",
@@ -41,6 +48,11 @@ __all__ = [
     "token_position",
     "word_tokens",
 ]
+
+GUIDE_EPS = 1e-3
+"""The guided filter's regulariser: colour variances (0..1 scale) below it are flat (about 8/255 of noise)."""
+AUTO_THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(11))
+"""The thresholds ``threshold: auto`` chooses from: 0.2, 0.25, ..., 0.7."""
 
 SELF_MAX_QUERIES = 4096
 """Self-attention is recorded at the finest level with at most this many queries (64 x 64: SD at 512 px,
@@ -83,6 +95,56 @@ def normalise(maps: Tensor) -> Tensor:
 def threshold(maps: Tensor, t: float) -> Tensor:
     """Binary masks (float 0/1): the normalised maps at or above ``t``."""
     return (normalise(maps) >= t).float()
+
+
+def _box(x: Tensor, r: int) -> Tensor:
+    """Mean of ``x`` [C, H, W] over (2r+1)^2 windows, the border replicated."""
+    padded = F.pad(x[None], (r, r, r, r), mode="replicate")
+    return F.avg_pool2d(padded, 2 * r + 1, stride=1)[0]
+
+
+def guided_filter(p: Tensor, guide: Tensor, radius: int, eps: float = GUIDE_EPS) -> Tensor:
+    """``p`` [H, W] filtered with the colour image ``guide`` [3, H, W] (0..1) as the guide (He et al., "Guided
+    Image Filtering", ECCV 2010, Alg. 2): in every (2r+1)^2 window the output is a linear function of the
+    guide's colour fitted to ``p`` by least squares (``eps``: ridge), and the fits are averaged. Where the
+    guide is flat the map is smoothed; where it has an edge, the map's step moves onto it."""
+    if guide.shape[-2:] != p.shape[-2:] or guide.shape[0] != 3:
+        raise ValueError(f"guide {tuple(guide.shape)} does not fit map {tuple(p.shape)}")
+    r = max(1, int(radius))
+    r = min(r, (min(p.shape[-2:]) - 1) // 2) or 1
+    g, q = guide.double(), p.double()[None]
+    mean_g = _box(g, r)  # [3, H, W]
+    mean_p = _box(q, r)[0]
+    cov_gp = _box(g * q, r) - mean_g * mean_p
+    pairs = torch.stack([g[i] * g[j] for i in range(3) for j in range(3)])
+    var = (_box(pairs, r) - (mean_g[:, None] * mean_g[None, :]).reshape(9, *g.shape[-2:])).reshape(
+        3, 3, *g.shape[-2:]
+    )
+    var = var.permute(2, 3, 0, 1) + eps * torch.eye(3, dtype=var.dtype)
+    a = torch.linalg.solve(var, cov_gp.permute(1, 2, 0)[..., None])[..., 0].permute(2, 0, 1)  # [3, H, W]
+    b = mean_p - (a * mean_g).sum(0)
+    out = (_box(a, r) * g).sum(0) + _box(b[None], r)[0]
+    return out.to(p.dtype)
+
+
+def auto_threshold(
+    maps: Tensor, guide: Tensor, radius: int, candidates: Sequence[float] = AUTO_THRESHOLDS
+) -> tuple[Tensor, float]:
+    """Free-Mask's threshold selection (§3.1.2) for one map [H, W]: for each candidate t, the mask
+    ``normalise(maps) >= t`` and its affinity refinement A (the mask's :func:`guided_filter` with the image,
+    at or above 1/2); the t whose mask A agrees with best (IoU) wins, and its A is the mask. Returns (mask as
+    float 0/1, t). Ties go to the lower threshold."""
+    norm = normalise(maps)
+    best: tuple[float, float, Tensor] | None = None
+    for t in candidates:
+        m = (norm >= t).float()
+        a = (guided_filter(m, guide, radius) >= 0.5).float()
+        union = float(torch.maximum(m, a).sum())
+        score = float(torch.minimum(m, a).sum()) / union if union > 0 else 0.0
+        if best is None or score > best[0]:
+            best = (score, float(t), a)
+    assert best is not None, "no candidate threshold"
+    return best[2], best[1]
 
 
 def level_shape(n: int, latent: tuple[int, int]) -> tuple[int, int]:

@@ -326,12 +326,28 @@ class AttentionSpec(_Spec):
         max_length=200,
         description="One word (or a few consecutive words) of that node's prompt. Default: the whole prompt.",
     )
-    threshold: Number = Field(
-        0.4, gt=0, lt=1, description="Threshold on the map normalised to 0..1, in (0, 1) (DAAM: 0.4)."
+    threshold: Annotated[float, Strict(), Field(gt=0, lt=1)] | Literal["auto"] = Field(
+        0.4,
+        description="Threshold on the map normalised to 0..1, in (0, 1) (DAAM: 0.4); auto: the one whose "
+        "mask the image's edges agree with best (Free-Mask).",
     )
-    refine: Literal["none", "self"] = Field(
-        "none", description="self: sharpen the map with the aggregated self-attention first."
+    refine: Literal["none", "self", "image"] = Field(
+        "none",
+        description="self: sharpen the map with the aggregated self-attention first; image: snap its edges "
+        "to the first pass's image (a guided filter).",
     )
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value == "auto" or (number and 0 < value < 1):
+            return value
+        raise _error(
+            "attention_threshold",
+            f"threshold must be a number between 0 and 1 (exclusive) or auto (got {value!r})",
+            hint="e.g. threshold: 0.4 (DAAM's), or threshold: auto",
+        )
 
 
 class AttentionMask(_Spec):

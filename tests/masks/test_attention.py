@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from hmedit.masks.attention import (
+    auto_threshold,
+    guided_filter,
     aggregate,
     band,
     find_tokens,
@@ -120,6 +122,49 @@ def test_normalise_and_threshold():
     assert torch.equal(n[1], torch.zeros(2, 2))  # constant: nothing stands out
     assert torch.equal(threshold(m, 0.4)[0], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     assert torch.equal(normalise(m * 7 + 1), n)  # scale and offset free (sum or mean over steps alike)
+
+
+def _two_colour_image(edge: int, size: int = 64) -> torch.Tensor:
+    """A guide [3, size, size]: red left of column ``edge``, blue from it on."""
+    img = torch.zeros(3, size, size)
+    img[0, :, :edge] = 0.9
+    img[2, :, edge:] = 0.8
+    return img
+
+
+def test_guided_filter_moves_a_coarse_step_onto_the_image_edge():
+    # an attention map is blocky (8 px cells) and its step sits 4 px right of the object's edge
+    guide = _two_colour_image(28)
+    coarse = torch.zeros(64, 64)
+    coarse[:, :32] = 1.0
+    coarse = torch.nn.functional.avg_pool2d(coarse[None, None], 8)[0, 0]  # 8 x 8 cells
+    coarse = torch.nn.functional.interpolate(coarse[None, None], (64, 64), mode="bilinear")[0, 0]
+    out = guided_filter(coarse, guide, 8)
+    assert out.shape == coarse.shape and out.dtype == coarse.dtype
+    cols = (out >= 0.5).float().mean(0)
+    edge = int(cols.sum())
+    assert torch.equal(cols[:edge], torch.ones(edge)) and abs(edge - 28) <= 1  # one run, on the image's edge
+    # without the filter the threshold misses the edge by the coarse step's offset
+    assert abs(int((coarse >= 0.5).float().mean(0).sum()) - 28) >= 3
+    # a flat guide only smooths: a constant map stays constant
+    flat = guided_filter(torch.full((32, 32), 0.3), torch.full((3, 32, 32), 0.5), 4)
+    assert torch.allclose(flat, torch.full((32, 32), 0.3), atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        guided_filter(coarse, guide[:, :32], 8)
+
+
+def test_auto_threshold_picks_the_threshold_the_image_agrees_with():
+    # the map is high on the object (columns < 24), lower but above 0.4 on a band beside it that the image
+    # shows as background: 0.4 leaks into the band; auto finds a threshold between and the object's edge
+    guide = _two_colour_image(24)
+    m = torch.zeros(64, 64)
+    m[:, :24] = 1.0
+    m[:, 24:30] = 0.45
+    m[:, 30:] = torch.linspace(0.0, 0.3, 34)
+    mask, t = auto_threshold(m, guide, 8)
+    assert 0.45 < t <= 1.0
+    assert torch.equal(mask.mean(0), torch.cat([torch.ones(24), torch.zeros(40)]))
+    assert int(threshold(m, 0.4).mean(0).sum()) == 30  # DAAM's fixed 0.4 takes the band too
 
 
 def test_sharpen_propagates_through_self_attention():

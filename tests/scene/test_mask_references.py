@@ -52,6 +52,24 @@ def test_good_band_and_attention_masks_load(write_scene):
     assert isinstance(edge.mask, BandMask) and edge.mask.band.of == "recolour" and edge.mask.band.width == 6
 
 
+def test_attention_threshold_auto_and_refine_image(write_scene):
+    path = write_scene(
+        HEAD + "    - {id: a, prompt: x, mask: {attention: {of: root, threshold: auto, refine: image}}}\n"
+    )
+    scene, diags = validate(path)
+    assert scene is not None, [e.format() for e in diags.errors]
+    spec = scene.root.children[0].mask.attention
+    assert spec.threshold == "auto" and spec.refine == "image"
+    for bad in ("automatic", "1.5", "0"):
+        path = write_scene(
+            HEAD + f"    - {{id: a, prompt: x, mask: {{attention: {{of: root, threshold: {bad}}}}}}}\n"
+        )
+        scene, diags = validate(path)
+        assert scene is None and diags.errors, bad
+        err = diags.errors[0]
+        assert "threshold" in err.format() and "\n" not in err.format()
+
+
 def test_unknown_node_id(write_scene):
     path = write_scene(
         HEAD + "    - {id: a, prompt: x, mask: {band: {of: recolor, width: 4}}}\n"
