@@ -4,11 +4,12 @@ Two parts:
 
 - generated scenes: a caption of the toy world ("a red circle and a blue star on a yellow background") as the
   root's prompt, rendered once with the probes an attention-mask node would read (``mask: {attention: {of:
-  root, word: circle}}``, and the phrase "red circle"), with and without self-attention sharpening. Each
-  probe's thresholded map (the node's mask, as :func:`hmedit.pipeline.attention_masks` makes it) is compared
-  with the oracle's object pixels: the pixels of the render whose nearest palette colour is the object's
-  (objects the model did not draw, under 1% of the image, are counted apart). DAAM reports 58-65 mIoU on
-  generated COCO images (Tang et al., arXiv:2210.04885).
+  root, word: circle}}``, and the phrase "red circle"), as read, sharpened with self-attention (``refine:
+  self``) and snapped to the picture (``refine: image``), each at the configured threshold, 0.3, 0.5 and
+  auto. Each probe's thresholded map (the node's mask, as :func:`hmedit.pipeline.attention_masks` makes it)
+  is compared with the oracle's object pixels: the pixels of the render whose nearest palette colour is the
+  object's (objects the model did not draw, under 1% of the image, are counted apart). DAAM reports 58-65
+  mIoU on generated COCO images (Tang et al., arXiv:2210.04885).
 - ``hmedit dataset`` on the example scenes: the COCO file it writes is read back (pycocotools when
   installed, else hmedit's RLE decoder), each mask is compared with the oracle (the pixels of the colour the
   node's prompt names, within the node's effective mask), and the seconds per image are reported.

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from hmedit.masks.attention import (
-    auto_threshold,
-    guided_filter,
     aggregate,
+    auto_threshold,
     band,
     find_tokens,
     first_pass_scene,
+    guided_filter,
     level_shape,
     normalise,
     phrase_tokens,
