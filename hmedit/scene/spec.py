@@ -521,7 +521,11 @@ class RefineSpec(_Spec):
 
     steps: Int = Field(60, ge=1, le=10_000, description="Optimisation steps, 1..10000.")
     text: Number = Field(
-        1.0, ge=0, le=1000, description="CLIP text loss of the node's prompt inside its effective mask."
+        0.03,
+        ge=0,
+        le=1000,
+        description="CLIP text loss of the node's prompt inside its effective mask (small by default: the "
+        "bundled CLIP's pixel gradient is speckled).",
     )
     identity: Number = Field(
         4.0, ge=0, le=1000, description="Change from the source left outside the active masks."
@@ -531,7 +535,7 @@ class RefineSpec(_Spec):
     hierarchy: Number = Field(
         1.0, ge=0, le=1000, description="The part of the mask outside its parent's (child inside parent)."
     )
-    lr: Number = Field(0.1, gt=0, le=10, description="Adam's learning rate on the mask logits.")
+    lr: Number = Field(0.3, gt=0, le=10, description="Adam's learning rate on the mask logits.")
 
     @model_validator(mode="after")
     def _some_weight(self) -> RefineSpec:
