@@ -84,7 +84,7 @@ def bench_command(
 
     [bold]memory[/]: a 3-region 4096x4096 render through hmedit render in a child process. Target: peak RSS <= 4 GiB.
 
-    [bold]attention-masks[/] (asked for by name): 24 root-only toy scenes from world captions; the mask an attention node would read for each object's shape word (and for the colour-and-shape phrase), thresholded at 0.4, with and without self-attention sharpening, against the pixels of the object's colour (the oracle). Target: mIoU >= 0.75. Then hmedit dataset on the example scenes up to 256 px, 4 seeds: the COCO file read back by pycocotools, the masks' mIoU against the colour the node's prompt names within its effective mask, seconds per image.
+    [bold]attention-masks[/] (asked for by name): 24 root-only toy scenes from world captions; the mask an attention node would read for each object's shape word (and for the colour-and-shape phrase), thresholded at 0.4, 0.3, 0.5 and auto, as read, sharpened with self-attention (refine: self) and snapped to the picture (refine: image), against the pixels of the object's colour (the oracle). Target: mIoU >= 0.75 for the phrase with refine: image and threshold: auto. Then hmedit dataset on the example scenes up to 256 px, 4 seeds: the COCO file read back by pycocotools, the masks' mIoU against the colour the node's prompt names within its effective mask, seconds per image.
 
     [bold]scale[/] (asked for by name; for GPUs): the memory scene at 2048x2048 and 4096x4096, 3 DDIM steps, by hmedit and by the Panorama pipeline, each at its defaults: seconds per sampling step, decoding seconds, peak GPU memory. --model random:sd15 (or random:sd2) builds that architecture with random weights: speed does not depend on them.
 
