@@ -103,23 +103,43 @@ def _box(x: Tensor, r: int) -> Tensor:
     return F.avg_pool2d(padded, 2 * r + 1, stride=1)[0]
 
 
-def guided_filter(p: Tensor, guide: Tensor, radius: int, eps: float = GUIDE_EPS) -> Tensor:
+GUIDE_BAND = 512
+"""Rows per band of :func:`guided_filter` on large images (memory: about 30 floats per pixel of a band)."""
+
+
+def guided_filter(
+    p: Tensor, guide: Tensor, radius: int, eps: float = GUIDE_EPS, band: int = GUIDE_BAND
+) -> Tensor:
     """``p`` [H, W] filtered with the colour image ``guide`` [3, H, W] (0..1) as the guide (He et al., "Guided
     Image Filtering", ECCV 2010, Alg. 2): in every (2r+1)^2 window the output is a linear function of the
     guide's colour fitted to ``p`` by least squares (``eps``: ridge), and the fits are averaged. Where the
-    guide is flat the map is smoothed; where it has an edge, the map's step moves onto it."""
+    guide is flat the map is smoothed; where it has an edge, the map's step moves onto it. Images taller
+    than ``band`` rows are filtered in bands with a 2r-row halo (the filter reaches 2r rows), which gives the
+    same result with memory bounded by the band."""
     if guide.shape[-2:] != p.shape[-2:] or guide.shape[0] != 3:
         raise ValueError(f"guide {tuple(guide.shape)} does not fit map {tuple(p.shape)}")
+    h = p.shape[0]
     r = max(1, int(radius))
     r = min(r, (min(p.shape[-2:]) - 1) // 2) or 1
-    g, q = guide.double(), p.double()[None]
+    if h <= band:
+        return _guided(p, guide, r, eps)
+    halo = 2 * r
+    rows = []
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        a, b = max(0, y0 - halo), min(h, y1 + halo)
+        rows.append(_guided(p[a:b], guide[:, a:b], r, eps)[y0 - a : y0 - a + (y1 - y0)])
+    return torch.cat(rows)
+
+
+def _guided(p: Tensor, guide: Tensor, r: int, eps: float) -> Tensor:
+    g, q = guide.float(), p.float()[None]
+    size = g.shape[-2:]
     mean_g = _box(g, r)  # [3, H, W]
     mean_p = _box(q, r)[0]
     cov_gp = _box(g * q, r) - mean_g * mean_p
     pairs = torch.stack([g[i] * g[j] for i in range(3) for j in range(3)])
-    var = (_box(pairs, r) - (mean_g[:, None] * mean_g[None, :]).reshape(9, *g.shape[-2:])).reshape(
-        3, 3, *g.shape[-2:]
-    )
+    var = (_box(pairs, r) - (mean_g[:, None] * mean_g[None, :]).reshape(9, *size)).reshape(3, 3, *size)
     var = var.permute(2, 3, 0, 1) + eps * torch.eye(3, dtype=var.dtype)
     a = torch.linalg.solve(var, cov_gp.permute(1, 2, 0)[..., None])[..., 0].permute(2, 0, 1)  # [3, H, W]
     b = mean_p - (a * mean_g).sum(0)
