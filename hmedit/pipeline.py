@@ -192,7 +192,9 @@ def render(
             lap("masks")
     refine, noise_scale = None, 1.0
     if s.tiling is not None and s.tiling.coarse:
-        refine = coarse_pass(scene, model, s, masks)
+        refine, coarse_words = coarse_pass(scene, model, s, masks, keep_words)
+        if keep_words is None:  # the coarse render selected them: no second (tiled) keyword pass
+            keep_words = coarse_words
         noise_scale = s.tiling.refine
         lap("coarse")
     given = None
@@ -668,10 +670,18 @@ def coarse_size(width: int, height: int, native: int, multiple: int) -> tuple[in
     )
 
 
-def coarse_pass(scene: Scene, model: Model, s: Settings, masks: dict[int, Tensor] | None = None) -> Tensor:
+def coarse_pass(
+    scene: Scene,
+    model: Model,
+    s: Settings,
+    masks: dict[int, Tensor] | None = None,
+    keep_words: dict[str, list[str]] | None = None,
+) -> tuple[Tensor, dict[str, list[str]] | None]:
     """``tiling.coarse``: the scene rendered whole at the model's native size, upscaled to the target size
     ([1, 3, H, W] in [-1, 1]), so the tiled pass refines one composition instead of one per window. ``masks``
-    (found masks at the target size) are resized to the native frame."""
+    (found masks at the target size) are resized to the native frame. Also returns the nodes' keywords
+    (``keywords:``) the coarse render selected (or was given as ``keep_words``), for the tiled pass to keep;
+    None when no node has keywords."""
     align = model.vae_scale_factor * max(model.family.factors(model.unet))
     cw, ch = coarse_size(s.width, s.height, model.native_size, align)
     small = replace(s, width=cw, height=ch, tiling=None, record_attention=False)
@@ -679,10 +689,11 @@ def coarse_pass(scene: Scene, model: Model, s: Settings, masks: dict[int, Tensor
         masks = {
             k: F.interpolate(m[None, None].float(), (ch, cw), mode="area")[0, 0] for k, m in masks.items()
         }
-    img = render(scene, model, small, masks=masks).image
-    t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    result = render(scene, model, small, masks=masks, keep_words=keep_words)
+    t = torch.from_numpy(result.image).permute(2, 0, 1)[None].float() / 255.0
     t = F.interpolate(t, (s.height, s.width), mode="bicubic", align_corners=False).clamp(0, 1)
-    return t * 2 - 1
+    words = result.stats.get("keywords")
+    return t * 2 - 1, ({k: list(v) for k, v in words.items()} if words else None)
 
 
 def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str, Tensor]:

@@ -90,6 +90,33 @@ def test_a_keyword_node_renders_with_its_other_words_global(tiny_model):
     assert np.array_equal(render(plain, m, s, keep_words={}).image, before.image)
 
 
+def test_a_coarse_tiled_render_selects_keywords_once(tiny_model, monkeypatch):
+    import hmedit.pipeline as P
+
+    def wide(**node) -> Scene:
+        raw = scene(**node).model_dump(mode="json", exclude_unset=True)
+        return Scene.model_validate({**raw, "size": [128, 64], "tiling": {"coarse": True}})
+
+    m = tiny_model("sd1")
+    sc = wide(keywords=2)
+    s = Settings.of(sc, m, seed=2)
+    assert s.tiling is not None and s.tiling.coarse
+    calls, original = [], P.node_keywords
+
+    def counting(scene, model, settings, *a, **kw):
+        calls.append((settings.width, settings.height))
+        return original(scene, model, settings, *a, **kw)
+
+    monkeypatch.setattr(P, "node_keywords", counting)
+    result = render(sc, m, s)
+    assert calls == [(64, 32)]  # in the coarse render (the native frame, aspect kept) only, not tiled again
+    words = result.stats["keywords"]["a"]
+    assert len(words) == 2
+    # the same render as with those words given (no keyword pass at all)
+    given = render(wide(), m, s, keep_words={"a": words})
+    assert len(calls) == 1 and np.array_equal(given.image, result.image)
+
+
 def test_owners_of_non_keywords_are_global(tiny_model):
     m = tiny_model("sd1")
     sc = scene()
