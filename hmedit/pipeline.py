@@ -379,8 +379,8 @@ def read_probes(
     plan: Plan,
     positions: dict,
     probes: Sequence[Probe],
-    image=None,
-    cell: int = 8,
+    image,
+    cell: int,
 ) -> dict:
     """The probes' maps [H, W] from the recorded attention (:func:`hmedit.masks.attention.aggregate`, then
     :func:`~hmedit.masks.attention.sharpen` for refine: self, or
@@ -389,6 +389,7 @@ def read_probes(
     model's 4 x 4 it costs 0.04-0.08 mIoU in ``hmedit bench attention-masks``)."""
     from hmedit.masks.attention import aggregate, guided_filter, level_shape, normalise, sharpen
 
+    guide = image_guide(image) if any(p.refine == "image" for p in probes) else None
     tokens = sorted({i for idx in positions.values() for i in idx})
     row = {t: j for j, t in enumerate(tokens)}
     levels = region.token_maps()
@@ -407,8 +408,8 @@ def read_probes(
         else:
             m = full[rows].sum(0)
         m = normalise(m.cpu())
-        if p.refine == "image" and image is not None:
-            m = normalise(guided_filter(m, image_guide(image), cell))
+        if guide is not None and p.refine == "image":
+            m = normalise(guided_filter(m, guide, cell))
         out[p] = m
     return out
 
@@ -692,8 +693,7 @@ def coarse_pass(
     result = render(scene, model, small, masks=masks, keep_words=keep_words)
     t = torch.from_numpy(result.image).permute(2, 0, 1)[None].float() / 255.0
     t = F.interpolate(t, (s.height, s.width), mode="bicubic", align_corners=False).clamp(0, 1)
-    words = result.stats.get("keywords")
-    return t * 2 - 1, ({k: list(v) for k, v in words.items()} if words else None)
+    return t * 2 - 1, result.stats.get("keywords")
 
 
 def influence_maps(plan: Plan, attention: dict[int, Tensor] | None) -> dict[str, Tensor]:
