@@ -599,20 +599,15 @@ def invert_scene(
 ) -> Inversion | None:
     """``hmedit invert``: the inversion a render of ``scene`` with ``settings`` (a
     :class:`hmedit.pipeline.Settings`) needs, from the cache or computed now; None when the scene inverts
-    nothing (``inversion: none``, or no init image or layer)."""
-    from hmedit.sampling.plan import build_plan
+    nothing (``inversion: none``, or no init image or layer). Click and ``refine:`` masks are searched first,
+    as a render searches them, so that the render finds this inversion under the same regions."""
+    from hmedit.pipeline import plan_of
+    from hmedit.sampling.mask_search import needs_search, search_masks
 
     if scene.inversion == "none":
         return None
-    fam = model.family
-    plan = build_plan(
-        scene,
-        fam.factors(model.unet),
-        settings.width,
-        settings.height,
-        model.vae_scale_factor,
-        cross_attention=fam.cross_attention_factors(model.unet),
-    )
+    masks = search_masks(scene, model, settings).masks if not scene.edits and needs_search(scene) else None
+    plan = plan_of(scene, model, settings, masks=masks)
     if plan.canvas is None:
         return None
     return invert(

@@ -128,7 +128,7 @@ def test_synthetic_loss_gradients_lead_the_mask_to_a_shifted_target():
 # The render (tiny random diffusion model, tiny random CLIP)
 
 
-def click_scene(tmp_path, clip_dir, noise=1.0, **mask):
+def click_scene(tmp_path, clip_dir, noise=1.0, inversion="none", **mask):
     from hmedit.scene.spec import Scene
 
     rng = np.random.default_rng(0)
@@ -144,6 +144,7 @@ def click_scene(tmp_path, clip_dir, noise=1.0, **mask):
         "seed": 3,
         "init_image": str(tmp_path / "src.png"),
         "clip": str(clip_dir),
+        "inversion": inversion,
         "root": {
             "prompt": "a blue background",
             "noise": 0.0,
@@ -197,3 +198,21 @@ def test_click_node_at_noise_zero_keeps_its_bump_and_the_source(tiny_model, tiny
     r = render(sc, m, Settings.of(sc, m, 3, record=False))
     assert r.masks["dot"]["moves"] == 0
     assert np.abs(r.image.astype(int) - src.astype(int)).max() <= 1
+
+
+def test_invert_searches_the_click_mask_so_a_render_finds_its_inversion(tiny_model, tiny_clip_dir, tmp_path):
+    """``hmedit invert`` (invert_scene) plans with the grown click mask, as the render does: the render then
+    takes the inversion from the cache (it inverted under other regions before, a cache miss)."""
+    from hmedit.pipeline import Settings, render
+    from hmedit.sampling.inversion import InversionCache, invert_scene
+
+    m = tiny_model("sd1")
+    sc, _ = click_scene(tmp_path, tiny_clip_dir, inversion="ddim", candidates=1)
+    s = Settings.of(sc, m, 3, record=False)
+    cache = InversionCache(tmp_path / "inversions")
+    first = invert_scene(sc, m, s, cache=cache)
+    assert first is not None and not first.cached
+    inverted: list = []
+    r = render(sc, m, s, inversions=cache, on_invert=lambda *a: inverted.append(a))
+    assert r.masks["dot"]["moves"] > 0  # the render grew the mask: the regions differ from the drawn bump
+    assert inverted == [] and len(list((tmp_path / "inversions").iterdir())) == 1
