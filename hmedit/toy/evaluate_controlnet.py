@@ -207,6 +207,23 @@ def summary(res: dict, folder: Path) -> dict:
     return out
 
 
+# The card's sentence on each architecture of hmedit.toy.train_controlnet.build_controlnet.
+ARCH_TEXT = {
+    "text-free": "Built from the toy UNet's encoder without its cross-attention (`down_block_types` all"
+    " `DownBlock2D`, a resnet mid block: the copied convolutions only; edges say where things are and the"
+    " frozen UNet already reads the prompt), so it costs a fifth of a UNet pass once its conditioning"
+    " embedding is computed (hmedit does that once a render), with zero convolutions on every residual",
+    "coarse-attn": "Built from the toy UNet's encoder and mid block (their weights copied, zero convolutions"
+    " on every residual) without the finest level's attention (`down_block_types` `DownBlock2D`,"
+    " `CrossAttnDownBlock2D`, `DownBlock2D`; the UNet's cross-attention mid block): the coarser levels' self-"
+    " and cross-attention see a whole outline at once, and the finest level's, most of an encoder's cost, is"
+    " left out, so a pass costs about a fifth of a UNet pass once its conditioning embedding is computed"
+    " (hmedit does that once a render)",
+    "full": "Built with `ControlNetModel.from_unet` from the toy UNet (a trainable copy of its encoder and"
+    " mid block, zero convolutions on every residual)",
+}
+
+
 def write_card(folder: Path, fig: dict) -> Path:
     """The model card README.md of the ControlNet folder, from its training.json and measured figures."""
     folder = Path(folder)
@@ -229,16 +246,7 @@ def write_card(folder: Path, fig: dict) -> Path:
         + f".** After {t['steps']} training steps; `make train-controlnet` resumes the run from its"
         " checkpoint (`--steps` sets a longer schedule)."
     )
-    text_free = t.get("arch", "full") == "text-free"
-    arch = (
-        "Built from the toy UNet's encoder without its cross-attention (`down_block_types` all `DownBlock2D`,"
-        " a resnet mid block: the copied convolutions only; edges say where things are and the frozen UNet"
-        " already reads the prompt), so it costs a fifth of a UNet pass once its conditioning embedding is"
-        " computed (hmedit does that once a render), with zero convolutions on every residual"
-        if text_free
-        else "Built with `ControlNetModel.from_unet` from the toy UNet (a trainable copy of its encoder and"
-        " mid block, zero convolutions on every residual)"
-    )
+    arch = ARCH_TEXT.get(t.get("arch", "full"), ARCH_TEXT["full"])
     text = f"""# toy-controlnet: an edge ControlNet for hmedit's bundled toy model
 
 A diffusers `ControlNetModel` (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion

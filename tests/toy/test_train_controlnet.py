@@ -148,15 +148,26 @@ def test_cubic_timesteps_favour_high_noise():
     assert 0.75 < (t >= 500).float().mean() < 0.84 and 0.45 < (u >= 500).float().mean() < 0.55
 
 
-@pytest.mark.parametrize("arch", ["text-free", "full"])
+def _attention_blocks(net) -> set[str]:
+    return {n.split(".attentions.")[0] for n, _ in net.named_parameters() if ".attentions." in n}
+
+
+@pytest.mark.parametrize("arch", ["text-free", "coarse-attn", "full"])
 def test_an_untrained_controlnet_leaves_the_unet_unchanged_but_already_sees_the_edges(base, arch):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
     cn = tc.build_controlnet(unet, arch).eval()
-    has_attention = any("attentions" in n for n, _ in cn.named_parameters())
-    assert has_attention == (arch == "full")
+    # the UNet's attention blocks: the finest level's and the mid block's (this tiny UNet has no other)
+    everywhere = _attention_blocks(unet) - {n for n in _attention_blocks(unet) if n.startswith("up_blocks")}
+    assert everywhere == {"down_blocks.0", "mid_block"}
+    kept = {"text-free": set(), "coarse-attn": {"mid_block"}, "full": everywhere}[arch]
+    assert _attention_blocks(cn) == kept
+    weights = unet.state_dict()
+    for name, p in cn.named_parameters():  # the kept attention is the UNet's own, copied
+        if ".attentions." in name:
+            assert torch.equal(p, weights[name]), name
     x, text = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
     edges = torch.zeros(1, 3, 128, 128)
     edges[..., 40:90, 40:42] = 1.0
