@@ -30,11 +30,11 @@ depth_weighted schemes a node's effective mask is a share, often below 0.5 every
 Categories = Literal["id", "prompt"]
 
 
-def node_masks(result, cutoff: float | str = DEFAULT_THRESHOLD, cell: int = 8) -> dict[str, np.ndarray]:
+def node_masks(result, cutoff: float | str, cell: int) -> dict[str, np.ndarray]:
     """Each probed node's mask (boolean [H, W]): its prompt's attention map thresholded at ``cutoff`` (after
     normalising to 0..1; "auto": :func:`hmedit.masks.attention.auto_threshold` against the render over
-    ``cell`` px), within the node's effective mask (> ``REGION_MIN``). ``result``: a
-    :class:`hmedit.pipeline.RenderResult` rendered with the nodes' probes."""
+    ``cell`` px, the model's :func:`hmedit.pipeline.attention_cell`), within the node's effective mask
+    (> ``REGION_MIN``). ``result``: a :class:`hmedit.pipeline.RenderResult` rendered with the probes."""
     from hmedit.pipeline import cut
 
     plan = result.plan

@@ -208,13 +208,14 @@ def test_dataset_writes_images_and_coco_masks(tiny, tiny_model, tmp_path, capsys
     ]
     assert {c["name"] for c in coco.loadCats(coco.getCatIds())} <= {"box", "c"}
     # each mask is the node's attention thresholded within its effective mask: re-render one seed and compare
-    from hmedit.dataset import REGION_MIN, node_masks, node_probes
+    from hmedit.dataset import DEFAULT_THRESHOLD, REGION_MIN, node_masks, node_probes
+    from hmedit.pipeline import attention_cell
     from hmedit.scene import load_scene
 
     model = tiny_model("sd1")
     sc = load_scene(scenes / "one.yaml")
     result = render(sc, model, Settings.of(sc, model, seed=1), probes=node_probes(sc))
-    expected = node_masks(result)
+    expected = node_masks(result, DEFAULT_THRESHOLD, attention_cell(model))
     image = next(im for im in images if im["file_name"] == "images/one-1.png")
     assert np.array_equal(np.asarray(Image.open(out / image["file_name"]).convert("RGB")), result.image)
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
