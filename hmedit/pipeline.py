@@ -118,7 +118,7 @@ class Settings:
             request.record_attention,
             tiling,
             preset.name,
-            preset.vae.decode_tile,
+            preset.vae.decode_tile_on(model.device.type),
             preset.vae.encode_tiled_above,
         )
 

@@ -150,3 +150,23 @@ def test_a_preset_file_is_read_as_bounded_data(tmp_path):
     with pytest.raises(HmeditError) as info:
         load_preset("typo.yaml", base_dir=tmp_path)
     assert info.value.location.field == "guidance"
+
+
+def test_the_decode_tile_is_one_number_or_one_per_device(tmp_path):
+    """Shipped presets give an accelerator few large tiles and a CPU small ones; a bad device or size is a
+    one-line error naming the key."""
+    from hmedit.scene.presets import load_preset
+
+    sd15 = load_preset("sd15")
+    assert (sd15.vae.decode_tile_on("cpu"), sd15.vae.decode_tile_on("cuda")) == (32, 128)
+    assert sd15.vae.decode_tile_on("xpu") == 32  # a device the preset does not name: its CPU tile
+    toy = (ROOT / "configs" / "toy.yaml").read_text()
+    line = next(x for x in toy.splitlines() if "decode_tile:" in x)
+    (tmp_path / "one.yaml").write_text(toy.replace(line, "  decode_tile: 48"))
+    one = load_preset("one.yaml", base_dir=tmp_path).vae
+    assert (one.decode_tile_on("cpu"), one.decode_tile_on("cuda")) == (48, 48)
+    for bad in ("{gpu: 64}", "{cuda: 4}", "seven"):
+        (tmp_path / "bad.yaml").write_text(toy.replace(line, f"  decode_tile: {bad}"))
+        with pytest.raises(HmeditError) as info:
+            load_preset("bad.yaml", base_dir=tmp_path)
+        assert "decode_tile" in str(info.value.location.field) and "\n" not in str(info.value)

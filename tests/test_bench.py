@@ -354,7 +354,9 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
 def test_bench_scale_measures_both_tools(tmp_path, capsys):
     out = tmp_path / "bench"
     assert run("bench", "scale", "--quick", "--model", "random:tiny", "--out", out, "--device", "cpu") == 0
-    assert "scale:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "scale:" in printed
+    assert "bench scale 128 hmedit (1/2, " in printed  # not a terminal: one progress line per step
     doc = json.loads((out / "bench.json").read_text())
     assert doc["model"]["source"] == "random" and set(doc["suites"]) == {"scale"}
     scale = doc["suites"]["scale"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -124,8 +125,13 @@ def bench_command(
     with progress:
         task = progress.add_task("bench", total=total)
 
+        done, start = [0], time.perf_counter()
+
         def tick(label: str) -> None:
             progress.update(task, advance=1, description=f"bench {label}")
+            done[0] += 1
+            if not console.is_terminal:  # a log (CI, a cluster job): one line per step instead of the bar
+                console.print(f"bench {label} ({done[0]}/{total}, {time.perf_counter() - start:.0f} s)")
 
         b = bench.Bench(loaded, config, tick, out / "images" if images else None)
         for name, figures in bench.run(b, names, out):

@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 DECODE_TILE = 32  # latent px
 ENCODE_TILE = 256  # image px
 AUTO_TILE = 64  # decode(): latents larger than this (latent px) are decoded in tiles
-STORE_BYTES = 1 << 28  # checkpoint maps kept in memory between passes (larger ones spill to disk)
+STORE_BYTES = 1 << 28  # CPU: checkpoint maps kept in memory between passes (larger ones spill to disk)
+DEVICE_STORE_FRACTION = 0.5  # an accelerator: maps stay on it within this share of its free memory
 SPILL_FREE_FRACTION = 0.5  # spill_bytes=None: at most this share of the temporary folder's free space
 ENGINES = ("auto", "passes")  # auto: streamed stages where they apply, else passes
 TRACE_PX = 16  # input size of the tracing run (a multiple of the encoder's downsampling factor)
@@ -336,6 +337,17 @@ def default_spill_bytes() -> int:
         return 0
 
 
+def default_store_bytes(device) -> int:
+    """``store_bytes=None``: on a CUDA device, ``DEVICE_STORE_FRACTION`` of its free memory (the maps stay
+    on the device: spilling them through the host to disk made a 2048 px decode on an H200 take 121 s
+    against 5.5 s of sampling); elsewhere ``STORE_BYTES`` of RAM (the 4 GiB peak at 4096 px on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * DEVICE_STORE_FRACTION)
+    return STORE_BYTES
+
+
 # ------------------------------------------------------------------------------------------ tiled head
 def _run_tile(
     head: _Head,
@@ -377,7 +389,7 @@ def _run_tiled(
     overlap: int | None,
     *,
     shared_stats: bool,
-    store_bytes: int,
+    store_bytes: int | None,
     spill_bytes: int | None,
     report: dict | None,
     engine: str = "auto",
@@ -399,6 +411,8 @@ def _run_tiled(
     norms = [m for u in units for m in u.norms]
     if spill_bytes is None:
         spill_bytes = default_spill_bytes()
+    if store_bytes is None:
+        store_bytes = default_store_bytes(x.device)
     where = [i for i, u in enumerate(units) for _ in u.norms]  # unit holding each GroupNorm
     batch, elem = x.shape[0], x.element_size()
     info = {
@@ -513,7 +527,7 @@ def decode_tiled(
     overlap: int | None = None,
     *,
     shared_stats: bool = True,
-    store_bytes: int = STORE_BYTES,
+    store_bytes: int | None = None,
     spill_bytes: int | None = None,
     report: dict | None = None,
     engine: str = "auto",
@@ -523,8 +537,9 @@ def decode_tiled(
     ``overlap``: context margin in latent px; None (default) uses the decoder's receptive radius, which
     makes the result equal to untiled decoding; smaller trades exactness at tile borders for speed.
     ``shared_stats=False``: per-tile GroupNorm statistics (the naive tiled VAE), for comparison.
-    ``store_bytes``: memory for checkpoint maps between passes; ``spill_bytes``: disk for those that do not
-    fit it (None: half the temporary folder's free space; both 0: recompute, strictly tile-bounded).
+    ``store_bytes``: memory for checkpoint maps between passes, on the latents' device (None: see
+    :func:`default_store_bytes`); ``spill_bytes``: disk for those that do not fit it (None: half the
+    temporary folder's free space; both 0: recompute, strictly tile-bounded).
     ``report``: filled with the engine, tiles, passes, checkpoints (and which of them spilled), the bytes held
     in memory and on disk, the margin, and the seconds (wall, CPU) of the trunk and of the tiled head.
     ``engine``: "auto" (streamed stages where the decoder's structure and the budgets allow, else passes) or
@@ -570,7 +585,7 @@ def decode_head(
     overlap: int | None = None,
     *,
     shared_stats: bool = True,
-    store_bytes: int = STORE_BYTES,
+    store_bytes: int | None = None,
     spill_bytes: int | None = None,
     report: dict | None = None,
     engine: str = "auto",
@@ -600,7 +615,7 @@ def encode_tiled(
     overlap: int | None = None,
     *,
     shared_stats: bool = True,
-    store_bytes: int = STORE_BYTES,
+    store_bytes: int | None = None,
     spill_bytes: int | None = None,
     report: dict | None = None,
 ):

@@ -12,9 +12,9 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hmedit.errors import HmeditError
 from hmedit.scene.spec import DTYPES, Scheduler
@@ -35,9 +35,28 @@ class TilingDefaults(_Part):
     refine: float = Field(0.6, gt=0, le=1)  # the noise level of that render's tiled refinement
 
 
+Device = Literal["cpu", "cuda", "mps"]
+
+
 class VaeDefaults(_Part):
-    decode_tile: int = Field(32, ge=8, le=1024)
+    # latent px per tile of the exact tiled decoder, per device; one number sets every device's. An
+    # accelerator wants few large tiles, a CPU small ones that stay in its caches
+    decode_tile: dict[Device, Annotated[int, Field(ge=8, le=1024)]] = {"cpu": 32}
     encode_tiled_above: int = Field(1024, ge=64, le=65536)
+
+    @field_validator("decode_tile", mode="before")
+    @classmethod
+    def _one_for_all(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return dict.fromkeys(("cpu", "cuda", "mps"), v)
+        if not isinstance(v, dict):
+            raise ValueError("give one number of latent px, or one per device, e.g. {cpu: 32, cuda: 128}")
+        return v
+
+    def decode_tile_on(self, device: str) -> int:
+        """The decode tile for a device type ("cpu", "cuda", ...); one the preset does not name gets its
+        CPU tile (else 32)."""
+        return self.decode_tile.get(device, self.decode_tile.get("cpu", 32))  # type: ignore[call-overload]
 
 
 class LearnDefaults(_Part):

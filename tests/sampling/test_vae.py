@@ -225,3 +225,21 @@ def test_bundled_vae_2048_px_in_32_latent_tiles_matches_untiled(toy_model):
     value = psnr(out, ref)
     print(f"2048 px tiled decode vs untiled: PSNR {value:.1f} dB")
     assert value >= 40
+
+
+def test_the_map_budget_follows_the_device(monkeypatch, grouped_vae):
+    """On a CUDA device the maps stay on it within half its free memory (spilling them through the host to
+    disk made a 2048 px decode on an H200 take 121 s); on a CPU the RAM budget bounds them."""
+    from hmedit.sampling import vae as tv
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 << 30, 16 << 30))
+    assert tv.default_store_bytes(torch.device("cuda")) == 4 << 30
+    assert tv.default_store_bytes("cuda:0") == 4 << 30
+    assert tv.default_store_bytes(torch.device("cpu")) == tv.STORE_BYTES
+    z = latents(1, 32, 32)
+    given, default = {}, {}
+    small = decode_tiled(grouped_vae, z, tile=8, store_bytes=1 << 16, spill_bytes=1 << 30, report=given)
+    out = decode_tiled(grouped_vae, z, tile=8, report=default)
+    assert given["spilled_bytes"] > 0  # a budget too small for the maps spills them
+    assert default["spilled_bytes"] == 0 and default["stored_bytes"] > 0  # the default holds them in RAM
+    torch.testing.assert_close(out, small, rtol=0, atol=0)
