@@ -162,8 +162,17 @@ class Config:
         )
 
     @classmethod
-    def make(cls, *, quick: bool = False, seeds: int | None = None, repeats: int | None = None) -> Config:
+    def make(
+        cls,
+        *,
+        quick: bool = False,
+        seeds: int | None = None,
+        repeats: int | None = None,
+        scale_sizes: Sequence[int] | None = None,
+    ) -> Config:
         cfg = cls.quick_config() if quick else cls()
+        if scale_sizes:
+            cfg = replace(cfg, scale_sizes=tuple(scale_sizes))
         if seeds is not None:
             cfg = replace(
                 cfg,

@@ -353,7 +353,10 @@ def test_bench_quick_runs_every_suite(tiny_model_dir, tmp_path, monkeypatch, cap
 @pytest.mark.slow
 def test_bench_scale_measures_both_tools(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert run("bench", "scale", "--quick", "--model", "random:tiny", "--out", out, "--device", "cpu") == 0
+    args = ("bench", "scale", "--quick", "--model", "random:tiny", "--out", out, "--device", "cpu")
+    assert run(*args, "--size", "100") == 2  # a one-line error, nothing written
+    assert "--size 100 is not a multiple of 64" in capsys.readouterr().err and not out.exists()
+    assert run(*args) == 0
     printed = capsys.readouterr().out
     assert "scale:" in printed
     assert "bench scale 128 hmedit (1/2, " in printed  # not a terminal: one progress line per step
@@ -374,12 +377,11 @@ def test_bench_scale_measures_both_tools(tmp_path, capsys):
 def test_bench_scale_runs_sdxl_alone(tmp_path, capsys):
     """SDXL has no Panorama pipeline in diffusers: hmedit is measured alone, the family recorded."""
     out = tmp_path / "bench"
-    assert (
-        run("bench", "scale", "--quick", "--model", "random:tiny-sdxl", "--out", out, "--device", "cpu") == 0
-    )
+    assert run("bench", "scale", "--quick", "--model", "random:tiny-sdxl", "-o", out, "--size", "192") == 0
     scale = json.loads((out / "bench.json").read_text())["suites"]["scale"]
     assert scale["family"] == "sdxl" and scale["scheduler"] == "euler"  # the SDXL preset's sampler
-    row = scale["sizes"]["128"]
+    assert list(scale["sizes"]) == ["192"]  # --size replaces the default sizes
+    row = scale["sizes"]["192"]
     assert row["hmedit"]["windows_per_step"] > 1 and row["hmedit"]["s_per_step"] > 0
     assert "no Panorama pipeline for SDXL" in row["panorama"]["skipped"]
 

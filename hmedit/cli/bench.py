@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from hmedit.cli.options import DeviceOpt, DtypeOpt
+from hmedit.errors import HmeditError
 
 
 def bench_command(
@@ -52,6 +53,17 @@ def bench_command(
             min=1,
             metavar="R",
             help="Timed runs per contender in cost (default 3).",
+            show_default=False,
+        ),
+    ] = None,
+    sizes: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--size",
+            min=64,
+            max=16384,
+            metavar="PX",
+            help="scale: a size to measure (repeat the option for several; default 2048 and 4096).",
             show_default=False,
         ),
     ] = None,
@@ -103,6 +115,8 @@ def bench_command(
       [green]hmedit bench --quick --model ./tiny -o /tmp/b[/]    every code path in seconds
 
       [green]hmedit bench scale --model random:sd15 --device cuda[/]
+
+      [green]hmedit bench scale --model random:sdxl --device cuda --size 2048[/]    one size only
     """  # noqa: E501 - one line per paragraph: rich re-wraps help text to the terminal
 
     from hmedit import bench
@@ -111,7 +125,13 @@ def bench_command(
     from hmedit.models.load import load
 
     names = bench.check_suites(suites)
-    config = bench.Config.make(quick=quick, seeds=seeds, repeats=repeats)
+    if sizes and any(x % 64 for x in sizes):
+        raise HmeditError(
+            f"--size {next(x for x in sizes if x % 64)} is not a multiple of 64",
+            field="--size",
+            hint="e.g. --size 2048",
+        )
+    config = bench.Config.make(quick=quick, seeds=seeds, repeats=repeats, scale_sizes=sizes)
     console = stdout()
     console.print(f"loading {model}")
     loaded = load(model, device=device, dtype=dtype)
