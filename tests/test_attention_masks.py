@@ -277,3 +277,29 @@ def test_dataset_threshold_auto_and_refine_image(tiny, tiny_model, tmp_path, cap
     expected = node_masks(result, "auto", attention_cell(model))
     assert {a["node"] for a in data["annotations"]} == {k for k, v in expected.items() if v.any()}
     assert all(a["area"] == int(expected[a["node"]].sum()) for a in data["annotations"])
+
+
+@pytest.mark.parametrize("inversion", ["none", "negative_prompt"])
+def test_an_edit_that_keeps_every_pixel_reads_the_picture_at_a_noise_level(tiny_model, tmp_path, inversion):
+    """An init image at noise 0 whose only edit is an attention node: the first pass would run no step (it
+    used to fail with an internal error), so every node is read at READ_NOISE; nodes with noise keep the
+    first pass as it was."""
+    from PIL import Image
+
+    from hmedit.masks.attention import READ_NOISE
+
+    init = tmp_path / "init.png"
+    Image.fromarray((np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)).save(init)
+    kept = {"id": "k", "prompt": "a yellow square", "noise": 0.0, "mask": {"rect": [0, 0, 0.3, 0.3]}}
+    sc = scene([ATTENTION, kept], init_image=str(init), inversion=inversion)
+    sc = sc.model_copy(update={"root": sc.root.model_copy(update={"noise": 0.0})})
+    first = first_pass_scene(sc)
+    assert [(f.node.id, f.noise) for f in first.flat()] == [("root", READ_NOISE), ("k", READ_NOISE)]
+    m = tiny_model("sd1")
+    result = render(sc, m, Settings.of(sc, m, seed=3))
+    assert 0 < float(result.maps["intrinsic/c"].mean()) < 1
+    # a first pass that denoises somewhere is left as it is
+    moving = scene([ATTENTION, {**kept, "noise": 0.3}], init_image=str(init))
+    assert [f.noise for f in first_pass_scene(moving).flat()] == [
+        f.noise for f in moving.flat() if f.node.id != "c"
+    ]

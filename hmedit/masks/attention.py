@@ -55,6 +55,9 @@ AUTO_THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(11))
 """The thresholds ``threshold: auto`` chooses from: 0.2, 0.25, ..., 0.7."""
 
 SELF_MAX_QUERIES = 4096
+# an edit whose first pass would keep every pixel (noise 0 everywhere) is read at this noise level instead:
+# no step would run, so the model would never look at the picture
+READ_NOISE = 0.5
 """Self-attention is recorded at the finest level with at most this many queries (64 x 64: SD at 512 px,
 DiffSegmenter's level); its [N, N] sum costs N^2 floats."""
 
@@ -272,7 +275,9 @@ def attention_nodes(scene: Scene) -> list[Node]:
 
 def first_pass_scene(scene: Scene) -> Scene:
     """``scene`` without its attention-mask nodes (with their children), and without the bands of nodes
-    so removed: what the model draws before those nodes exist."""
+    so removed: what the model draws before those nodes exist. When what is left keeps the whole input
+    image (every noise level 0: an edit whose only changes are the attention nodes), every node is read at
+    ``READ_NOISE`` instead, so that sampling runs and the model attends to the picture."""
     gone = {n.id for n in attention_nodes(scene)}
     bands = {n.id: n.mask.band.of for n in scene.root.walk() if isinstance(n.mask, BandMask)}
     changed = True
@@ -287,4 +292,12 @@ def first_pass_scene(scene: Scene) -> Scene:
         kids = tuple(prune(c) for c in node.children if c.id not in gone)
         return node if kids == node.children else node.model_copy(update={"children": kids})
 
-    return scene.model_copy(update={"root": prune(scene.root)})
+    first = scene.model_copy(update={"root": prune(scene.root)})
+    if all(f.noise == 0 for f in first.flat()):
+
+        def read(node: Node) -> Node:
+            kids = tuple(read(c) for c in node.children)
+            return node.model_copy(update={"noise": READ_NOISE, "children": kids})
+
+        first = first.model_copy(update={"root": read(first.root)})
+    return first
