@@ -125,9 +125,10 @@ def bench_command(
     from hmedit.models.load import load
 
     names = bench.check_suites(suites)
-    if sizes and any(x % 64 for x in sizes):
+    bad = [x for x in sizes or () if x % 64]
+    if bad:
         raise HmeditError(
-            f"--size {next(x for x in sizes if x % 64)} is not a multiple of 64",
+            f"--size {bad[0]} is not a multiple of 64",
             field="--size",
             hint="e.g. --size 2048",
         )

@@ -55,11 +55,12 @@ AUTO_THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(11))
 """The thresholds ``threshold: auto`` chooses from: 0.2, 0.25, ..., 0.7."""
 
 SELF_MAX_QUERIES = 4096
-# an edit whose first pass would keep every pixel (noise 0 everywhere) is read at this noise level instead:
-# no step would run, so the model would never look at the picture
-READ_NOISE = 0.5
 """Self-attention is recorded at the finest level with at most this many queries (64 x 64: SD at 512 px,
 DiffSegmenter's level); its [N, N] sum costs N^2 floats."""
+
+READ_NOISE = 0.5
+"""An edit whose first pass would keep every pixel (noise 0 everywhere) is read at this noise level instead:
+no step would run, so the model would never look at the picture."""
 
 
 @dataclass(frozen=True)
