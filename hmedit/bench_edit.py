@@ -70,6 +70,7 @@ TARGET_SSIM_I = 0.98
 TARGET_NTI_S = 60.0
 TARGET_CACHED_S = 1.0
 TARGET_NPI_RATIO = 2.0
+COST_RENDERS = 7  # _cost: five reconstructions, then one edit rendered plain and with negative_prompt
 PAIR_TASKS = ("attribute", "addition", "removal")
 PAIR_VARIANTS = {  # name -> (regions, inject, blend)
     "fusion": ("fusion", 0.0, 0.0),
@@ -271,6 +272,18 @@ def _cost(run: _Runner, tmp: Path, size: int, steps: int, guidance: float) -> di
         pass_null_text=nti_cpu <= TARGET_NTI_S,
         pass_cached=cached_cpu <= TARGET_CACHED_S,
         pass_negative_prompt=ratio_cpu <= TARGET_NPI_RATIO,
+    )
+    # an edit (one object recoloured at noise 0.8): negative-prompt inversion (its DDIM inversion included)
+    # guides the edited object against the negatives with one more UNet branch (EditGuidance)
+    seed, ew, k, colour = edit_images(1, size)[0]
+    Image.fromarray(ew.image).save(tmp / "cost-edit.png")
+    masks = write_masks(ew, tmp, "cost-edit")
+    for name, method in (("plain_edit", "none"), ("negative_prompt_edit", "negative_prompt")):
+        raw = edit_scene(ew, k, colour, str(tmp / "cost-edit.png"), masks, method, size, steps, guidance)
+        r = run.render(raw, f"cost-{name}")
+        out[name] = {"wall_s": round(r.timings["wall_s"], 3), "cpu_s": round(r.timings["cpu_s"], 3)}
+    out["negative_prompt_edit_ratio_cpu"] = round(
+        out["negative_prompt_edit"]["cpu_s"] / out["plain_edit"]["cpu_s"], 3
     )
     return out
 
@@ -643,7 +656,7 @@ def render_count(cfg) -> int:
     n_recon, n_edit = image_counts(cfg)
     photos = sum((photos_dir() / f"{n}.png").is_file() for n in PHOTO_PROMPTS)
     pairs = len(PAIR_TASKS) * pair_count(cfg) * len(PAIR_VARIANTS)
-    return 5 + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS) + pairs
+    return COST_RENDERS + (n_recon + photos) * 2 * len(METHODS) + n_edit * len(METHODS) + pairs
 
 
 def pairs_table(p: dict):
@@ -723,6 +736,14 @@ def table(f: dict):
         f"invert {c['null_text_inversion_cpu_s']:.1f} {mark(c['pass_null_text'])}, cached "
         f"+{c['cached_adds_cpu_s']:.2f} {mark(c['pass_cached'])}",
     )
+    if "negative_prompt_edit_ratio_cpu" in c:
+        t.add_row(
+            "cost of an edit (CPU s)",
+            f"render {c['plain_edit']['cpu_s']:.1f}",
+            "",
+            f"x{c['negative_prompt_edit_ratio_cpu']:.2f} (inversion included)",
+            "",
+        )
     t.add_row(
         "targets",
         "",

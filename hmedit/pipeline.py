@@ -217,7 +217,7 @@ def render(
         from hmedit.sampling.inversion import prepare
 
         inverted = prepare(model, plan, s, cond, sched, timesteps, t_start, inversions, on_invert)
-        latents, cond = inverted.latents, inverted.cond
+        own_cond, (latents, cond) = cond, (inverted.latents, inverted.cond)
         lap("invert")
     guidance = Guidance(s.guidance)
     if inverted is not None:  # per-step embeddings (null_text); the inversion's fixed windows and holds
@@ -282,6 +282,11 @@ def render(
             controls = make_controls(scene, plan, model, guidance, len(timesteps))
             parts.append(controls)
         den = Denoiser(model.unet, sched, parts, guidance, tiler=tiler, holds=holds)
+        if inverted is not None and inverted.inversion.method in ("negative_prompt", "null_text"):
+            from hmedit.sampling.inversion import edit_guidance
+
+            extra = make_controls(scene, plan, model, Guidance(1.0), len(timesteps)) if controls else None
+            den = edit_guidance(den, model, plan, own_cond, extra)
     with torch.no_grad(), regional_attention(model.unet), controls.attention() if controls else nullcontext():
         latents = sample(den, sched, latents, timesteps, step_kwargs(sched, gen), progress)
     lap("sample")
@@ -528,12 +533,15 @@ def render_edits(
     dev, dt = model.device, model.dtype
     texts: list = [None] * len(plans)
     holds: list = [None] * len(plans)
+    own = list(conds)  # each copy's own negatives (the extra branch of edit guidance)
+    edited = False
     if scene.inversion != "none" and plans[0].canvas is not None:
         from hmedit.sampling.inversion import TrajectoryHolds, prepare
 
         start = prepare(model, plans[0], s, conds[0], sched, timesteps, t_start, inversions, on_invert)
         latents, conds[0], texts[0], holds[0] = start.latents, start.cond, start.text, start.holds
         inv = start.inversion
+        edited = inv.method in ("negative_prompt", "null_text")
         for c in range(1, len(plans)):
             uncond_steps = None
             if inv.method in ("negative_prompt", "null_text"):
@@ -578,6 +586,8 @@ def render_edits(
     keep = E.blend_masks(regions, [None] + [e.touched for e in scene.edits]) if any(blend) else None
     stacked = E.StackedHolds(holds, keep, blend, len(timesteps))
     den = Denoiser(model.unet, sched, [copies], guidance, holds=stacked)
+    if edited:
+        den = E.edit_guidance(den, model, plans, own, regional)
     clock = time.perf_counter()
     x = latents.repeat(len(plans), 1, 1, 1)
     with torch.no_grad(), regional_attention(model.unet):

@@ -106,6 +106,8 @@ def test_bench_edit_quick_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch)
         assert -1 <= s["clip"] <= 1  # the bundled toy-clip's score of the edited region vs its new prompt
     cost = f["cost"]
     assert cost["null_text_cached"]["invert_wall_s"] < cost["null_text_first"]["invert_wall_s"]
+    ratio = cost["negative_prompt_edit"]["cpu_s"] / cost["plain_edit"]["cpu_s"]
+    assert cost["negative_prompt_edit_ratio_cpu"] == pytest.approx(ratio, abs=1e-3)
     pairs = f["pairs"]
     assert set(pairs["tasks"]) == set(bench_edit.PAIR_TASKS) and len(pairs["cases"]) == 3
     for task in pairs["tasks"].values():

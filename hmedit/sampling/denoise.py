@@ -355,6 +355,10 @@ class Denoiser:
 
     def predict(self, x: Tensor, t, i: int, windows: Sequence[Window] | None = None) -> Tensor:
         """Guided prediction for latents ``x`` [n, C, h, w] (scaled for the scheduler), n windows or 1."""
+        return self.guidance.combine(self.raw(x, t, i, windows))
+
+    def raw(self, x: Tensor, t, i: int, windows: Sequence[Window] | None = None) -> Tensor:
+        """The UNet's output for every branch the batch holds ([uncond × n, cond × n] with guidance)."""
         n = x.shape[0]
         kwargs: dict = {}
         for part in self.parts:
@@ -363,8 +367,7 @@ class Denoiser:
         for part in self.parts:
             if hasattr(part, "residuals"):
                 merge(kwargs, part.residuals(xin, t, i, windows, n, kwargs))
-        out = self.unet(xin, t, **kwargs, return_dict=False)[0]
-        return self.guidance.combine(out)
+        return self.unet(xin, t, **kwargs, return_dict=False)[0]
 
     def __call__(self, x: Tensor, t, i: int) -> Tensor:
         xs = self.scheduler.scale_model_input(x, t)

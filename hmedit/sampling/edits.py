@@ -224,6 +224,15 @@ class StackedHolds:
         keep = (self.keep.to(x.device) & on[:, None, None])[:, None]  # [C, 1, h, w]
         return torch.where(keep, x[:1], x)
 
+    def held_after(self, i: int) -> Tensor | None:
+        """[C, 1, h, w] True where copy c's result of step ``i`` is replaced by its held latents (None: no
+        copy holds any)."""
+        rows = [h.held_after(i) if h is not None else None for h in self.holds]
+        ref = next((r for r in rows if r is not None), None)
+        if ref is None:
+            return None
+        return torch.stack([r if r is not None else torch.zeros_like(ref) for r in rows])[:, None]
+
     def _holds(self, x: Tensor, i: int) -> Tensor:
         if all(h is None for h in self.holds):
             return x
@@ -233,6 +242,50 @@ class StackedHolds:
                 for c, h in enumerate(self.holds)
             ]
         )
+
+
+def edit_guidance(den, model, plans: Sequence[Plan], conds: Sequence[Conditioning], regional: bool):
+    """The pair's denoiser ``den`` (sampling from a negative-prompt or null-text inversion) with each copy's
+    edited nodes guided against its own negatives (:class:`hmedit.sampling.inversion.EditGuidance`), the
+    extra branch a :class:`Copies` of every copy's negatives; ``den`` itself when no copy has an edited node
+    or guidance is off."""
+    from hmedit.sampling.denoise import Denoiser, conditioning_parts, region_part
+    from hmedit.sampling.inversion import EditGuidance, edit_mask
+
+    masks = [edit_mask(p) for p in plans]
+    if all(m is None for m in masks) or not den.guidance.on:
+        return den
+    one, sched = Guidance(1.0), den.scheduler
+    parts, regions = [], []
+    for p, c in zip(plans, conds):
+        ps = conditioning_parts(model, p, c, one, sched, sched.timesteps, branches=(0,))
+        region = region_part(ps) or RegionalAttention(
+            p,
+            c,
+            one,
+            sched,
+            sched.timesteps,
+            device=model.device,
+            dtype=model.dtype,
+            record=False,
+            branches=(0,),
+        )
+        regions.append(region)
+        parts.append([q for q in ps if q is not region])
+    n = len(plans)
+    null = Copies(
+        parts,
+        regions,
+        [None] * n,
+        [0.0] * n,
+        len(sched.timesteps),
+        regional=regional,
+        record=False,
+        device=model.device,
+    )
+    zero = torch.zeros(1, 1, *plans[0].latent)
+    mask = torch.cat([m if m is not None else zero for m in masks])
+    return EditGuidance(den, Denoiser(model.unet, sched, [null], one), mask)
 
 
 def copy_text(

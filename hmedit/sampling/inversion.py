@@ -20,7 +20,10 @@ Methods (the scene key ``inversion``):
 
 Sampling (``hmedit.pipeline.render``) then starts from z at the largest noise level instead of re-noised
 source, and the positions the per-node noise levels hold follow the inverted trajectory
-(:class:`TrajectoryHolds`) instead of fresh noise. The sampler is DDIM (the inversion's exact reverse).
+(:class:`TrajectoryHolds`) instead of fresh noise. The sampler is DDIM (the inversion's exact reverse). With
+``negative_prompt`` and ``null_text``, nodes whose prompt differs from their source prompt are guided against
+their negatives instead of the source prompts (:class:`EditGuidance`): the source prompts reconstruct what
+stays, the negatives let guidance draw what is new without overshooting it.
 
 The trajectory (and the null-text embeddings) are cached by everything they depend on (:func:`cache_key`),
 as learned tokens are, so a rerun or an edit of the target prompts does not invert again.
@@ -42,9 +45,11 @@ from torch import Tensor
 
 from hmedit.conditioning.encode import Branch, Conditioning, encode_scene
 from hmedit.errors import HmeditError
+from hmedit.masks.levels import downsample
 from hmedit.sampling.denoise import Denoiser, Guidance, NoiseHolds, TextEmbeddings, conditioning_parts
 from hmedit.sampling.plan import Plan
 from hmedit.sampling.tiled import Tiler, TileSettings
+from hmedit.sampling.tiling import crop
 
 METHODS = ("none", "ddim", "negative_prompt", "null_text")
 CACHE_FILE = "inversion.safetensors"
@@ -99,6 +104,19 @@ def encode_source(model, plan: Plan) -> Conditioning:
         [f.node.negative for f in plan.flat],
         zero_empty_negative=fam.zero_empty_negative(model),
     )
+
+
+def edited_nodes(plan: Plan) -> list[int]:
+    """The nodes whose prompt says something else than what the image shows there (their source prompt)."""
+    return [k for k, (f, src) in enumerate(zip(plan.flat, source_prompts(plan))) if f.node.prompt != src]
+
+
+def edit_mask(plan: Plan) -> Tensor | None:
+    """[1, 1, h, w] the edited nodes' effective masks at latent resolution (area-averaged), or None."""
+    ks = edited_nodes(plan)
+    if not ks:
+        return None
+    return downsample(plan.effective[ks].sum(0).clamp(0, 1), plan.latent, "area")[None, None]
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -507,6 +525,47 @@ class TrajectoryHolds(NoiseHolds):
             return x
         target = self.trajectory[self.total - (self.t_start + i + 1)][None]
         return torch.where(hold, target.to(x.dtype), x)
+
+
+class EditGuidance(Denoiser):
+    """Sampling from a negative-prompt or null-text inversion with edited nodes. Their unconditional branch
+    is the source prompts, so that guidance reconstructs the image; in an edited node that turns guidance
+    into scale × (target − source), which overshoots (on the bundled model "a brown square" -> orange came out
+    yellow). In the edited nodes' mask m the guided prediction is taken against the negatives instead, as a
+    render without inversion (and ``ddim``) has it: ε = g_src + m·(g_neg − g_src), where
+    g_neg − g_src = (1 − scale)·(ε_neg − ε_src) needs one more UNet branch (``null``: the negatives), run only
+    while some edited position is not held."""
+
+    def __init__(self, den: Denoiser, null: Denoiser, mask: Tensor) -> None:
+        super().__init__(den.unet, den.scheduler, den.parts, den.guidance, tiler=den.tiler, holds=den.holds)
+        self.null, self.mask = null, mask
+
+    def predict(self, x: Tensor, t, i: int, windows=None) -> Tensor:
+        u, c = self.raw(x, t, i, windows).chunk(2)
+        scale = self.guidance.scale
+        out = u + scale * (c - u)
+        m = self.mask.to(x.device, x.dtype)
+        held = self.holds.held_after(i) if self.holds is not None else None
+        if held is not None:
+            m = m * ~held.to(m.device)
+        if windows is not None:
+            m = torch.cat([crop(m, w) for w in windows])
+        if not bool((m > 0).any()):
+            return out
+        return out + m * (1.0 - scale) * (self.null.raw(x, t, i, windows) - u)
+
+
+def edit_guidance(den: Denoiser, model, plan: Plan, cond: Conditioning, controls=None) -> Denoiser:
+    """``den`` (sampling from an inversion whose unconditional branch is the source prompts) as an
+    :class:`EditGuidance` when the plan has edited nodes and guidance is on; else ``den`` itself. ``cond``:
+    the render's own conditioning (its negatives); ``controls``: a ControlNet part for the extra branch."""
+    mask = edit_mask(plan)
+    if mask is None or not den.guidance.on:
+        return den
+    null = branch_denoiser(model, plan, cond, den.scheduler, 0, cond.batch()[0][0], den.tiler)
+    if controls is not None:
+        null.parts.append(controls)
+    return EditGuidance(den, null, mask)
 
 
 @dataclass

@@ -209,6 +209,36 @@ def test_editing_a_root_only_scene_from_an_inverted_image(tiny_model, tmp_path):
     assert not np.array_equal(pair.edits["blue"].image, pair.image)
 
 
+def test_an_inverted_pair_guides_its_edited_node_as_a_render_of_the_target_does(
+    tiny_model, tmp_path, monkeypatch
+):
+    """Negative-prompt inversion: a target's edited node is guided against its negatives (edit guidance), in
+    the pair as in a render of the target scene alone (without injection: the same render)."""
+    from PIL import Image
+
+    from hmedit.sampling import inversion as I
+
+    m = tiny_model("sd1")
+    init = tmp_path / "init.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(init)
+    base = {"init_image": str(init), "inversion": "negative_prompt"}
+    sc = scene(**base, edits=[{"id": "green", "node": "a", "prompt": "a green square", "inject": 0.0}])
+    cache = I.InversionCache(tmp_path / "cache")
+    target = sc.edit_target(sc.edits[0])
+    seen = []
+    real = I.EditGuidance.predict
+
+    def spy(self, x, t, i, windows=None):
+        seen.append(x.shape[0])
+        return real(self, x, t, i, windows)
+
+    monkeypatch.setattr(I.EditGuidance, "predict", spy)
+    pair = render(sc, m, Settings.of(sc, m, 0), inversions=cache)
+    alone = render(target, m, Settings.of(target, m, 0), inversions=cache)
+    assert seen and seen[0] == 2 and seen[-1] == 1  # the pair's two copies, then the target alone
+    assert np.abs(alone.image.astype(int) - pair.edits["green"].image.astype(int)).max() <= 1
+
+
 def test_edit_outputs_are_written_beside_the_source(tiny_model, tiny, tmp_path):
     from hmedit.jobs import edit_image_name, plan_job, run_job
 

@@ -321,3 +321,77 @@ def test_a_learned_token_is_in_the_source_prompt_and_in_the_cache_key(learn_scen
         mp.setattr(I, "null_text", lambda *a, **k: calls.append(1))
         again = hmedit.render(path, str(tiny), cache_dir=tmp_path / "cache", device="cpu", record=False)
     assert calls == [] and np.array_equal(np.asarray(first.image), np.asarray(again.image))
+
+
+def _edit_scene(init: Path, method: str = "negative_prompt", source: str | None = "x") -> Scene:
+    node = {"id": "a", "prompt": "y", "noise": 1.0, "mask": {"rect": [0, 0, 0.5, 1]}}
+    if source is not None:
+        node["source_prompt"] = source
+    return Scene.model_validate(
+        {
+            "init_image": str(init),
+            "size": [64, 64],
+            "inversion": method,
+            "guidance": 5.0,
+            "root": {"prompt": "z", "noise": 1.0, "children": [node]},
+        }
+    )
+
+
+def test_edited_nodes_are_those_whose_prompt_differs_from_their_source_prompt(tiny_model, tmp_path):
+    from hmedit.pipeline import plan_of
+
+    model = tiny_model("sd1")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(init)
+    s = lambda sc: Settings.of(sc, model, 0, record=False)  # noqa: E731
+    for source, edited in (("x", [1]), ("y", []), (None, [])):
+        sc = _edit_scene(init, source=source)
+        plan = plan_of(sc, model, s(sc))
+        assert I.edited_nodes(plan) == edited
+        mask = I.edit_mask(plan)
+        if not edited:
+            assert mask is None
+            continue
+        h, w = plan.latent
+        assert mask.shape == (1, 1, h, w)
+        assert mask[..., : w // 2].min() == 1 and mask[..., w // 2 :].max() == 0  # the node's half alone
+
+
+def test_edit_guidance_takes_the_negatives_inside_edited_nodes_and_the_source_outside(tiny_model, tmp_path):
+    """Negative-prompt inversion with an edited node: inside the node's mask the prediction is guided against
+    the negatives (as without inversion), elsewhere against the source prompts (reconstruction)."""
+    from hmedit.attention.processor import regional_attention
+    from hmedit.pipeline import encode, plan_of
+    from hmedit.sampling.denoise import Denoiser, Guidance, conditioning_parts
+
+    model = tiny_model("sd1")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(init)
+    sc = _edit_scene(init)
+    plan = plan_of(sc, model, Settings.of(sc, model, 0, record=False))
+    own = encode(model, plan)
+    npi = I.null_text_base(own, I.encode_source(model, plan))
+    sched, _ = I.schedulers(model, 4)
+    g = Guidance(5.0)
+
+    def plain(cond):
+        parts = conditioning_parts(model, plan, cond, g, sched, sched.timesteps)
+        return Denoiser(model.unet, sched, parts, g)
+
+    den = I.edit_guidance(plain(npi), model, plan, own)
+    assert isinstance(den, I.EditGuidance)
+    h, w = plan.latent
+    x = torch.randn(1, model.unet.config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    t = sched.timesteps[1]
+    with torch.no_grad(), regional_attention(model.unet):
+        got, src, neg = den(x, t, 1), plain(npi)(x, t, 1), plain(own)(x, t, 1)
+    left, right = (slice(None), slice(None), slice(None), slice(0, w // 2)), (..., slice(w // 2, None))
+    assert torch.allclose(got[left], neg[left], atol=1e-5)
+    assert torch.allclose(got[right], src[right], atol=1e-5)
+    assert (neg[left] - src[left]).abs().max() > 1e-3  # the two guidances differ there
+    # without an edited node, or without guidance, the denoiser is left as it is
+    same = _edit_scene(init, source=None)
+    plan2 = plan_of(same, model, Settings.of(same, model, 0, record=False))
+    d2 = plain(encode(model, plan2))
+    assert I.edit_guidance(d2, model, plan2, encode(model, plan2)) is d2
