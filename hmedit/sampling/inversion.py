@@ -659,14 +659,18 @@ def invert_scene(
     """``hmedit invert``: the inversion a render of ``scene`` with ``settings`` (a
     :class:`hmedit.pipeline.Settings`) needs, from the cache or computed now; None when the scene inverts
     nothing (``inversion: none``, or no init image or layer). Click and ``refine:`` masks are searched first,
-    as a render searches them, so that the render finds this inversion under the same regions."""
-    from hmedit.pipeline import plan_of
+    and attention masks read from their first pass (which inverts its own plan into ``cache`` too), as a
+    render does, so that the render finds this inversion under the same regions."""
+    from hmedit.pipeline import attention_masks, attention_nodes, plan_of
     from hmedit.sampling.mask_search import needs_search, search_masks
 
     if scene.inversion == "none":
         return None
     masks = search_masks(scene, model, settings).masks if not scene.edits and needs_search(scene) else None
-    plan = plan_of(scene, model, settings, masks=masks)
+    given = None
+    if attention_nodes(scene) and not scene.edits:  # the first pass inverts (and caches) its own plan
+        given, _ = attention_masks(scene, model, settings, inversions=cache)
+    plan = plan_of(scene, model, settings, masks=masks, given=given)
     if plan.canvas is None:
         return None
     return invert(

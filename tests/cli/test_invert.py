@@ -57,6 +57,31 @@ def test_invert_then_cached_then_render_reuses_it(write_scene, tmp_path, capsys,
     assert calls == [] and (tmp_path / "out" / "scene" / "image.png").is_file()
 
 
+def test_an_attention_mask_scene_is_inverted_as_its_render_needs_it(write_scene, tmp_path, monkeypatch):
+    """The mask comes from a first pass (itself inverted): `invert` runs it, so that render finds both
+    inversions, the first pass's and the final plan's, in the cache."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    import hmedit.sampling.inversion as inv
+
+    photo = Path(__file__).parents[1] / "assets" / "photos" / "coffee.png"
+    Image.open(photo).resize((64, 64)).save(tmp_path / "photo.png")
+    text = SCENE.replace(
+        "mask: {ellipse: [0.2, 0.2, 0.5, 0.3]}", "mask: {attention: {of: root, word: coffee, threshold: 0.4}}"
+    )
+    path = write_scene(text)
+    cache = tmp_path / "cache"
+    assert run("invert", path, "--cache-dir", cache) == 0
+    assert len(list(cache.glob("*/inversion.safetensors"))) == 2  # the first pass's and the render's
+    calls = []
+    real = inv.ddim_trajectory
+    monkeypatch.setattr(inv, "ddim_trajectory", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert run("render", path, "--out", tmp_path / "out", "--cache-dir", cache) == 0
+    assert calls == [] and (tmp_path / "out" / "scene" / "image.png").is_file()
+
+
 def test_a_broken_scene_is_one_line_and_the_others_go_on(write_scene, tmp_path, capsys):
     broken = write_scene(SCENE.replace("photo.png", "missing.png"), "broken.yaml")
     plain = write_scene("root: {prompt: a cat}\n", "plain.yaml")
