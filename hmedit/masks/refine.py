@@ -28,26 +28,27 @@ import torch
 from torch import Tensor
 
 from hmedit.masks.compose import compose
+from hmedit.scene.spec import RefineSpec
 
 __all__ = ["RefineWeights", "Refined", "active_weight", "refine_masks", "total_variation"]
 
 LOGIT_CLAMP = 0.02  # a drawn 0 and 1 start at logit(0.02) and logit(0.98), within the optimiser's reach
 
 
+_DEFAULT = {k: f.default for k, f in RefineSpec.model_fields.items()}  # the scene's defaults, held there once
+
+
 @dataclass(frozen=True)
 class RefineWeights:
-    """One node's refinement settings (the scene's ``refine:`` keys)."""
+    """One node's refinement settings (the scene's ``refine:`` keys, with its defaults)."""
 
-    steps: int = 60
-    # the text term's weight is small: with the bundled toy CLIP its gradient on the mask is speckled at the
-    # patch size, and at weight 1 it held the logits in place (hmedit bench masks: IoU 0.307 -> 0.315 and the
-    # region's colour match down, 0.876 -> 0.846; at 0.03 with lr 0.3: 0.508 and 0.900)
-    text: float = 0.03
-    identity: float = 4.0
-    tv: float = 0.3
-    area: float = 0.3
-    hierarchy: float = 1.0
-    lr: float = 0.3
+    steps: int = _DEFAULT["steps"]
+    text: float = _DEFAULT["text"]
+    identity: float = _DEFAULT["identity"]
+    tv: float = _DEFAULT["tv"]
+    area: float = _DEFAULT["area"]
+    hierarchy: float = _DEFAULT["hierarchy"]
+    lr: float = _DEFAULT["lr"]
 
     @classmethod
     def of(cls, spec) -> RefineWeights:
