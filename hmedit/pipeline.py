@@ -34,7 +34,7 @@ from hmedit.sampling.denoise import (
     region_part,
 )
 from hmedit.sampling.loop import sample, step_kwargs
-from hmedit.sampling.plan import Plan, build_plan
+from hmedit.sampling.plan import Plan, build_plan, noise_steps
 from hmedit.sampling.tiled import Tiler, TileSettings, resolve_tiling
 from hmedit.scene.limits import check_render_size
 from hmedit.scene.presets import Preset
@@ -629,8 +629,7 @@ def initial_latents(model: Model, s: Settings, plan: Plan, max_noise: float):
         else:
             posterior = model.vae.encode(canvas).latent_dist
         source = posterior.sample(gen).to(dt) * sf
-        init_t = min(int(s.steps * max_noise), s.steps)
-        t_start = max(s.steps - init_t, 0)
+        t_start = s.steps - noise_steps(s.steps, max_noise)
         timesteps = sched.timesteps[t_start * sched.order :]
         if hasattr(sched, "set_begin_index"):
             sched.set_begin_index(t_start * sched.order)

@@ -47,7 +47,7 @@ from hmedit.conditioning.encode import Branch, Conditioning, encode_scene
 from hmedit.errors import HmeditError
 from hmedit.masks.levels import downsample
 from hmedit.sampling.denoise import Denoiser, Guidance, NoiseHolds, TextEmbeddings, conditioning_parts
-from hmedit.sampling.plan import Plan
+from hmedit.sampling.plan import Plan, noise_steps
 from hmedit.sampling.tiled import Tiler, TileSettings
 from hmedit.sampling.tiling import crop
 
@@ -122,9 +122,11 @@ def edit_mask(plan: Plan) -> Tensor | None:
 # ------------------------------------------------------------------------------------------ results
 @dataclass
 class Inversion:
-    """An inverted image. ``trajectory[k]``: the latent after k inverse steps, [n + 1, C, h, w] (k = 0: the
-    image's latent; k = n: the largest noise level), i.e. the input of sampling step n − k. ``uncond``:
-    null-text's unconditional branch per sampling step, [n, T_u, D], else None."""
+    """An inverted image of an ``n``-step schedule. ``trajectory[k]``: the latent after k inverse steps,
+    [depth + 1, C, h, w] (k = 0: the image's latent; k = depth: the largest noise level a render needs, n
+    for noise 1), i.e. the input of sampling step n − k. ``uncond``: null-text's unconditional branch per
+    sampling step, [n, T_u, D] (the steps before n − depth, never sampled, hold its starting point), else
+    None."""
 
     method: str
     trajectory: Tensor
@@ -133,9 +135,14 @@ class Inversion:
     cached: bool = False
     seconds: float = 0.0
     losses: list[float] | None = None  # null_text: the last inner loss per step
+    total: int | None = None  # n (None: the trajectory is whole)
 
     @property
     def steps(self) -> int:
+        return self.total if self.total is not None else self.depth
+
+    @property
+    def depth(self) -> int:
         return self.trajectory.shape[0] - 1
 
     def latent(self, step: int) -> Tensor:
@@ -160,12 +167,14 @@ def cache_key(
     steps: int,
     guidance: float,
     tiling: TileSettings | None,
+    depth: int | None = None,
 ) -> str:
     """sha256 of everything an inversion depends on: the model (its hash), the image (the plan's canvas),
     the source prompts and negatives (their embeddings, so learned tokens count), the regional attention
     (masks, weights, levels, step ranges), steps, the scheduler's config, the guidance (null_text only: the
-    DDIM trajectory does not depend on it), the method (ddim and negative_prompt share one trajectory) and
-    the tiling."""
+    DDIM trajectory does not depend on it), the method (ddim and negative_prompt share one trajectory), the
+    tiling and, for null_text, the ``depth`` (the steps inverted; None: all): its optimisation starts there,
+    while a DDIM trajectory is a prefix of a deeper one (and is continued when a render needs more)."""
     h = hashlib.sha256()
     trajectory_only = method in ("ddim", "negative_prompt")
     head = {
@@ -175,6 +184,7 @@ def cache_key(
         "method": "ddim" if trajectory_only else method,
         "steps": int(steps),
         "guidance": None if trajectory_only else float(guidance),
+        "depth": None if trajectory_only or depth is None or depth >= steps else int(depth),
         "scheduler": {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
         "size": [plan.width, plan.height],
         "tiling": asdict(tiling) if tiling is not None else None,
@@ -228,7 +238,8 @@ class InversionCache:
         method = METHODS[int(meta.item())] if 0 < int(meta.item()) < len(METHODS) else None
         if method is None:
             return None
-        return Inversion(method, state["trajectory"], state.get("uncond"), key, cached=True)
+        total = int(state["steps"].item()) if "steps" in state else None
+        return Inversion(method, state["trajectory"], state.get("uncond"), key, cached=True, total=total)
 
     def put(self, inv: Inversion) -> Path | None:
         """Store atomically; None when the cache cannot be written (only costs an inversion next time)."""
@@ -239,6 +250,7 @@ class InversionCache:
         state = {
             "trajectory": inv.trajectory.detach().float().cpu().contiguous(),
             "method": torch.tensor(METHODS.index(inv.method)),
+            "steps": torch.tensor(inv.steps),
         }
         if inv.uncond is not None:
             state["uncond"] = inv.uncond.detach().float().cpu().contiguous()
@@ -326,20 +338,30 @@ def inversion_tiler(tiling: TileSettings | None, plan: Plan) -> Tiler | None:
 
 # ------------------------------------------------------------------------------------------ inversion
 def ddim_trajectory(
-    den: Denoiser, sched, inverse, z0: Tensor, progress: Progress | None = None, total: int | None = None
+    den: Denoiser,
+    sched,
+    inverse,
+    z0: Tensor,
+    progress: Progress | None = None,
+    total: int | None = None,
+    depth: int | None = None,
+    prefix: Tensor | None = None,
 ) -> Tensor:
-    """DDIM inversion: [n + 1, C, h, w] from z_0. Inverse step k runs the UNet at the sampler's timestep
-    t_{n−1−k} (as sampling step n−1−k does: same σ, same step gates of the regional attention) on z_k and
-    moves to that noise level with ``DDIMInverseScheduler.step``."""
+    """DDIM inversion: [depth + 1, C, h, w] from z_0 (depth: n, the whole schedule, by default). Inverse step
+    k runs the UNet at the sampler's timestep t_{n−1−k} (as sampling step n−1−k does: same σ, same step gates
+    of the regional attention) on z_k and moves to that noise level with ``DDIMInverseScheduler.step``. Step
+    k does not depend on the depth, so ``prefix`` (a shallower trajectory of the same image) is continued."""
     n = len(inverse.timesteps)
-    x = z0
-    out = [z0[0]]
-    for k, t in enumerate(inverse.timesteps):
+    depth = n if depth is None else depth
+    out = list(prefix.to(z0)) if prefix is not None else [z0[0]]
+    x = out[-1][None]
+    for k in range(len(out) - 1, depth):
+        t = inverse.timesteps[k]
         eps = den(x, t, n - 1 - k)
         x = inverse.step(eps, t, x, return_dict=False)[0]
         out.append(x[0])
         if progress is not None:
-            progress(k + 1, total or n)
+            progress(k + 1, total or depth)
     return torch.stack(out)
 
 
@@ -358,14 +380,15 @@ def null_text(
 ) -> tuple[Tensor, list[float]]:
     """Null-text inversion (Mokady et al. 2023, Alg. 1): per sampling step i, optimise the unconditional
     embeddings (Adam, lr 1e-2·(1 − i/100), at most 10 inner steps, early stop) so that the guided DDIM step
-    from the current latent lands on the pivot ``trajectory[n − i − 1]``, then take that step. Returns the
-    embeddings per step [n, T_u, D] (fp32) and the last loss of each step."""
-    n = trajectory.shape[0] - 1
+    from the current latent lands on the pivot ``trajectory[n − i − 1]``, then take that step; from the
+    first step a shallower ``trajectory`` (depth d < n) reaches, n − d, on. Returns the embeddings per step
+    [n, T_u, D] (fp32; the start ``uncond0`` before step n − d) and the last loss of each step optimised."""
     timesteps = sched.timesteps
-    x = trajectory[n][None]
+    n, depth = len(timesteps), trajectory.shape[0] - 1
+    x = trajectory[depth][None]
     u = uncond0.detach().float().clone()
-    out, losses = [], []
-    for i in range(n):
+    out, losses = [u.clone() for _ in range(n - depth)], []
+    for i in range(n - depth, n):
         t = timesteps[i]
         pivot = trajectory[n - i - 1][None].float()
         with torch.no_grad():
@@ -392,7 +415,7 @@ def null_text(
             both = full(u)
             x = sched.step(both(x, t, i), t, x, return_dict=False)[0]
         if progress is not None:
-            progress(done + i + 1, total or n)
+            progress(done + i + 1 - (n - depth), total or depth)
     return torch.stack(out), losses
 
 
@@ -409,10 +432,13 @@ def invert(
     cache: InversionCache | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    depth: int | None = None,
 ) -> Inversion:
     """Invert ``plan``'s canvas under its source prompts (see the module docstring), or take the inversion
     from ``cache`` (None: the default cache folder); ``force``: invert even when it is cached (and replace
-    it). ``progress(i, n)`` after each step (DDIM steps, then null-text steps)."""
+    it). ``depth``: the inverse steps a render needs (:func:`hmedit.sampling.plan.noise_steps` of its largest
+    noise level; None: all ``steps``); a cached DDIM trajectory that is too shallow is continued.
+    ``progress(i, n)`` after each step (DDIM steps, then null-text steps)."""
     if method not in METHODS[1:]:
         raise HmeditError(f"unknown inversion method {method!r}", hint="use " + ", ".join(METHODS))
     if plan.canvas is None:
@@ -421,25 +447,32 @@ def invert(
         )
     cache = cache if cache is not None else InversionCache()
     source = source if source is not None else encode_source(model, plan)
-    key = cache_key(model, plan, source, method, steps, guidance, tiling)
+    depth = steps if depth is None else max(0, min(int(depth), steps))
+    key = cache_key(model, plan, source, method, steps, guidance, tiling, depth)
+    prefix = None
     if not force:
         hit = cache.get(key)
         if hit is not None and hit.steps == steps and (method != "null_text" or hit.uncond is not None):
-            hit.method = method
-            return hit
+            if hit.depth >= depth:
+                hit.method = method
+                return hit
+            if method != "null_text":
+                prefix = hit.trajectory  # continued below, from its deepest latent
     start = time.perf_counter()
     sched, inverse = schedulers(model, steps, model.device)
     tiler = inversion_tiler(tiling, plan)
     z0 = encode_image(model, plan.canvas, encode_tiled_above)
     embeds = source.batch()[0]  # [2, T, D]: uncond (negatives), cond (source prompts)
     nti = method == "null_text" and guidance > 1.0
-    total = steps * (2 if nti else 1)
+    done = prefix.shape[0] - 1 if prefix is not None else 0
+    total = (depth - done) * (2 if nti else 1)
     cond_den = branch_denoiser(model, plan, source, sched, 1, embeds[1], tiler)
     from hmedit.attention.processor import regional_attention
 
     with regional_attention(model.unet):
         with torch.no_grad():
-            trajectory = ddim_trajectory(cond_den, sched, inverse, z0, progress, total)
+            step = (lambda k, n: progress(k - done, n)) if progress is not None and done else progress
+            trajectory = ddim_trajectory(cond_den, sched, inverse, z0, step, total, depth, prefix)
         uncond, losses = None, None
         if method == "null_text":
             base = null_text_base(source, source)  # the unconditional branch starts as the source prompts
@@ -463,14 +496,20 @@ def invert(
                     guidance,
                     base.batch()[0].shape[1],
                     progress,
-                    steps,
+                    depth,
                     total,
                 )
             else:  # without guidance the unconditional branch is never used: nothing to optimise
                 uncond = uncond0[None].repeat(steps, 1, 1)
             assert uncond.shape[1] == t_u
     inv = Inversion(
-        method, trajectory.float().cpu(), uncond, key, seconds=time.perf_counter() - start, losses=losses
+        method,
+        trajectory.float().cpu(),
+        uncond,
+        key,
+        seconds=time.perf_counter() - start,
+        losses=losses,
+        total=steps,
     )
     cache.put(inv)
     return inv
@@ -639,6 +678,7 @@ def prepare(
         source=source,
         cache=cache,
         progress=progress,
+        depth=settings.steps - t_start,
     )
     out = start(
         inv, model, plan, cond, source, Guidance(settings.guidance), sched, timesteps, t_start, settings.steps
@@ -673,6 +713,8 @@ def invert_scene(
     plan = plan_of(scene, model, settings, masks=masks, given=given)
     if plan.canvas is None:
         return None
+    targets = [plan_of(scene.edit_target(e), model, settings) for e in scene.edits]
+    top = max([plan.max_noise] + [t.max_noise for t in targets])  # sampling starts as deep as the deepest
     return invert(
         model,
         plan,
@@ -684,4 +726,5 @@ def invert_scene(
         cache=cache,
         force=force,
         progress=progress,
+        depth=noise_steps(settings.steps, top),
     )

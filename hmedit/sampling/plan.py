@@ -51,6 +51,12 @@ class Plan:
         return float(self.noise_map.max()) if self.noise_map is not None else 1.0
 
 
+def noise_steps(steps: int, max_noise: float) -> int:
+    """How many of ``steps`` an edit whose largest noise level is ``max_noise`` samples (img2img's
+    ``strength``: the last int(steps · max_noise)); sampling starts at step ``steps`` minus this."""
+    return min(int(steps * max_noise), steps)
+
+
 def build_plan(
     scene: Scene,
     unet_factors_: list[int],

@@ -144,6 +144,39 @@ def test_cache_keys_follow_what_the_inversion_depends_on(tiny_model, tmp_path, w
     assert key(source="a green square") != base
 
 
+def test_a_shallow_edit_inverts_only_its_steps_and_a_deeper_one_continues_the_cached_trajectory(
+    tiny_model, tmp_path, write_png
+):
+    from hmedit.sampling.plan import build_plan, noise_steps
+
+    model = tiny_model("sd1")
+    init = write_png("init.png", "RGB", (64, 64), (200, 40, 40))
+    sc = Scene.model_validate({"init_image": str(init), "inversion": "ddim", "root": {"prompt": "x"}})
+    plan = build_plan(sc, model.family.factors(model.unet), 64, 64, model.vae_scale_factor)
+    assert [noise_steps(6, f) for f in (0.0, 0.5, 0.8, 1.0)] == [0, 3, 4, 6]
+    whole = I.invert(model, plan, "ddim", 6, 5.0, cache=I.InversionCache(tmp_path / "whole"))
+    cache = I.InversionCache(tmp_path / "cache")
+    calls = []
+    hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        shallow = I.invert(model, plan, "ddim", 6, 5.0, cache=cache, depth=3)
+        assert (len(calls), shallow.depth, shallow.steps) == (3, 3, 6)
+        deeper = I.invert(model, plan, "negative_prompt", 6, 5.0, cache=cache, depth=5)
+        assert len(calls) == 5  # two more inverse steps, continued from the cached third
+        again = I.invert(model, plan, "ddim", 6, 5.0, cache=cache, depth=4)
+        assert len(calls) == 5 and again.cached and again.depth == 5
+    finally:
+        hook.remove()
+    assert torch.allclose(deeper.trajectory, whole.trajectory[:6], atol=1e-5)
+    assert torch.equal(deeper.latent(1), deeper.trajectory[5][None])  # sampling step 1 starts 5 deep
+    # null-text optimises from where the render starts: its depth is part of the key
+    nti = I.invert(model, plan, "null_text", 6, 5.0, cache=cache, depth=3)
+    assert nti.uncond.shape[0] == 6 and len(nti.losses) == 3
+    assert torch.equal(nti.uncond[0], nti.uncond[2])  # the steps before 3 are never sampled: the start
+    full = I.invert(model, plan, "null_text", 6, 5.0, cache=cache)
+    assert full.key != nti.key and len(full.losses) == 6
+
+
 def test_source_prompts_default_to_the_prompt_and_keep_a_learned_token(tmp_path, write_png):
     from hmedit.sampling.plan import build_plan
 
