@@ -19,7 +19,7 @@ class Row:
     file: Path
     method: str = ""
     status: str = ""  # inverted, cached, nothing to invert, failed, interrupted
-    steps: int = 0
+    steps: str = ""  # "depth/n": the steps inverted, of the schedule's
     seconds: float = 0.0
     key: str = ""
 
@@ -37,7 +37,7 @@ def invert_command(
 ) -> None:
     """Invert the init image of every scene with [bold]inversion:[/] (ddim, negative_prompt or null_text).
 
-    The image is inverted under the nodes' [bold]source_prompt[/] (default: their prompt), each region under its own text with the scene's regional attention. Inversions are cached (by model, image, source prompts, regions, steps, scheduler, guidance, method and tiling) in [bold]--cache-dir[/] (default: inversions/ in hmedit's cache folder), so [bold]hmedit render[/] and every later edit of the target prompts reuse them.
+    The image is inverted under the nodes' [bold]source_prompt[/] (default: their prompt), each region under its own text with the scene's regional attention. Inversions are cached (by model, image, source prompts, regions, steps, scheduler, guidance, method and tiling) in [bold]--cache-dir[/] (default: inversions/ in hmedit's cache folder), so [bold]hmedit render[/] and every later edit of the target prompts reuse them. It inverts as deep as the render samples (steps: inverted/of the schedule): an edit at noise 0.8 needs 24 of 30.
 
     A failing scene is reported in one line and the others go on. Exit code 2 if any scene failed (1 if only internal errors did); 130 on Ctrl-C.
 
@@ -107,7 +107,16 @@ def invert_command(
                         continue
                     progress.update(task, completed=1, total=1)
                     status = "cached" if inv.cached else "inverted"
-                    rows.append(Row(file, scene.inversion, status, inv.steps, inv.seconds, inv.key[:12]))
+                    rows.append(
+                        Row(
+                            file,
+                            scene.inversion,
+                            status,
+                            f"{inv.depth}/{inv.steps}",
+                            inv.seconds,
+                            inv.key[:12],
+                        )
+                    )
             if loop.interrupted:
                 break
     print_rows(console, rows)
@@ -138,7 +147,7 @@ def print_rows(console, rows: list[Row]) -> None:
             escape(str(r.file)),
             escape(r.method),
             _STYLE.get(r.status, r.status),
-            str(r.steps) if r.steps else "",
+            r.steps,
             f"{r.seconds:.1f}s" if r.status == "inverted" else "",
             escape(r.key),
         )

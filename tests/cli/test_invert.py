@@ -46,6 +46,7 @@ def test_invert_then_cached_then_render_reuses_it(write_scene, tmp_path, capsys,
     assert run("invert", path, plain, "--cache-dir", cache) == 0
     out = capsys.readouterr().out
     assert "inverted" in out and "nothing to invert" in out and "1 inverted, 0 cached" in out
+    assert "2/3" in out  # noise 0.8 of 3 steps: sampling (so inversion) goes 2 steps deep
     assert len(list(cache.glob("*/inversion.safetensors"))) == 1
     assert run("invert", path, "--cache-dir", cache) == 0
     assert "0 inverted, 1 cached" in capsys.readouterr().out
