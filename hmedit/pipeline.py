@@ -559,14 +559,7 @@ def render_edits(
             for p in plans
         ]
     timings["prepare"] = round(time.perf_counter() - clock, 4)
-    parts, regions = [], []
-    for p, c, text in zip(plans, conds, texts):
-        ps = conditioning_parts(model, p, c, guidance, sched, timesteps, text=text)
-        region = region_part(ps)
-        if region is None:
-            region = RegionalAttention(p, c, guidance, sched, timesteps, device=dev, dtype=dt, record=False)
-        regions.append(region)
-        parts.append([q for q in ps if q is not region])
+    parts, regions = E.copy_parts(model, plans, conds, guidance, sched, timesteps, texts)
     inject = [None] + [
         E.injection_map(plans[0], conds[0], p, c, e) for p, c, e in zip(plans[1:], conds[1:], scene.edits)
     ]

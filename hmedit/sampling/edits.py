@@ -21,7 +21,15 @@ from torch import Tensor
 
 from hmedit.attention.processor import RegionCall
 from hmedit.conditioning.encode import Branch, Conditioning
-from hmedit.sampling.denoise import Guidance, RegionalAttention, TextEmbeddings, merge
+from hmedit.sampling.denoise import (
+    Denoiser,
+    Guidance,
+    RegionalAttention,
+    TextEmbeddings,
+    conditioning_parts,
+    merge,
+    region_part,
+)
 from hmedit.sampling.plan import Plan
 from hmedit.scene.spec import EditSpec
 
@@ -244,34 +252,51 @@ class StackedHolds:
         )
 
 
+def copy_parts(
+    model,
+    plans: Sequence[Plan],
+    conds: Sequence[Conditioning],
+    guidance: Guidance,
+    sched,
+    timesteps,
+    texts: Sequence[TextEmbeddings | None] | None = None,
+    branches: Sequence[int] | None = None,
+) -> tuple[list[list], list[RegionalAttention]]:
+    """:class:`Copies`' ``parts`` and ``regions``: each copy's parts but its regional attention, and its
+    regional attention (built for every copy, recording off); ``texts``: a copy's own embeddings (None: its
+    conditioning's), ``branches``: the guidance branches the batch holds (None: as ``guidance`` needs)."""
+    parts, regions = [], []
+    for k, (p, c) in enumerate(zip(plans, conds)):
+        text = texts[k] if texts is not None else None
+        ps = conditioning_parts(model, p, c, guidance, sched, timesteps, branches=branches, text=text)
+        region = region_part(ps) or RegionalAttention(
+            p,
+            c,
+            guidance,
+            sched,
+            timesteps,
+            device=model.device,
+            dtype=model.dtype,
+            record=False,
+            branches=branches,
+        )
+        regions.append(region)
+        parts.append([q for q in ps if q is not region])
+    return parts, regions
+
+
 def edit_guidance(den, model, plans: Sequence[Plan], conds: Sequence[Conditioning], regional: bool):
     """The pair's denoiser ``den`` (sampling from a negative-prompt or null-text inversion) with each copy's
     edited nodes guided against its own negatives (:class:`hmedit.sampling.inversion.EditGuidance`), the
     extra branch a :class:`Copies` of every copy's negatives; ``den`` itself when no copy has an edited node
     or guidance is off."""
-    from hmedit.sampling.denoise import Denoiser, conditioning_parts, region_part
     from hmedit.sampling.inversion import EditGuidance, edit_mask
 
     masks = [edit_mask(p) for p in plans]
     if all(m is None for m in masks) or not den.guidance.on:
         return den
     one, sched = Guidance(1.0), den.scheduler
-    parts, regions = [], []
-    for p, c in zip(plans, conds):
-        ps = conditioning_parts(model, p, c, one, sched, sched.timesteps, branches=(0,))
-        region = region_part(ps) or RegionalAttention(
-            p,
-            c,
-            one,
-            sched,
-            sched.timesteps,
-            device=model.device,
-            dtype=model.dtype,
-            record=False,
-            branches=(0,),
-        )
-        regions.append(region)
-        parts.append([q for q in ps if q is not region])
+    parts, regions = copy_parts(model, plans, conds, one, sched, sched.timesteps, branches=(0,))
     n = len(plans)
     null = Copies(
         parts,
